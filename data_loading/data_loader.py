@@ -1,0 +1,190 @@
+"""tf.data streams for training, evaluation, prediction and synthetic benchmarking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from data_loading import preprocessing as pre
+from data_loading.tiff_io import read_stack
+from runtime.errors import UserInputError
+
+TRAIN_IMAGES = "train-volume.tif"
+TRAIN_LABELS = "train-labels.tif"
+TEST_IMAGES = "test-volume.tif"
+TRAIN_RATIO = 0.8
+
+
+def fold_indices(num_slices: int, fold: int | None, seed: int,
+                 scheme: str = "original") -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation slice indices of one cross-validation fold.
+
+    ``original`` reproduces the recipe index for index: a permutation drawn
+    from NumPy's legacy Mersenne Twister seeded with ``seed``, rotated right by
+    ``fold * int((1 - 0.8) * n)``, first ``int(0.8 * n)`` for training. The
+    float arithmetic makes the step 5 rather than 6 for n = 30, so consecutive
+    validation sets share a slice. ``disjoint`` cuts the same permutation into
+    five near-equal parts, one held out per fold.
+    """
+    order = np.arange(num_slices)
+    np.random.RandomState(seed).shuffle(order)
+    if fold is None:
+        return order, np.array([], dtype=order.dtype)
+    if scheme == "disjoint":
+        parts = np.array_split(order, 5)
+        return np.concatenate(parts[:fold] + parts[fold + 1:]), parts[fold]
+    order = np.roll(order, fold * int((1.0 - TRAIN_RATIO) * num_slices))
+    split = int(TRAIN_RATIO * num_slices)
+    return order[:split], order[split:]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How the streams are built on this worker and device."""
+
+    batch_size: int
+    seed: int
+    augment: bool = True
+    rank: int = 0
+    num_workers: int = 1
+    num_parallel_calls: int | None = None  # AUTOTUNE on Gaudi2, sequential elsewhere
+    prefetch_device: str | None = None  # "/device:HPU:0" on Gaudi
+
+
+class _Streams:
+    """Batching, sharding and prefetching shared by the real and synthetic data."""
+
+    def __init__(self, options: StreamOptions) -> None:
+        self.options = options
+
+    def _prefetch(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        device = self.options.prefetch_device
+        if device is not None:
+            with tf.device(device):
+                return dataset.apply(tf.data.experimental.prefetch_to_device(device))
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def _map(self, dataset: tf.data.Dataset, function) -> tf.data.Dataset:
+        return dataset.map(function, num_parallel_calls=self.options.num_parallel_calls,
+                           deterministic=True)
+
+
+class Dataset(_Streams):
+    """The ISBI 2012 stacks in ``data_dir`` split into one fold's training and validation slices."""
+
+    def __init__(self, data_dir: Path, options: StreamOptions, fold: int | None,
+                 fold_scheme: str = "original", need_train: bool = True, need_test: bool = True) -> None:
+        super().__init__(options)
+        data_dir = Path(data_dir)
+        if not data_dir.exists():
+            raise UserInputError(f"data dir not found: {data_dir}")
+        if not data_dir.is_dir():
+            raise UserInputError(f"data dir is not a folder: {data_dir}")
+        self.train_indices = self.val_indices = np.array([], dtype=np.int64)
+        self._images = self._labels = self._test = None
+        if need_train:
+            self._images = read_stack(data_dir / TRAIN_IMAGES)
+            self._labels = read_stack(data_dir / TRAIN_LABELS)
+            if self._images.shape != self._labels.shape:
+                raise UserInputError(
+                    f"{TRAIN_IMAGES} and {TRAIN_LABELS} differ: {self._images.shape} "
+                    f"vs {self._labels.shape} (slices, height, width)")
+            self.train_indices, self.val_indices = fold_indices(len(self._images), fold, options.seed,
+                                                                fold_scheme)
+        if need_test:
+            self._test = read_stack(data_dir / TEST_IMAGES)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_indices)
+
+    @property
+    def eval_size(self) -> int:
+        return len(self.val_indices)
+
+    @property
+    def test_size(self) -> int:
+        return 0 if self._test is None else len(self._test)
+
+    @property
+    def test_shape(self) -> tuple[int, int]:
+        """Height and width of the test slices: predictions are written at this size."""
+        return tuple(self._test.shape[1:])
+
+    def _normalized_pairs(self, indices: np.ndarray) -> tf.data.Dataset:
+        pairs = tf.data.Dataset.from_tensor_slices((self._images[indices], self._labels[indices]))
+        return pairs.map(lambda image, label: (pre.normalize_image(image), pre.normalize_label(label)))
+
+    def train_fn(self) -> tf.data.Dataset:
+        """Endless, shuffled, augmented batches of this worker's shard."""
+        opts = self.options
+        dataset = self._normalized_pairs(self.train_indices)
+        dataset = dataset.shard(opts.num_workers, opts.rank).cache().repeat()
+        dataset = dataset.shuffle(3 * opts.batch_size, seed=opts.seed)
+        base_seed = tf.constant(opts.seed, tf.int64)
+
+        def prepare(index: tf.Tensor, pair: tuple[tf.Tensor, tf.Tensor]):
+            image, label = pair
+            if opts.augment:
+                image, label = pre.augment(image, label, tf.stack([base_seed, index]))
+            return image, pre.crop_label(label)
+
+        dataset = self._map(dataset.enumerate(), prepare)
+        return self._prefetch(dataset.batch(opts.batch_size, drop_remainder=True))
+
+    def eval_fn(self, count: int = 1) -> tf.data.Dataset:
+        if self.eval_size == 0:
+            raise UserInputError("no validation slices: evaluation needs --fold")
+        dataset = self._normalized_pairs(self.val_indices).repeat(count)
+        dataset = self._map(dataset, lambda image, label: (image, pre.crop_label(label)))
+        return self._prefetch(dataset.batch(self.options.batch_size))
+
+    def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices(self._test).repeat(count)
+        dataset = self._map(dataset, pre.normalize_image)
+        return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=drop_remainder))
+
+    def describe_split(self) -> dict[str, list[int]]:
+        return {"train_slices": self.train_indices.tolist(), "val_slices": self.val_indices.tolist()}
+
+
+class SyntheticDataset(_Streams):
+    """One fixed random image and mask, repeated: a benchmark without data files.
+
+    Like the recipe, the image is not normalised (values around 127.5) and the
+    mask is a smooth random field, not a one-hot label.
+    """
+
+    train_size = 1
+    eval_size = 6
+    test_size = 30
+    test_shape = (512, 512)
+
+    def __init__(self, options: StreamOptions) -> None:
+        super().__init__(options)
+        seed = options.seed
+        self._image = tf.random.stateless_truncated_normal(
+            (pre.INPUT_SIZE, pre.INPUT_SIZE, 1), seed=[seed, 0], mean=127.5, stddev=1.0)
+        self._mask = tf.random.stateless_truncated_normal(
+            (pre.OUTPUT_SIZE, pre.OUTPUT_SIZE, pre.NUM_CLASSES), seed=[seed, 1], mean=0.01, stddev=0.1)
+        self.train_indices = np.array([], dtype=np.int64)
+        self.val_indices = np.array([], dtype=np.int64)
+
+    def train_fn(self) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensors((self._image, self._mask)).cache().repeat()
+        return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=True))
+
+    def eval_fn(self, count: int = 1) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensors((self._image, self._mask)).repeat(self.eval_size * count)
+        return self._prefetch(dataset.batch(self.options.batch_size))
+
+    def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
+        repeats = None if count is None else self.test_size * count
+        dataset = tf.data.Dataset.from_tensors(self._image).repeat(repeats)
+        return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=drop_remainder))
+
+    def describe_split(self) -> dict[str, list[int]]:
+        return {"train_slices": [], "val_slices": []}

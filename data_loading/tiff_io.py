@@ -1,0 +1,55 @@
+"""Reading image stacks and writing mask stacks as multipage TIFF files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from runtime.errors import UserInputError
+
+
+def read_stack(path: Path) -> np.ndarray:
+    """A 3-D uint8 stack (slices, height, width), or a one-line UserInputError."""
+    if not path.exists():
+        raise UserInputError(f"missing data file: {path}")
+    if not path.is_file():
+        raise UserInputError(f"not a file: {path}")
+    try:
+        stack = tifffile.imread(path)
+    except Exception as error:  # tifffile raises many types for broken files
+        raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
+    if stack.ndim == 2:
+        stack = stack[np.newaxis]
+    if stack.ndim != 3:
+        raise UserInputError(f"{path} must be a stack of grey slices (slices, height, width); "
+                             f"it has shape {stack.shape}")
+    if stack.dtype != np.uint8:
+        raise UserInputError(f"{path} must hold 8-bit (uint8) pixels; it holds {stack.dtype}")
+    if stack.shape[0] == 0:
+        raise UserInputError(f"{path} holds no slices")
+    return stack
+
+
+def write_stack_atomically(path: Path, stack: np.ndarray) -> None:
+    """Write a deflate-compressed multipage TIFF; readers never see a half-written file.
+
+    The data goes to a temporary file in the same folder and is renamed into
+    place only once complete, so a crash or a full disk leaves either the old
+    file or none, never a truncated one under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        tifffile.imwrite(temporary, stack, compression="zlib", photometric="minisblack")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's private 0600 is not what users expect
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,122 @@
+"""Command-line interface of ``unet2d.py``.
+
+Kept free of TensorFlow imports so that ``--help`` is instant and
+``--tf_verbosity`` can take effect before TensorFlow is first imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict")
+NUM_FOLDS = 5
+DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on error; users need the one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog="unet2d.py",
+        description="Train, evaluate and run the UNet2D segmentation model on the ISBI 2012 EM data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--exec_mode", choices=EXEC_MODES, default="train_and_evaluate",
+        help="train: train from scratch (or resume); evaluate: score the latest checkpoint on the "
+             "fold's validation slices (needs --fold); train_and_evaluate: both (needs --fold); "
+             "predict: segment the test volume with the latest checkpoint; train_and_predict: both")
+    add("--model_dir", default="/tmp/unet2d",
+        help="output folder for checkpoints (in <model_dir>/model_checkpoint) and predictions")
+    add("--data_dir", default=None,
+        help="folder holding train-volume.tif, train-labels.tif and test-volume.tif "
+             "(not needed with --synth_data)")
+    add("--log_dir", default="/tmp/unet2d", help="output folder for log.json and TensorBoard events")
+    add("-b", "--batch_size", type=int, default=8, help="images per step on each worker")
+    add("-d", "--dtype", choices=("fp32", "bf16"), default="bf16",
+        help="precision: bf16 = bfloat16 compute with float32 weights (TF_BF16_CONVERSION on Gaudi, "
+             "Keras mixed_bfloat16 elsewhere); fp32 = float32 throughout")
+    add("--fold", type=int, default=None,
+        help=f"cross-validation fold 0..{NUM_FOLDS - 1} held out for evaluation; "
+             "without it every training slice is used for training")
+    add("--fold_scheme", choices=("original", "disjoint"), default="original",
+        help="original: the recipe's split, index for index (its 5 validation sets overlap and cover "
+             "26 of 30 slices); disjoint: 5 disjoint validation sets covering every slice")
+    add("--max_steps", type=int, default=6400, help="training steps (batches), shared among all workers")
+    add("--log_every", type=int, default=100, help="log training losses and speed every N steps")
+    add("--evaluate_every", type=int, default=0,
+        help="evaluate every N training steps (0: only once, at the end)")
+    add("--warmup_steps", type=int, default=200,
+        help="steps left out of the throughput figures (the first ones trace and warm up the graph)")
+    add("--weight_decay", type=float, default=0.0005, help="L2 weight decay coefficient")
+    add("--learning_rate", type=float, default=0.0001, help="Adam learning rate")
+    add("--seed", type=int, default=123,
+        help="random seed of the fold split, weight initialisation, shuffling and augmentation")
+    add("--dump_config", default=None, metavar="DIR",
+        help="folder for debug traces (TensorFlow's debug-info dump)")
+    add("--augment", dest="augment", action="store_true", default=True,
+        help="random flips, crop-and-zoom and brightness on training images")
+    add("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
+    add("--benchmark", dest="benchmark", action="store_true", default=False,
+        help="time each step and report images/s and latency percentiles after --warmup_steps; "
+             "no checkpoints are written (train and predict modes)")
+    add("--no-benchmark", dest="benchmark", action="store_false", help="turn benchmarking off")
+    add("--xla", "--use_xla", dest="xla", action="store_true", default=False,
+        help="compile the training and inference steps with XLA")
+    add("--no_xla", dest="xla", action="store_false", help="turn XLA off")
+    add("--resume_training", action="store_true",
+        help="continue from the latest checkpoint in --model_dir instead of starting afresh")
+    add("--no_hpu", action="store_true", help="do not use a Gaudi (HPU) even if one is present")
+    add("--synth_data", action="store_true",
+        help="train on a fixed synthetic tensor (deterministic, no data files needed)")
+    add("--disable_ckpt_saving", action="store_true", help="write no checkpoint")
+    add("--use_horovod", action="store_true",
+        help="data-parallel training over the workers started by mpirun or horovodrun")
+    add("--tensorboard_logging", action="store_true",
+        help="write TensorBoard events (train scalars in --log_dir, eval in --log_dir/eval, hyper-parameters)")
+    add("--log_all_workers", action="store_true",
+        help="with Horovod: every worker logs and checkpoints in its own worker_N folder")
+    add("--bf16_config_path", default=str(DEFAULT_BF16_CONFIG), metavar="JSON",
+        help="Gaudi mixed-precision op lists for --dtype bf16 (checked to be readable JSON everywhere)")
+    add("--tf_verbosity", type=int, choices=(0, 1, 2, 3), default=None,
+        help="TensorFlow C++ log level: 0 all, 1 no INFO, 2 no INFO/WARNING, 3 no INFO/WARNING/ERROR")
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject flag combinations that would only fail (or silently do nothing) hours later."""
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.fold is not None and not 0 <= args.fold < NUM_FOLDS:
+        parser.error(f"--fold must be in 0..{NUM_FOLDS - 1}, got {args.fold}")
+    if args.max_steps < 1:
+        parser.error(f"--max_steps must be at least 1, got {args.max_steps}")
+    if args.log_every < 1:
+        parser.error(f"--log_every must be at least 1, got {args.log_every}")
+    if args.evaluate_every < 0:
+        parser.error(f"--evaluate_every must be 0 or more, got {args.evaluate_every}")
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup_steps must be 0 or more, got {args.warmup_steps}")
+    if args.benchmark and args.max_steps <= args.warmup_steps:
+        parser.error(f"--max_steps ({args.max_steps}) must be greater than --warmup_steps "
+                     f"({args.warmup_steps}) in benchmark mode")
+    if args.data_dir is None and not args.synth_data:
+        parser.error("--data_dir is required (or use --synth_data)")
+    if "evaluate" in args.exec_mode and args.fold is None and not args.synth_data:
+        parser.error(f"--exec_mode {args.exec_mode} needs --fold 0..{NUM_FOLDS - 1}: "
+                     "without a fold there are no validation slices")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    _check(parser, args)
+    return args

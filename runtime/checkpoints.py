@@ -1,0 +1,66 @@
+"""Where checkpoints live and how they are written, found and cleared.
+
+Checkpoints go to ``<model_dir>/model_checkpoint`` (``.../worker_N`` per
+worker with --log_all_workers). Starting afresh clears that folder only, in
+Python, never the model dir itself and never through a shell.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+from runtime.errors import UserInputError
+
+CHECKPOINT_FOLDER = "model_checkpoint"
+KEEP_LAST = 3
+
+
+def checkpoint_dir(model_dir: Path, worker: int | None = None) -> Path:
+    folder = Path(model_dir) / CHECKPOINT_FOLDER
+    return folder / f"worker_{worker}" if worker is not None else folder
+
+
+def ensure_writable_dir(folder: Path, flag: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"{flag} is not a folder: {folder}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"cannot create {flag} {folder}: {error.strerror}") from None
+
+
+def clear_checkpoints(folder: Path) -> bool:
+    """Delete the previous run's checkpoints; True if there were any."""
+    if folder.is_symlink():
+        raise UserInputError(f"refusing to clear {folder}: it is a symbolic link")
+    if not folder.exists():
+        return False
+    if folder.name != CHECKPOINT_FOLDER and folder.parent.name != CHECKPOINT_FOLDER:
+        raise AssertionError(f"only checkpoint folders are ever cleared, not {folder}")
+    shutil.rmtree(folder)
+    return True
+
+
+def make_manager(checkpoint: tf.train.Checkpoint, folder: Path) -> tf.train.CheckpointManager:
+    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=KEEP_LAST,
+                                      checkpoint_name="checkpoint")
+
+
+def latest(folder: Path) -> str | None:
+    return tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def restore_model(model: tf.keras.Model, folder: Path) -> str:
+    """Load the model weights of the latest checkpoint (optimizer state not needed)."""
+    path = latest(folder)
+    if path is None:
+        raise UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
+    try:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
+    return path

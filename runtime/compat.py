@@ -1,0 +1,41 @@
+"""Every difference between the two supported stacks, in one place.
+
+* TF 2.15 + Keras 2.15 (the last Gaudi stack), where ``tf.keras`` is Keras 2;
+* TF 2.16 - 2.21 + Keras 3, where ``tf.keras`` is Keras 3.
+
+The rest of the code base imports ``keras`` from here and calls these helpers
+instead of testing versions itself.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+keras = tf.keras  # Keras 2 on TF 2.15, Keras 3 on TF 2.16+
+
+KERAS_MAJOR = int(keras.__version__.split(".")[0]) if hasattr(keras, "__version__") else 2
+
+
+def variable_path(variable: tf.Variable) -> str:
+    """Full, scoped name of a model variable.
+
+    Keras 3 keeps only the short name (``kernel``) in ``.name`` and the scoped
+    one in ``.path``; Keras 2 puts the scoped name in ``.name``.
+    """
+    return getattr(variable, "path", None) or variable.name
+
+
+def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> list[tf.Variable]:
+    """Optimizer state (iteration count, Adam moments) as a list."""
+    variables = optimizer.variables
+    return list(variables() if callable(variables) else variables)
+
+
+def set_mixed_bfloat16(enabled: bool) -> None:
+    """Keras mixed precision: bf16 compute, float32 variables (same API on both stacks)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if enabled else "float32")
+
+
+def compute_dtype() -> str:
+    policy = keras.mixed_precision.global_policy()
+    return policy.compute_dtype

@@ -1,0 +1,66 @@
+"""Single worker or Horovod data parallelism, behind one small interface.
+
+The training loop asks a ``Workers`` object for its rank and size, wraps its
+gradient tape with it and broadcasts once after the first step; it never
+imports Horovod itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from runtime.errors import UserInputError
+
+
+class Workers:
+    """One worker: rank 0 of 1."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def wrap_tape(self, tape: tf.GradientTape) -> Any:
+        return tape
+
+    def broadcast(self, variables: Sequence[tf.Variable]) -> None:
+        """Make every worker start from rank 0's values (no-op for one worker)."""
+
+    def describe(self) -> str:
+        return "single worker"
+
+
+class HorovodWorkers(Workers):
+    """Horovod: gradients all-reduced, state broadcast from rank 0."""
+
+    def __init__(self) -> None:
+        try:
+            self._hvd = importlib.import_module("horovod.tensorflow")
+        except ImportError as error:
+            raise UserInputError(
+                f"--use_horovod needs Horovod ({error}); install it with "
+                "'HOROVOD_WITH_TENSORFLOW=1 pip install horovod' on the TF 2.15 stack "
+                "(scripts/setup_env.sh tf2.15), or habana-horovod on Gaudi") from None
+        self._hvd.init()
+        self.rank = self._hvd.rank()
+        self.size = self._hvd.size()
+        self.local_rank = self._hvd.local_rank()
+
+    def wrap_tape(self, tape: tf.GradientTape) -> Any:
+        return self._hvd.DistributedGradientTape(tape)
+
+    def broadcast(self, variables: Sequence[tf.Variable]) -> None:
+        self._hvd.broadcast_variables(list(variables), root_rank=0)
+
+    def describe(self) -> str:
+        return f"Horovod worker {self.rank} of {self.size}"
+
+
+def make_workers(use_horovod: bool) -> Workers:
+    return HorovodWorkers() if use_horovod else Workers()

@@ -1,0 +1,123 @@
+"""Logging in NVIDIA dllogger's formats.
+
+stdout gets ``DLL <datetime> - <step> <key> : <value> ...`` lines and
+``<log_dir>/log.json`` gets ``DLLL {json}`` lines (timestamp, datetime,
+elapsedtime, type, step, data), so tools written for the original recipe's
+logs read ours. dllogger is not on PyPI: when it is importable it does the
+writing, otherwise ``_Writer`` below produces the same formats.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+Step = tuple | int | str
+
+
+def _plain(value: Any) -> Any:
+    """NumPy and TensorFlow scalars as Python numbers, so json.dumps takes them."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Writer:
+    """Same output as dllogger's StdOutBackend + JSONStreamBackend."""
+
+    def __init__(self, stdout: TextIO | None, json_file: TextIO | None) -> None:
+        self._stdout = stdout
+        self._json = json_file
+        self._start = datetime.now()
+
+    def _stamp(self) -> tuple[datetime, float]:
+        now = datetime.now()
+        return now, (now - self._start).total_seconds()
+
+    def log(self, step: Step, data: Mapping[str, Any]) -> None:
+        now, elapsed = self._stamp()
+        if self._stdout is not None:
+            metrics = " ".join(f"{key} : {value} " for key, value in data.items())
+            print(f"DLL {now} - {step} {metrics}", file=self._stdout, flush=True)
+        if self._json is not None:
+            record = {"timestamp": str(now.timestamp()), "datetime": str(now),
+                      "elapsedtime": str(elapsed), "type": "LOG", "step": step, "data": dict(data)}
+            self._json.write(f"DLLL {json.dumps(record)}\n")
+
+    def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
+        if self._json is None:
+            return
+        now, elapsed = self._stamp()
+        record = {"timestamp": str(now.timestamp()), "elapsedtime": str(elapsed), "datetime": str(now),
+                  "type": "METADATA", "metric": metric, "metadata": dict(metadata)}
+        self._json.write(f"DLLL {json.dumps(record)}\n")
+
+    def flush(self) -> None:
+        for stream in (self._stdout, self._json):
+            if stream is not None:
+                stream.flush()
+
+
+class _DlloggerWriter:
+    """The real dllogger package, when installed."""
+
+    def __init__(self, dllogger: Any, stdout: bool, json_path: Path | None, append: bool) -> None:
+        backends = []
+        if stdout:
+            backends.append(dllogger.StdOutBackend(dllogger.Verbosity.VERBOSE))
+        if json_path is not None:
+            backends.append(dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, str(json_path),
+                                                       append=append))
+        self._logger = dllogger.Logger(backends=backends)
+
+    def log(self, step: Step, data: Mapping[str, Any]) -> None:
+        self._logger.log(step=step, data=dict(data), verbosity=0)
+
+    def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
+        self._logger.metadata(metric, dict(metadata))
+
+    def flush(self) -> None:
+        self._logger.flush()
+
+
+class Logger:
+    """What the run loop logs through; values may be tensors or NumPy scalars."""
+
+    def __init__(self, stdout: bool, json_path: Path | None, append: bool = False) -> None:
+        try:
+            import dllogger
+        except ImportError:
+            dllogger = None
+        self.json_path = json_path
+        if dllogger is not None:
+            self._writer: Any = _DlloggerWriter(dllogger, stdout, json_path, append)
+            return
+        self._json_file = None
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            self._json_file = open(json_path, "a" if append else "w", encoding="utf-8")
+        self._writer = _Writer(sys.stdout if stdout else None, self._json_file)
+
+    def log(self, step: Step, data: Mapping[str, Any]) -> None:
+        self._writer.log(_plain(step) if not isinstance(step, tuple) else tuple(_plain(list(step))),
+                         {key: _plain(value) for key, value in data.items()})
+        self._writer.flush()
+
+    def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
+        self._writer.metadata(metric, metadata)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if getattr(self, "_json_file", None) is not None:
+            self._json_file.close()
+            self._json_file = None

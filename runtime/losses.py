@@ -1,0 +1,41 @@
+"""Training objective: sigmoid cross-entropy + soft Dice loss + L2 weight decay.
+
+All of it is computed in float32, whatever the model's compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import tensorflow as tf
+
+from runtime.compat import variable_path
+
+DICE_SMOOTHING = 1e-6
+
+
+def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Mean sigmoid cross-entropy of the logits against one-hot labels."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def dice_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """1 - soft Dice of the softmax, per image and class, averaged over batch then classes."""
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    spatial = (1, 2)
+    overlap = tf.reduce_sum(probs * labels, axis=spatial)
+    sizes = tf.reduce_sum(probs * probs, axis=spatial) + tf.reduce_sum(labels * labels, axis=spatial)
+    dice = (2.0 * overlap + DICE_SMOOTHING) / (sizes + DICE_SMOOTHING)  # (batch, classes)
+    return tf.reduce_mean(1.0 - tf.reduce_mean(dice, axis=0))
+
+
+def partial_losses(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return cross_entropy(logits, labels), dice_loss(logits, labels)
+
+
+def weight_decay(variables: Iterable[tf.Variable], coefficient: float) -> tf.Tensor:
+    """coefficient * sum(w^2) / 2 over the weights (batch-norm parameters excluded, as in the recipe)."""
+    penalties = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables
+                 if "batch_normalization" not in variable_path(v)]
+    return coefficient * tf.add_n(penalties)

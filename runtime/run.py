@@ -1,0 +1,203 @@
+"""Training, evaluation and prediction: one loop each, shared by normal and benchmark runs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from data_loading.tiff_io import write_stack_atomically
+from runtime import checkpoints
+from runtime.compat import keras, optimizer_variables
+from runtime.distribution import Workers
+from runtime.dllog import Logger
+from runtime.losses import partial_losses, weight_decay
+from runtime.setup import logs_here, saves_checkpoints
+from runtime.tensorboard import TensorBoardWriters
+from runtime.timing import StepTimer, performance_stats
+
+PREDICTIONS_FILE = Path("predictions") / "test-masks.tif"
+
+
+@dataclass
+class RunContext:
+    args: argparse.Namespace
+    workers: Workers
+    logger: Logger
+    dataset: object  # data_loading.data_loader.Dataset or SyntheticDataset
+    checkpoint_dir: Path | None
+    tensorboard: TensorBoardWriters | None = None
+
+
+class Runner:
+    """Holds the model, its optimizer and the compiled steps, so each is traced once per run."""
+
+    def __init__(self, ctx: RunContext, model: keras.Model) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.optimizer = keras.optimizers.Adam(learning_rate=ctx.args.learning_rate)
+        # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
+        self.optimizer.build(model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step)
+        self.weights_ready = False  # True once trained or restored in this process
+        jit = ctx.args.xla
+        self._train_step = tf.function(self._train_step_fn, jit_compile=jit)
+        self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit)
+        self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit)
+
+    # Compiled steps -------------------------------------------------------
+
+    def _train_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            ce, dice = partial_losses(logits, labels)
+            loss = ce + dice + weight_decay(variables, self.ctx.args.weight_decay)
+        tape = self.ctx.workers.wrap_tape(tape)
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return ce, dice
+
+    def _eval_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return partial_losses(self.model(images, training=False), labels)
+
+    def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        return tf.nn.softmax(logits, axis=-1)[..., 1]  # probability of "cell"
+
+    # Training ---------------------------------------------------------------
+
+    def _start_step(self) -> int:
+        """Restore (--resume_training) or clear old checkpoints; the step to start from."""
+        args, folder = self.ctx.args, self.ctx.checkpoint_dir
+        if folder is None:
+            return 0
+        if args.resume_training:
+            path = checkpoints.latest(folder)
+            if path is None:
+                self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
+                return 0
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+            self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
+            return int(self.step.numpy())
+        if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
+            self.ctx.logger.log("CHECKPOINT", {"cleared": str(folder)})
+        return 0
+
+    def train(self) -> None:
+        ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
+        steps = args.max_steps // workers.size
+        start = self._start_step()
+        self.weights_ready = True
+        if start >= steps:
+            ctx.logger.log("CHECKPOINT", {"message": f"already trained {start} of {steps} steps"})
+            return
+        logging = logs_here(args, workers) and not args.benchmark
+        images_per_step = args.batch_size * workers.size
+        # Outside benchmarks the warm-up shrinks for short runs, so they still report a speed.
+        warmup = args.warmup_steps if args.benchmark else min(args.warmup_steps, max(steps - start - 2, 0))
+        timer = StepTimer(warmup)
+        window_ce, window_dice, window_start = [], [], time.perf_counter()
+        batches = iter(ctx.dataset.train_fn())
+        timer.start()
+        for step in range(start, steps):
+            images, labels = next(batches)
+            ce, dice = self._train_step(images, labels)
+            window_ce.append(float(ce))  # reading the losses waits for the step: honest timing
+            window_dice.append(float(dice))
+            if step == start:
+                # After the first step, so that Adam's slots exist on every worker.
+                workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
+            timer.step_done()
+            self.step.assign(step + 1)
+            done = step + 1
+            if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
+                duration = (time.perf_counter() - window_start) / len(window_ce)
+                ce_mean, dice_mean = float(np.mean(window_ce)), float(np.mean(window_dice))
+                data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean,
+                        "train_total_loss": ce_mean + dice_mean,
+                        "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size / duration}
+                ctx.logger.log((done, steps), data)
+                if ctx.tensorboard is not None:
+                    ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
+                                                         "examples/sec": data["IPS"],
+                                                         "global_step/sec": 1.0 / duration})
+                window_ce, window_dice, window_start = [], [], time.perf_counter()
+            if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
+                self.evaluate(step=done)
+        if logs_here(args, workers):
+            ctx.logger.log((), performance_stats(timer.durations, images_per_step, "train"))
+        if saves_checkpoints(args, workers) and ctx.checkpoint_dir is not None:
+            path = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir).save(checkpoint_number=self.step)
+            ctx.logger.log("CHECKPOINT", {"saved": path, "step": int(self.step.numpy())})
+
+    # Evaluation and prediction ---------------------------------------------
+
+    def _ensure_weights(self) -> None:
+        if self.weights_ready:
+            return
+        path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
+            Path(self.ctx.args.model_dir)))
+        self.ctx.logger.log("CHECKPOINT", {"restored": path})
+        self.weights_ready = True
+
+    def evaluate(self, step: int | None = None) -> dict[str, float]:
+        """The recipe's five metrics (plus its 'loss' alias) over the fold's validation slices."""
+        ctx = self.ctx
+        self._ensure_weights()
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.eval_time(step or 0, "start")
+        ce_sum = dice_sum = 0.0
+        count = 0
+        for images, labels in ctx.dataset.eval_fn(count=1):
+            ce, dice = self._eval_step(images, labels)
+            size = int(images.shape[0])
+            ce_sum, dice_sum, count = ce_sum + float(ce) * size, dice_sum + float(dice) * size, count + size
+        ce_loss, dice_loss = ce_sum / count, dice_sum / count
+        data = {"eval_ce_loss": ce_loss, "eval_dice_loss": dice_loss,
+                "eval_total_loss": ce_loss + dice_loss, "eval_dice_score": 1.0 - dice_loss,
+                "loss": ce_loss + dice_loss, "accuracy": 1.0 - dice_loss}
+        if logs_here(ctx.args, ctx.workers):
+            ctx.logger.log((), data)
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.eval_scalars(step or 0, data)
+            ctx.tensorboard.eval_time(step or 0, "end")
+        return data
+
+    def predict(self) -> Path | None:
+        """Masks of the test volume (0 = membrane, 255 = cell) as <model_dir>/predictions/test-masks.tif."""
+        ctx, args = self.ctx, self.ctx.args
+        if args.benchmark:
+            if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir or Path(args.model_dir)):
+                self._ensure_weights()
+            return self._benchmark_predict()
+        self._ensure_weights()
+        if not ctx.workers.is_chief:
+            return None
+        probabilities = tf.concat([self._predict_step(images) for images in ctx.dataset.test_fn(count=1)], 0)
+        # Resize the probabilities, then threshold: the masks stay strictly binary.
+        height, width = ctx.dataset.test_shape
+        resized = tf.image.resize(probabilities[..., tf.newaxis], (height, width), method="bilinear")[..., 0]
+        masks = np.where(resized.numpy() >= 0.5, 255, 0).astype(np.uint8)
+        path = Path(args.model_dir) / PREDICTIONS_FILE
+        write_stack_atomically(path, masks)
+        ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(masks),
+                                   "cell_fraction": float(np.mean(masks == 255))})
+        return path
+
+    def _benchmark_predict(self) -> None:
+        args = self.ctx.args
+        timer = StepTimer(args.warmup_steps)
+        batches = self.ctx.dataset.test_fn(count=None, drop_remainder=True).take(args.max_steps)
+        timer.start()
+        for images in batches:
+            self._predict_step(images).numpy()
+            timer.step_done()
+        if self.ctx.workers.is_chief:
+            self.ctx.logger.log((), performance_stats(timer.durations, args.batch_size, "test"))
+        return None

@@ -1,0 +1,94 @@
+"""Turning parsed flags into a configured TensorFlow, logger and output folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import tensorflow as tf
+
+from runtime import compat
+from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
+from runtime.device import Device
+from runtime.distribution import Workers
+from runtime.dllog import Logger
+from runtime.errors import UserInputError
+from runtime.tensorboard import TensorBoardWriters
+
+
+def validate_bf16_config(path: str) -> None:
+    """The Gaudi op lists must be readable JSON; checked everywhere so a bad path fails early."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+    except OSError as error:
+        raise UserInputError(f"cannot read --bf16_config_path {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise UserInputError(f"--bf16_config_path {path} is not valid JSON: {error}") from None
+
+
+def configure_tensorflow(args: argparse.Namespace, device: Device) -> None:
+    """Seeds, precision and debug dumps; to be called before the model is built."""
+    validate_bf16_config(args.bf16_config_path)
+    compat.keras.utils.set_random_seed(args.seed)
+    bf16 = args.dtype == "bf16"
+    if device.is_gaudi:
+        # Gaudi's graph compiler converts the listed ops itself; Keras stays float32.
+        if bf16:
+            os.environ["TF_BF16_CONVERSION"] = args.bf16_config_path
+        compat.set_mixed_bfloat16(False)
+    else:
+        compat.set_mixed_bfloat16(bf16)
+    if args.dump_config:
+        dump_dir = Path(args.dump_config)
+        ensure_writable_dir(dump_dir, "--dump_config")
+        tf.debugging.experimental.enable_dump_debug_info(str(dump_dir), tensor_debug_mode="NO_TENSOR")
+
+
+def worker_log_dir(args: argparse.Namespace, workers: Workers) -> Path:
+    log_dir = Path(args.log_dir)
+    return log_dir / f"worker_{workers.rank}" if args.log_all_workers and workers.size > 1 else log_dir
+
+
+def logs_here(args: argparse.Namespace, workers: Workers) -> bool:
+    """Rank 0 logs and checkpoints; every rank does with --log_all_workers."""
+    return workers.is_chief or args.log_all_workers
+
+
+def make_logger(args: argparse.Namespace, workers: Workers) -> Logger:
+    if not logs_here(args, workers):
+        return Logger(stdout=False, json_path=None)
+    log_dir = worker_log_dir(args, workers)
+    ensure_writable_dir(log_dir, "--log_dir")
+    return Logger(stdout=True, json_path=log_dir / "log.json", append=args.resume_training)
+
+
+def make_tensorboard(args: argparse.Namespace, workers: Workers) -> TensorBoardWriters | None:
+    if not args.tensorboard_logging or not logs_here(args, workers):
+        return None
+    return TensorBoardWriters(worker_log_dir(args, workers))
+
+
+def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path | None:
+    """The folder this worker restores checkpoints from (and writes them to, if it saves).
+
+    None in training benchmarks, which neither read nor write checkpoints.
+    Every rank reads (a resumed run must agree on the step), only
+    ``saves_checkpoints`` ranks write.
+    """
+    model_dir = Path(args.model_dir)
+    training = "train" in args.exec_mode
+    if training and args.benchmark:
+        return None
+    if training and saves_checkpoints(args, workers):
+        ensure_writable_dir(model_dir, "--model_dir")
+    elif model_dir.exists() and not model_dir.is_dir():
+        raise UserInputError(f"--model_dir is not a folder: {model_dir}")
+    per_worker = workers.rank if args.log_all_workers and workers.size > 1 else None
+    return checkpoint_dir(model_dir, per_worker)
+
+
+def saves_checkpoints(args: argparse.Namespace, workers: Workers) -> bool:
+    return not (args.benchmark or args.disable_ckpt_saving) and logs_here(args, workers)

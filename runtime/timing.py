@@ -1,0 +1,42 @@
+"""Step timing and the throughput / latency figures the recipe reports."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class StepTimer:
+    """Timestamps each finished step; the first ``warmup`` steps are left out of the figures."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self._stamps: list[float] = []
+        self._steps = 0
+
+    def start(self) -> None:
+        """Call right before the first step: with no warm-up, the first step counts too."""
+        if self.warmup == 0:
+            self._stamps.append(time.perf_counter())
+
+    def step_done(self) -> None:
+        self._steps += 1
+        if self._steps >= self.warmup > 0 or self.warmup == 0:  # the stamp closing the last warm-up step opens the window
+            self._stamps.append(time.perf_counter())
+
+    @property
+    def durations(self) -> np.ndarray:
+        return np.diff(np.asarray(self._stamps))
+
+
+def performance_stats(durations: np.ndarray, images_per_step: int, mode: str) -> dict[str, float]:
+    """throughput_<mode> (mean of per-step images/s) and latency_<mode>_mean/90/95/99 in ms."""
+    if len(durations) == 0:
+        return {}
+    latency_ms = 1000.0 * np.asarray(durations)
+    stats = {f"throughput_{mode}": float(np.mean(images_per_step * 1000.0 / latency_ms)),
+             f"latency_{mode}_mean": float(np.mean(latency_ms))}
+    for level in (90, 95, 99):
+        stats[f"latency_{mode}_{level}"] = float(np.percentile(latency_ms, level))
+    return stats

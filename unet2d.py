@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""UNet2D medical image segmentation: train, evaluate and predict on the ISBI 2012 EM data.
+
+    python unet2d.py --data_dir ./data --fold 0 --dtype bf16 --model_dir /tmp/unet2d
+
+See README.md for every mode and flag.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from runtime.arguments import parse_args
+from runtime.errors import UserInputError
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.tf_verbosity is not None:  # must be set before TensorFlow is imported
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
+
+    # Imported here so that --help and flag errors never wait for TensorFlow.
+    from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
+    from model.unet import build_unet
+    from runtime.device import select_device
+    from runtime.distribution import make_workers
+    from runtime.run import RunContext, Runner
+    from runtime.setup import (configure_tensorflow, make_logger, make_tensorboard,
+                               prepare_checkpoint_dir)
+
+    workers = make_workers(args.use_horovod)
+    device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
+    configure_tensorflow(args, device)
+    logger = make_logger(args, workers)
+
+    options = StreamOptions(
+        batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+        rank=workers.rank, num_workers=workers.size,
+        num_parallel_calls=-1 if device.is_gaudi2 else None,  # -1 == tf.data.AUTOTUNE
+        prefetch_device=device.name if device.is_gaudi else None)
+    if args.synth_data:
+        dataset = SyntheticDataset(options)
+    else:
+        dataset = Dataset(args.data_dir, options, args.fold, args.fold_scheme,
+                          need_train="train" in args.exec_mode or "evaluate" in args.exec_mode,
+                          need_test="predict" in args.exec_mode)
+    checkpoint_dir = prepare_checkpoint_dir(args, workers)
+    tensorboard = make_tensorboard(args, workers)
+
+    logger.log("PARAMETER", {key: value for key, value in vars(args).items()})
+    logger.log("SETUP", {"device": device.describe(), "workers": workers.describe(),
+                         "precision": args.dtype, "synthetic_data": args.synth_data})
+    logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
+    if tensorboard is not None:
+        tensorboard.hyperparameters(vars(args))
+
+    runner = Runner(RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard), build_unet(args.seed))
+    if "train" in args.exec_mode:
+        runner.train()
+    if "evaluate" in args.exec_mode:
+        runner.evaluate(step=int(runner.step.numpy()))
+    if "predict" in args.exec_mode:
+        runner.predict()
+    if tensorboard is not None:
+        tensorboard.close()
+    logger.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except UserInputError as error:
+        print(f"unet2d.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
