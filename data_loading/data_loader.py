@@ -68,8 +68,10 @@ class _Streams:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _map(self, dataset: tf.data.Dataset, function) -> tf.data.Dataset:
-        return dataset.map(function, num_parallel_calls=self.options.num_parallel_calls,
-                           deterministic=True)
+        parallel = self.options.num_parallel_calls
+        if parallel is None:
+            return dataset.map(function)
+        return dataset.map(function, num_parallel_calls=parallel, deterministic=True)
 
 
 class Dataset(_Streams):

@@ -22,6 +22,9 @@ def read_stack(path: Path) -> np.ndarray:
         stack = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for broken files
         raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
+    if stack.size == 0:
+        raise UserInputError(f"cannot read {path} as a TIFF stack: it holds no image data "
+                             "(truncated, or not a TIFF file)")
     if stack.ndim == 2:
         stack = stack[np.newaxis]
     if stack.ndim != 3:
@@ -29,8 +32,6 @@ def read_stack(path: Path) -> np.ndarray:
                              f"it has shape {stack.shape}")
     if stack.dtype != np.uint8:
         raise UserInputError(f"{path} must hold 8-bit (uint8) pixels; it holds {stack.dtype}")
-    if stack.shape[0] == 0:
-        raise UserInputError(f"{path} holds no slices")
     return stack
 
 

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real ISBI 2012 data beside the project, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ISBI_DIR = ROOT.parent / "shared" / "data" / "isbi2012"
+ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+
+
+@pytest.fixture(scope="session")
+def isbi_dir() -> Path:
+    if not all((ISBI_DIR / name).is_file() for name in ISBI_FILES):
+        pytest.fail(f"the ISBI 2012 data is expected in {ISBI_DIR} (../shared/data/isbi2012)")
+    return ISBI_DIR
+
+
+@pytest.fixture
+def isbi_copy(isbi_dir: Path, tmp_path: Path) -> Path:
+    """A writable copy of the data, for tests that break one file."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ISBI_FILES:
+        shutil.copyfile(isbi_dir / name, folder / name)
+    return folder
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run unet2d.py in a subprocess, as a user would."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_log(path: Path) -> list[dict]:
+    """The DLLL records of a log.json file."""
+    records = []
+    for line in path.read_text().splitlines():
+        assert line.startswith("DLLL "), line
+        records.append(json.loads(line[5:]))
+    return records
+
+
+def merged_data(records: list[dict], step) -> dict:
+    """All data logged at one step label (e.g. "DATA", or [] for the final summaries)."""
+    merged: dict = {}
+    for record in records:
+        if record.get("type") == "LOG" and record["step"] == step:
+            merged.update(record["data"])
+    return merged

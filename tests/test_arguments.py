@@ -1,0 +1,71 @@
+"""The CLI contract of the recipe's README: names, aliases, choices, defaults, and early errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.arguments import parse_args
+from tests.conftest import run_cli
+
+README_DEFAULTS = {
+    "exec_mode": "train_and_evaluate", "model_dir": "/tmp/unet2d", "data_dir": None,
+    "log_dir": "/tmp/unet2d", "batch_size": 8, "dtype": "bf16", "fold": None, "max_steps": 6400,
+    "log_every": 100, "evaluate_every": 0, "warmup_steps": 200, "weight_decay": 0.0005,
+    "learning_rate": 0.0001, "seed": 123, "dump_config": None, "augment": True, "benchmark": False,
+    "xla": False, "resume_training": False, "no_hpu": False, "synth_data": False,
+    "disable_ckpt_saving": False, "use_horovod": False, "tensorboard_logging": False,
+    "log_all_workers": False, "tf_verbosity": None,
+}
+
+
+def test_defaults_are_the_readmes():
+    args = vars(parse_args(["--synth_data"]))
+    for name, value in README_DEFAULTS.items():
+        if name != "synth_data":
+            assert args[name] == value, name
+    assert args["bf16_config_path"].endswith("bf16_config/unet.json")
+
+
+@pytest.mark.parametrize("argv, name, value", [
+    (["-b", "2"], "batch_size", 2),
+    (["-d", "fp32"], "dtype", "fp32"),
+    (["--xla"], "xla", True),
+    (["--use_xla"], "xla", True),
+    (["--no-augment"], "augment", False),
+    (["--augment"], "augment", True),
+    (["--benchmark"], "benchmark", True),
+    (["--benchmark", "--no-benchmark"], "benchmark", False),
+    (["--tf_verbosity", "2"], "tf_verbosity", 2),
+])
+def test_aliases(argv, name, value):
+    assert getattr(parse_args(["--synth_data", *argv]), name) == value
+
+
+def test_every_mode_is_accepted():
+    for mode in ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict"):
+        assert parse_args(["--data_dir", "x", "--fold", "0", "--exec_mode", mode]).exec_mode == mode
+
+
+def test_help_explains_every_flag():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in [*README_DEFAULTS, "bf16_config_path"]:
+        assert f"--{flag}" in result.stdout or flag == "xla"
+    assert "--xla" in result.stdout and "--no-augment" in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--synth_data", "--fold", "5"], "--fold must be in 0..4"),
+    (["--synth_data", "--fold", "-1"], "--fold must be in 0..4"),
+    (["--synth_data", "--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--synth_data", "--benchmark", "--max_steps", "10", "--warmup_steps", "10"], "must be greater than --warmup_steps"),
+    (["--exec_mode", "train"], "--data_dir is required"),
+    (["--data_dir", "x", "--exec_mode", "evaluate"], "needs --fold"),
+    (["--synth_data", "--dtype", "fp16"], "invalid choice"),
+])
+def test_bad_flags_give_one_line_and_status_2(argv, message):
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,64 @@
+"""Losses against a direct NumPy computation on small tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from runtime.losses import cross_entropy, dice_loss, weight_decay
+
+
+def numpy_losses(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    logits = logits.astype(np.float64)
+    ce = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = exp / exp.sum(-1, keepdims=True)
+    dices = []
+    for b in range(logits.shape[0]):
+        per_class = []
+        for c in range(logits.shape[-1]):
+            p, t = probs[b, ..., c], labels[b, ..., c]
+            per_class.append((2 * (p * t).sum() + 1e-6) / ((p * p).sum() + (t * t).sum() + 1e-6))
+        dices.append(per_class)
+    dice_per_class = np.mean(dices, axis=0)
+    return float(ce.mean()), float(np.mean(1 - dice_per_class))
+
+
+def random_case(seed: int, shape=(3, 5, 4, 2)):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, shape).astype(np.float32)
+    classes = rng.integers(0, 2, shape[:-1])
+    labels = np.eye(2, dtype=np.float32)[classes]
+    return logits, labels
+
+
+def test_losses_match_numpy():
+    for seed in range(3):
+        logits, labels = random_case(seed)
+        expected_ce, expected_dice = numpy_losses(logits, labels)
+        np.testing.assert_allclose(float(cross_entropy(logits, labels)), expected_ce, rtol=1e-5)
+        np.testing.assert_allclose(float(dice_loss(logits, labels)), expected_dice, rtol=1e-5)
+
+
+def test_bf16_logits_give_float32_losses():
+    logits, labels = random_case(4)
+    ce = cross_entropy(tf.cast(logits, tf.bfloat16), labels)
+    dice = dice_loss(tf.cast(logits, tf.bfloat16), labels)
+    assert ce.dtype == tf.float32 and dice.dtype == tf.float32
+    expected_ce, expected_dice = numpy_losses(logits, labels)
+    np.testing.assert_allclose(float(ce), expected_ce, rtol=2e-2)
+    np.testing.assert_allclose(float(dice), expected_dice, rtol=2e-2)
+
+
+def test_perfect_prediction_has_near_zero_dice_loss():
+    _, labels = random_case(5)
+    logits = (labels * 2 - 1) * 30.0
+    assert float(dice_loss(logits, labels)) < 1e-6
+
+
+def test_weight_decay_is_half_sum_of_squares_without_batch_norm():
+    kernel = tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="conv/kernel")
+    bias = tf.Variable([1.0, -2.0], name="conv/bias")
+    norm = tf.Variable([100.0], name="batch_normalization/gamma")
+    expected = 0.1 * (np.sum(np.arange(6) ** 2) + 1 + 4) / 2
+    np.testing.assert_allclose(float(weight_decay([kernel, bias, norm], 0.1)), expected, rtol=1e-6)
