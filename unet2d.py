@@ -26,8 +26,7 @@ def run(argv: list[str] | None = None) -> None:
     from runtime.device import select_device
     from runtime.distribution import make_workers
     from runtime.run import RunContext, Runner
-    from runtime.setup import (configure_tensorflow, make_logger, make_tensorboard,
-                               prepare_checkpoint_dir)
+    from runtime.setup import configure_tensorflow, make_logger, make_tensorboard, prepare_checkpoint_dir
 
     workers = make_workers(args.use_horovod)
     device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs

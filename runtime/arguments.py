@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict")
 NUM_FOLDS = 5

@@ -5,7 +5,7 @@ All of it is computed in float32, whatever the model's compute dtype.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import tensorflow as tf
 

@@ -22,7 +22,7 @@ class StepTimer:
 
     def step_done(self) -> None:
         self._steps += 1
-        if self._steps >= self.warmup > 0 or self.warmup == 0:  # the stamp closing the last warm-up step opens the window
+        if self._steps >= self.warmup:  # the stamp closing the last warm-up step opens the window
             self._stamps.append(time.perf_counter())
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -38,21 +37,3 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def read_log(path: Path) -> list[dict]:
-    """The DLLL records of a log.json file."""
-    records = []
-    for line in path.read_text().splitlines():
-        assert line.startswith("DLLL "), line
-        records.append(json.loads(line[5:]))
-    return records
-
-
-def merged_data(records: list[dict], step) -> dict:
-    """All data logged at one step label (e.g. "DATA", or [] for the final summaries)."""
-    merged: dict = {}
-    for record in records:
-        if record.get("type") == "LOG" and record["step"] == step:
-            merged.update(record["data"])
-    return merged

@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 from data_loading.data_loader import fold_indices
-from tests.conftest import merged_data, read_log, run_cli
+from runtime.parse_results import merged_data, read_log
+from tests.conftest import run_cli
 
 EVAL_KEYS = ("eval_ce_loss", "eval_dice_loss", "eval_total_loss", "eval_dice_score", "accuracy", "loss")
 

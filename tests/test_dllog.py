@@ -17,7 +17,8 @@ def test_formats(tmp_path, capsys, monkeypatch):
     logger.log((), {"eval_dice_score": 0.9})
     logger.close()
     out = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"DLL \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ - \(3, 10\) train_ce_loss : 0\.5  IPS : 2\.0 ", out[0])
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+"
+    assert re.fullmatch(rf"DLL {stamp} - \(3, 10\) train_ce_loss : 0\.5  IPS : 2\.0 ", out[0])
     assert out[1].endswith("- () eval_dice_score : 0.9 ")
     lines = (tmp_path / "log.json").read_text().splitlines()
     first = json.loads(lines[0].removeprefix("DLLL "))
