@@ -36,7 +36,7 @@ def run(argv: list[str] | None = None) -> None:
     options = StreamOptions(
         batch_size=args.batch_size, seed=args.seed, augment=args.augment,
         rank=workers.rank, num_workers=workers.size,
-        num_parallel_calls=-1 if device.is_gaudi2 else None,  # -1 == tf.data.AUTOTUNE
+        parallel_map=device.is_gaudi2,
         prefetch_device=device.name if device.is_gaudi else None)
     if args.synth_data:
         dataset = SyntheticDataset(options)
@@ -47,7 +47,7 @@ def run(argv: list[str] | None = None) -> None:
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
     tensorboard = make_tensorboard(args, workers)
 
-    logger.log("PARAMETER", {key: value for key, value in vars(args).items()})
+    logger.log("PARAMETER", vars(args))
     logger.log("SETUP", {"device": device.describe(), "workers": workers.describe(),
                          "precision": args.dtype, "synthetic_data": args.synth_data})
     logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})

@@ -50,7 +50,7 @@ class StreamOptions:
     augment: bool = True
     rank: int = 0
     num_workers: int = 1
-    num_parallel_calls: int | None = None  # AUTOTUNE on Gaudi2, sequential elsewhere
+    parallel_map: bool = False  # parallel (and deterministic) preprocessing: on Gaudi2, as in the recipe
     prefetch_device: str | None = None  # "/device:HPU:0" on Gaudi
 
 
@@ -68,10 +68,9 @@ class _Streams:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _map(self, dataset: tf.data.Dataset, function) -> tf.data.Dataset:
-        parallel = self.options.num_parallel_calls
-        if parallel is None:
+        if not self.options.parallel_map:
             return dataset.map(function)
-        return dataset.map(function, num_parallel_calls=parallel, deterministic=True)
+        return dataset.map(function, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class Dataset(_Streams):

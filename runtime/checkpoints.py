@@ -7,6 +7,7 @@ Python, never the model dir itself and never through a shell.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def ensure_writable_dir(folder: Path, flag: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserInputError(f"cannot create {flag} {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} is not writable: {folder}")
 
 
 def clear_checkpoints(folder: Path) -> bool:

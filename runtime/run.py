@@ -40,12 +40,10 @@ class Runner:
         self.ctx = ctx
         self.model = model
         self.optimizer = keras.optimizers.Adam(learning_rate=ctx.args.learning_rate)
-        # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
-        self.optimizer.build(model.trainable_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step)
         self.weights_ready = False  # True once trained or restored in this process
-        jit = ctx.args.xla
+        jit = True if ctx.args.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
         self._train_step = tf.function(self._train_step_fn, jit_compile=jit)
         self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit)
         self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit)
@@ -92,6 +90,8 @@ class Runner:
     def train(self) -> None:
         ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
         steps = args.max_steps // workers.size
+        # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
+        self.optimizer.build(self.model.trainable_variables)
         start = self._start_step()
         self.weights_ready = True
         if start >= steps:

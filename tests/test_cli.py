@@ -141,8 +141,8 @@ def test_training_benchmark_without_data_dir(tmp_path):
     assert any(dump.rglob("*")), "the debug dump wrote nothing"
 
 
-def test_predict_benchmark(tmp_path):
-    ok(run_cli("--synth_data", "--exec_mode", "predict", "--benchmark", "--batch_size", "2",
+def test_predict_benchmark_with_xla(tmp_path):
+    ok(run_cli("--synth_data", "--exec_mode", "predict", "--benchmark", "--xla", "--batch_size", "2",
                "--max_steps", "3", "--warmup_steps", "1", "--model_dir", str(tmp_path / "m"),
                "--log_dir", str(tmp_path)))
     stats = merged_data(read_log(tmp_path / "log.json"), [])
