@@ -1,0 +1,101 @@
+"""An offline stand-in for the ISBI 2012 stacks: EM-like slices with exact labels.
+
+Each slice is a tessellation of cells (a weighted Voronoi diagram whose seeds
+drift slowly from slice to slice, like serial sections) separated by dark
+membranes of varying width. Cell interiors get their own grey level, smooth
+texture and dark vesicle-like blobs (which are *not* membrane, so the task
+is not just thresholding); then blur and noise. Labels come from the geometry
+before rendering, so they are exact: 255 = cell interior, 0 = membrane.
+Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CELL_AREA = 2600  # mean cell area in pixels at 512x512, close to the ISBI slices
+CHUNK = 1 << 15
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian-filtered noise (filtered in Fourier space)."""
+    return _normalize(_blur(rng.standard_normal((size, size)), sigma))
+
+
+def _normalize(field: np.ndarray) -> np.ndarray:
+    return (field - field.mean()) / (field.std() + 1e-9)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.rfftfreq(image.shape[1])[None, :]
+    transfer = np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2))
+    return np.fft.irfft2(np.fft.rfft2(image) * transfer, s=image.shape)
+
+
+def _nearest_two(points: np.ndarray, weights: np.ndarray, warp: np.ndarray,
+                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: the nearest seed's index and the two smallest weighted distances.
+
+    Pixel positions are displaced by the smooth ``warp`` field first, which
+    bends the straight Voronoi edges into wavy, membrane-like curves.
+    """
+    ys, xs = np.mgrid[0:size, 0:size]
+    pixels = (np.stack([ys.ravel(), xs.ravel()], axis=1) + warp.reshape(2, -1).T).astype(np.float32)
+    owner = np.empty(len(pixels), np.int32)
+    first = np.empty(len(pixels), np.float32)
+    second = np.empty(len(pixels), np.float32)
+    for start in range(0, len(pixels), CHUNK):
+        chunk = pixels[start:start + CHUNK]
+        distance = np.sqrt(((chunk[:, None, :] - points[None]) ** 2).sum(-1)) - weights[None]
+        two = np.argpartition(distance, 1, axis=1)[:, :2]
+        d_two = np.take_along_axis(distance, two, axis=1)
+        order = np.argsort(d_two, axis=1)
+        owner[start:start + CHUNK] = np.take_along_axis(two, order[:, :1], axis=1)[:, 0]
+        sorted_two = np.take_along_axis(d_two, order, axis=1)
+        first[start:start + CHUNK], second[start:start + CHUNK] = sorted_two[:, 0], sorted_two[:, 1]
+    shape = (size, size)
+    return owner.reshape(shape), first.reshape(shape), second.reshape(shape)
+
+
+def generate_volume(num_slices: int = 30, size: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels), each (num_slices, size, size) uint8."""
+    rng = np.random.default_rng(seed)
+    num_cells = max(4, round(size * size / CELL_AREA))
+    points = rng.uniform(0, size, (num_cells, 2)).astype(np.float32)
+    drift = rng.normal(0, 1.2, (num_cells, 2)).astype(np.float32)
+    weights = rng.uniform(0, 6, num_cells).astype(np.float32)  # unequal cell sizes
+    cell_grey = rng.uniform(135, 205, num_cells)
+    images = np.empty((num_slices, size, size), np.uint8)
+    labels = np.empty((num_slices, size, size), np.uint8)
+    for index in range(num_slices):
+        points = np.mod(points + drift + rng.normal(0, 0.5, points.shape), size).astype(np.float32)
+        warp = 7 * np.stack([_smooth_noise(rng, size, 10), _smooth_noise(rng, size, 10)])
+        owner, first, second = _nearest_two(points, weights, warp, size)
+        # Half the gap between the two nearest weighted distances ~ distance to the cell border.
+        border_distance = (second - first) / 2
+        half_width = 1.4 + 0.7 * np.clip(_smooth_noise(rng, size, 12) + 1.0, 0, 3)  # 1.4 .. 3.5 px
+        membrane = border_distance < half_width
+        labels[index] = np.where(membrane, 0, 255)
+        images[index] = _render(rng, owner, membrane, cell_grey, size)
+    return images, labels
+
+
+def _render(rng: np.random.Generator, owner: np.ndarray, membrane: np.ndarray, cell_grey: np.ndarray,
+            size: int) -> np.ndarray:
+    image = cell_grey[owner] + 14 * _smooth_noise(rng, size, 3) + 8 * _smooth_noise(rng, size, 1)
+    # Vesicles and organelles: dark round blobs inside cells (label stays "cell").
+    blobs = np.zeros((size, size))
+    count = rng.poisson(size * size / 2500)
+    centres = rng.uniform(0, size, (count, 2))
+    radii = rng.uniform(2, 7, count)
+    ys, xs = np.ogrid[0:size, 0:size]
+    for (cy, cx), radius in zip(centres, radii):
+        y0, y1 = int(max(cy - radius - 1, 0)), int(min(cy + radius + 2, size))
+        x0, x1 = int(max(cx - radius - 1, 0)), int(min(cx + radius + 2, size))
+        disk = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= radius**2
+        blobs[y0:y1, x0:x1] = np.maximum(blobs[y0:y1, x0:x1], disk * rng.uniform(35, 75))
+    image = image - blobs
+    image = np.where(membrane, rng.uniform(45, 75) + 10 * _smooth_noise(rng, size, 2), image)
+    image = _blur(image, rng.uniform(0.8, 1.4)) + rng.normal(0, 9, (size, size))
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
