@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 CELL_AREA = 2600  # mean cell area in pixels at 512x512, close to the ISBI slices
-CHUNK = 1 << 15
+TILE = 32  # pixels per side of the tiles that share one list of candidate seeds
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -38,24 +38,31 @@ def _nearest_two(points: np.ndarray, weights: np.ndarray, warp: np.ndarray,
     """Per pixel: the nearest seed's index and the two smallest weighted distances.
 
     Pixel positions are displaced by the smooth ``warp`` field first, which
-    bends the straight Voronoi edges into wavy, membrane-like curves.
+    bends the straight Voronoi edges into wavy, membrane-like curves. Each
+    tile of pixels only compares the seeds that can be among its two nearest
+    (a bound from the tile's centre and radius), which keeps this exact and fast.
     """
-    ys, xs = np.mgrid[0:size, 0:size]
-    pixels = (np.stack([ys.ravel(), xs.ravel()], axis=1) + warp.reshape(2, -1).T).astype(np.float32)
-    owner = np.empty(len(pixels), np.int32)
-    first = np.empty(len(pixels), np.float32)
-    second = np.empty(len(pixels), np.float32)
-    for start in range(0, len(pixels), CHUNK):
-        chunk = pixels[start:start + CHUNK]
-        distance = np.sqrt(((chunk[:, None, :] - points[None]) ** 2).sum(-1)) - weights[None]
-        two = np.argpartition(distance, 1, axis=1)[:, :2]
-        d_two = np.take_along_axis(distance, two, axis=1)
-        order = np.argsort(d_two, axis=1)
-        owner[start:start + CHUNK] = np.take_along_axis(two, order[:, :1], axis=1)[:, 0]
-        sorted_two = np.take_along_axis(d_two, order, axis=1)
-        first[start:start + CHUNK], second[start:start + CHUNK] = sorted_two[:, 0], sorted_two[:, 1]
-    shape = (size, size)
-    return owner.reshape(shape), first.reshape(shape), second.reshape(shape)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    positions = np.stack([ys + warp[0], xs + warp[1]], axis=-1)
+    owner = np.empty((size, size), np.int32)
+    first = np.empty((size, size), np.float32)
+    second = np.empty((size, size), np.float32)
+    reach = TILE / np.sqrt(2) + float(np.abs(warp).max()) + 1.0  # farthest any pixel sits from its tile centre
+    for y0 in range(0, size, TILE):
+        for x0 in range(0, size, TILE):
+            tile = positions[y0:y0 + TILE, x0:x0 + TILE].reshape(-1, 2)
+            centre = np.array([y0 + TILE / 2, x0 + TILE / 2], np.float32)
+            at_centre = np.sqrt(((points - centre) ** 2).sum(-1)) - weights
+            bound = np.partition(at_centre + reach, 1)[1]  # no pixel's second-nearest is farther than this
+            candidates = np.flatnonzero(at_centre - reach <= bound)
+            distance = np.sqrt(((tile[:, None, :] - points[candidates][None]) ** 2).sum(-1)) - weights[candidates]
+            order = np.argsort(distance, axis=1)[:, :2]
+            nearest = np.take_along_axis(distance, order, axis=1)
+            shape = positions[y0:y0 + TILE, x0:x0 + TILE].shape[:2]
+            owner[y0:y0 + TILE, x0:x0 + TILE] = candidates[order[:, 0]].reshape(shape)
+            first[y0:y0 + TILE, x0:x0 + TILE] = nearest[:, 0].reshape(shape)
+            second[y0:y0 + TILE, x0:x0 + TILE] = nearest[:, 1].reshape(shape)
+    return owner, first, second
 
 
 def generate_volume(num_slices: int = 30, size: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

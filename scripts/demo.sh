@@ -31,6 +31,6 @@ Demo finished. Outputs:
   checkpoint            $out/model/model_checkpoint
   predicted masks       $out/model/predictions/test-masks.tif
   logs                  $out/logs/train/log.json, $out/logs/predict/log.json
-  TensorBoard           $python -m tensorboard.main --logdir $out/logs/train
+  TensorBoard           $(dirname "$python")/tensorboard --logdir $out/logs/train
 The evaluation Dice is the eval_dice_score in the last training log lines above.
 DONE
