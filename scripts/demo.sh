@@ -5,7 +5,7 @@
 #
 #   bash scripts/demo.sh [output_folder] [extra unet2d.py flags...]
 #
-# Defaults: ./results/demo, 40 steps at batch 2 in bf16 (about 4 minutes on 2 cores).
+# Defaults: ./results/demo, 40 steps at batch 2 in bf16 (about 3 minutes on 2 cores).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$(realpath -m "${1:-./results/demo}")
