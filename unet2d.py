@@ -21,23 +21,25 @@ def run(argv: list[str] | None = None) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
 
     # Imported here so that --help and flag errors never wait for TensorFlow.
-    from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
+    from data_loading.data_loader import Dataset, SyntheticDataset
     from model.unet import build_unet
     from runtime.device import select_device
     from runtime.distribution import make_workers
     from runtime.run import RunContext, Runner
-    from runtime.setup import configure_tensorflow, make_logger, make_tensorboard, prepare_checkpoint_dir
+    from runtime.setup import (
+        configure_tensorflow,
+        make_logger,
+        make_tensorboard,
+        prepare_checkpoint_dir,
+        stream_options,
+    )
 
     workers = make_workers(args.use_horovod)
     device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
-    configure_tensorflow(args, device)
+    configure_tensorflow(args, device, workers)
     logger = make_logger(args, workers)
 
-    options = StreamOptions(
-        batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-        rank=workers.rank, num_workers=workers.size,
-        parallel_map=device.is_gaudi2,
-        prefetch_device=device.name if device.is_gaudi else None)
+    options = stream_options(args, workers, device)
     if args.synth_data:
         dataset = SyntheticDataset(options)
     else:

@@ -8,6 +8,7 @@ imports Horovod itself.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ class Workers:
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1
 
     @property
     def is_chief(self) -> bool:
@@ -52,9 +54,12 @@ class HorovodWorkers(Workers):
         self.rank = self._hvd.rank()
         self.size = self._hvd.size()
         self.local_rank = self._hvd.local_rank()
+        self.local_size = self._hvd.local_size()
+        # For the test suite only: ranks keep their own gradients, to show that all-reduce matters.
+        self._allreduce = os.environ.get("UNET2D_TEST_SKIP_ALLREDUCE") != "1"
 
     def wrap_tape(self, tape: tf.GradientTape) -> Any:
-        return self._hvd.DistributedGradientTape(tape)
+        return self._hvd.DistributedGradientTape(tape) if self._allreduce else tape
 
     def broadcast(self, variables: Sequence[tf.Variable]) -> None:
         self._hvd.broadcast_variables(list(variables), root_rank=0)

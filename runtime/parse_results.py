@@ -1,12 +1,20 @@
-"""Reading the DLLL records of a log.json back: the results of a run, for scripts and tests."""
+"""Reading runs' results back from their log.json files, and averaging a 5-fold cross-validation.
+
+    python runtime/parse_results.py --model_dir <results_dir> --env bf16_1hpu
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import UserInputError
+if __package__ in (None, ""):  # run as a script: python runtime/parse_results.py, like the recipe
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.errors import UserInputError  # noqa: E402
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -37,3 +45,70 @@ def merged_data(records: list[dict[str, Any]], step: Any) -> dict[str, Any]:
         if record.get("type") == "LOG" and record.get("step") == step:
             merged.update(record["data"])
     return merged
+
+
+def final_eval(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last evaluation summary of a run (the one after training), or None."""
+    evals = [r["data"] for r in records
+             if r.get("type") == "LOG" and r.get("step") == [] and "eval_dice_score" in r.get("data", {})]
+    return evals[-1] if evals else None
+
+
+def fold_logs(results_dir: Path, env: str) -> list[Path]:
+    """The log.json of each fold run of ``env`` (e.g. bf16_1hpu) under a 5-fold results folder.
+
+    With --log_all_workers the logs sit in worker_N folders; worker 0's stands for the run.
+    """
+    logs = []
+    for run_dir in sorted(Path(results_dir).glob(f"{env}_fold*")):
+        if not run_dir.is_dir():
+            continue
+        for candidate in (run_dir / "log.json", run_dir / "worker_0" / "log.json"):
+            if candidate.is_file():
+                logs.append(candidate)
+                break
+    return logs
+
+
+def average_folds(results_dir: Path, env: str) -> dict[str, float]:
+    """Mean eval_dice_score and eval_ce_loss over the folds' JSON logs; corrupt or unfinished ones are named."""
+    logs = fold_logs(results_dir, env)
+    if not logs:
+        raise UserInputError(f"no log.json of a {env}_fold* run in {results_dir}")
+    dice, ce = [], []
+    for path in logs:
+        try:
+            result = final_eval(read_log(path))
+        except UserInputError as error:
+            print(f"skipping {path}: {error}", file=sys.stderr)
+            continue
+        if result is None:
+            print(f"skipping {path}: it holds no evaluation result (did the run finish?)", file=sys.stderr)
+            continue
+        dice.append(float(result["eval_dice_score"]))
+        ce.append(float(result["eval_ce_loss"]))
+        print(f"{path.parent.name}: eval_dice_score {dice[-1]:.4f}  eval_ce_loss {ce[-1]:.4f}")
+    if not dice:
+        raise UserInputError(f"none of the {len(logs)} {env} logs in {results_dir} holds an evaluation result")
+    return {"folds": len(dice), "eval_dice_score": sum(dice) / len(dice), "eval_ce_loss": sum(ce) / len(ce)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Average the evaluation results of a 5-fold cross-validation.")
+    parser.add_argument("--model_dir", required=True, type=Path,
+                        help="the results folder of train_and_evaluate.sh")
+    parser.add_argument("--env", required=True,
+                        help="which runs to average: <precision>_<workers>hpu, e.g. bf16_1hpu or fp32_8hpu")
+    args = parser.parse_args(argv)
+    try:
+        summary = average_folds(args.model_dir, args.env)
+    except UserInputError as error:
+        print(f"parse_results.py: error: {error}", file=sys.stderr)
+        return 1
+    print(f"Evaluation dice score: {summary['eval_dice_score']} (average of {summary['folds']} folds)")
+    print(f"Evaluation cross-entropy loss: {summary['eval_ce_loss']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from data_loading.data_loader import StreamOptions
 from runtime import compat
 from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
 from runtime.device import Device
@@ -29,9 +30,12 @@ def validate_bf16_config(path: str) -> None:
         raise UserInputError(f"--bf16_config_path {path} is not valid JSON: {error}") from None
 
 
-def configure_tensorflow(args: argparse.Namespace, device: Device) -> None:
-    """Seeds, precision and debug dumps; to be called before the model is built."""
+def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Workers) -> None:
+    """Threads, seeds, precision and debug dumps; to be called before the model is built."""
     validate_bf16_config(args.bf16_config_path)
+    if workers.local_size > 1 and not device.is_gaudi:
+        # Workers sharing a CPU split its cores instead of each taking them all.
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // workers.local_size))
     compat.keras.utils.set_random_seed(args.seed)
     bf16 = args.dtype == "bf16"
     if device.is_gaudi:
@@ -45,6 +49,15 @@ def configure_tensorflow(args: argparse.Namespace, device: Device) -> None:
         dump_dir = Path(args.dump_config)
         ensure_writable_dir(dump_dir, "--dump_config")
         tf.debugging.experimental.enable_dump_debug_info(str(dump_dir), tensor_debug_mode="NO_TENSOR")
+
+
+def stream_options(args: argparse.Namespace, workers: Workers, device: Device) -> StreamOptions:
+    """How this worker's input pipeline is built on this device."""
+    return StreamOptions(
+        batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+        rank=workers.rank, num_workers=workers.size,
+        parallel_map=device.is_gaudi2,  # as the recipe: parallel, deterministic mapping on Gaudi2
+        prefetch_device=device.name if device.is_gaudi else None)
 
 
 def worker_log_dir(args: argparse.Namespace, workers: Workers) -> Path:

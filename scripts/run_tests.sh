@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite, set-up included: builds (or reuses) the environment,
-# lints with ruff, then runs pytest. Extra arguments go to pytest.
+# The whole test suite, set-up included, on both supported stacks:
+#   1. the current stack (TensorFlow 2.16+ / Keras 3): ruff, then every test;
+#   2. the TF 2.15 / Keras 2 stack with Horovod (the last Gaudi stack): every test
+#      again, the Horovod and multi-worker tests now required to run.
+# Environments are built once and cached (scripts/setup_env.sh); the first TF 2.15
+# build compiles Horovod (about 10 minutes on 2 cores).
+#
+#   bash scripts/run_tests.sh                # both stacks
+#   UNET2D_STACKS=current bash scripts/run_tests.sh -k fold   # one stack, extra pytest arguments
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-python=$(scripts/setup_env.sh current | tail -n 1)
-"$python" -m ruff check .
-"$python" -m pytest -q "$@"
+stacks=${UNET2D_STACKS:-current tf2.15}
+status=0
+for stack in $stacks; do
+  python=$(scripts/setup_env.sh "$stack" | tail -n 1)
+  echo "=== $stack stack: $("$python" -c 'import sys, tensorflow as tf; print(f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}")' 2>/dev/null)"
+  if [ "$stack" = current ]; then
+    "$python" -m ruff check .
+  fi
+  require=$([ "$stack" = tf2.15 ] && echo 1 || echo 0)
+  UNET2D_REQUIRE_HOROVOD=$require "$python" -m pytest -q -p no:cacheprovider "$@" || status=$?
+done
+exit $status

@@ -1,0 +1,69 @@
+"""train_and_evaluate.sh end to end at a few steps per fold, its average checked against the per-fold logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from runtime.parse_results import final_eval, read_log
+from tests.conftest import ROOT
+from tests.horovod_support import require_horovod
+
+SCRIPT = ROOT / "train_and_evaluate.sh"
+
+
+def run_script(*args, timeout=1200):
+    env = {**os.environ, "PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def check_average(results, env_name, stdout):
+    logs = [results / f"{env_name}_fold{k}.log" for k in range(5)]
+    assert all(log.is_file() for log in logs)
+    dices = []
+    for k in range(5):
+        run_dir = results / f"{env_name}_fold{k}"
+        log_json = run_dir / "log.json" if (run_dir / "log.json").exists() else run_dir / "worker_0" / "log.json"
+        dices.append(final_eval(read_log(log_json))["eval_dice_score"])
+    printed = float(re.search(r"Evaluation dice score: ([0-9.e-]+)", stdout).group(1))
+    assert printed == pytest.approx(sum(dices) / 5, rel=1e-9)
+
+
+def test_five_folds_one_worker(isbi_dir, tmp_path):
+    result = run_script(isbi_dir, tmp_path, 1, "bf16", 1, "--max_steps", "1", "--log_every", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    check_average(tmp_path, "bf16_1hpu", result.stdout)
+
+
+def test_five_folds_two_workers(isbi_dir, tmp_path):
+    require_horovod()
+    result = run_script(isbi_dir, tmp_path, 1, "bf16", 2, "--max_steps", "2", "--log_every", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    check_average(tmp_path, "bf16_2hpu", result.stdout)
+    assert "--use_horovod" in result.stdout and "mpirun" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "expected at least 5 arguments"),
+    (("DATA", "out", "8", "fp16", "1"), "precision must be fp32 or bf16"),
+    (("DATA", "out", "0", "bf16", "1"), "batch_size must be a positive integer"),
+    (("DATA", "out", "8", "bf16", "two"), "workers must be a positive integer"),
+    (("/nonexistent", "out", "8", "bf16", "1"), "data_dir is not a folder"),
+])
+def test_usage_errors(isbi_dir, tmp_path, args, message):
+    args = tuple(str(isbi_dir) if a == "DATA" else str(tmp_path / a) if a == "out" else a for a in args)
+    result = run_script(*args)
+    assert result.returncode == 2 and "usage:" in result.stderr and message in result.stderr
+
+
+def test_stops_at_the_first_failed_fold(isbi_copy, tmp_path):
+    (isbi_copy / "train-labels.tif").write_bytes(b"broken")
+    result = run_script(isbi_copy, tmp_path / "out", 1, "bf16", 1, "--max_steps", "1")
+    assert result.returncode == 1
+    assert "fold 0 failed" in result.stderr and "bf16_1hpu_fold0.log" in result.stderr
+    assert not (tmp_path / "out" / "bf16_1hpu_fold1.log").exists()

@@ -1,0 +1,88 @@
+"""The Gaudi path, with a stand-in for habana_frameworks.tensorflow that records its calls.
+
+There is no Gaudi (and no Habana software) on the machines that run these
+tests, so the stand-in below takes the place of the real module: the tests
+check that the code calls the real API in the right order and reacts to its
+answers as the recipe does (device type, bf16 conversion variable, Gaudi2's
+parallel input mapping, prefetching to the HPU device). The HPU kernels
+themselves are not exercised here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from argparse import Namespace
+
+import pytest
+
+from data_loading.data_loader import StreamOptions, SyntheticDataset
+from runtime import compat
+from runtime.arguments import DEFAULT_BF16_CONFIG, parse_args
+from runtime.device import select_device
+from runtime.distribution import Workers
+from runtime.setup import configure_tensorflow, stream_options
+
+
+@pytest.fixture
+def habana(monkeypatch):
+    calls: list[str] = []
+    package = types.ModuleType("habana_frameworks")
+    module = types.ModuleType("habana_frameworks.tensorflow")
+    device_module = types.ModuleType("habana_frameworks.tensorflow.habana_device")
+    module.load_habana_module = lambda: calls.append("load_habana_module")
+    device_module.get_type = lambda: calls.append("get_type") or "GAUDI2"
+    module.habana_device = device_module
+    package.tensorflow = module
+    for name, value in (("habana_frameworks", package), ("habana_frameworks.tensorflow", module),
+                        ("habana_frameworks.tensorflow.habana_device", device_module)):
+        monkeypatch.setitem(sys.modules, name, value)
+    return calls
+
+
+def test_gaudi_is_selected_and_loaded_first(habana):
+    device = select_device(no_hpu=False)
+    assert habana == ["load_habana_module", "get_type"]
+    assert (device.kind, device.name, device.gaudi_type) == ("HPU", "/device:HPU:0", "GAUDI2")
+    assert device.is_gaudi2
+
+
+def test_no_hpu_flag_skips_gaudi(habana):
+    assert select_device(no_hpu=True).kind == "CPU"
+    assert habana == []
+
+
+def test_without_habana_software_the_cpu_is_used(monkeypatch):
+    monkeypatch.setitem(sys.modules, "habana_frameworks", None)  # import fails as on a machine without it
+    assert select_device(no_hpu=False).kind == "CPU"
+
+
+def test_bf16_on_gaudi_sets_the_conversion_config_not_keras_policy(habana, monkeypatch):
+    monkeypatch.setenv("TF_BF16_CONVERSION", "unset")  # restored (to absent) after the test
+    args = parse_args(["--synth_data", "--dtype", "bf16"])
+    configure_tensorflow(args, select_device(no_hpu=False), Workers())
+    import os
+    assert os.environ["TF_BF16_CONVERSION"] == str(DEFAULT_BF16_CONFIG)
+    assert compat.compute_dtype() == "float32"
+
+
+def test_gaudi2_input_pipeline_is_parallel_and_prefetches_to_the_hpu(habana):
+    args = Namespace(batch_size=2, seed=1, augment=True)
+    options = stream_options(args, Workers(), select_device(no_hpu=False))
+    assert options.parallel_map and options.prefetch_device == "/device:HPU:0"
+
+
+def test_prefetch_to_device_path_runs():
+    """The same prefetch_to_device code path, pointed at the CPU (the only device here)."""
+    data = SyntheticDataset(StreamOptions(batch_size=1, seed=0, prefetch_device="/device:CPU:0"))
+    images, masks = next(iter(data.train_fn()))
+    assert images.shape == (1, 572, 572, 1)
+
+
+def test_bf16_config_lists_the_reference_ops():
+    config = json.loads(DEFAULT_BF16_CONFIG.read_text())
+    for op in ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput", "MatMul", "MaxPool", "Relu"):
+        assert op in config["allowlist"]
+    for op in ("Add", "Mul", "ConcatV2", "Reshape", "HorovodAllreduce"):
+        assert op in config["conditional_list"]

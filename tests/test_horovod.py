@@ -1,0 +1,109 @@
+"""Two Horovod workers on the real data, under mpirun and horovodrun (TF 2.15 stack).
+
+After a few steps the two ranks' weights (and Adam moments) must be identical,
+and must differ when the ranks keep their own gradients (no all-reduce).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime.parse_results import merged_data, read_log
+from tests.conftest import ROOT, run_cli
+from tests.horovod_support import horovod_available, require_horovod
+
+MPIRUN = ["mpirun", "--allow-run-as-root", "--bind-to", "none", "--oversubscribe", "-np", "2"]
+
+
+def launch(launcher, args, extra_env=None, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
+    command = [*launcher, sys.executable, str(ROOT / "unet2d.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def train_two_workers(launcher, isbi_dir, out, extra_env=None):
+    args = ["--data_dir", str(isbi_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
+            "--max_steps", "6", "--log_every", "1", "--dtype", "fp32", "--use_horovod", "--log_all_workers",
+            "--model_dir", str(out), "--log_dir", str(out / "logs")]
+    result = launch(launcher, args, extra_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def checkpoint_values(folder):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(folder))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if reader.get_tensor(name).dtype.kind == "f"}
+
+
+def assert_ranks(out, identical):
+    first = checkpoint_values(out / "model_checkpoint" / "worker_0")
+    second = checkpoint_values(out / "model_checkpoint" / "worker_1")
+    assert first.keys() == second.keys() and len(first) > 46
+    same = all(np.array_equal(first[name], second[name]) for name in first)
+    assert same == identical
+
+
+@pytest.fixture
+def horovod():
+    require_horovod()
+
+
+def test_mpirun_ranks_stay_identical(horovod, isbi_dir, tmp_path):
+    train_two_workers(MPIRUN, isbi_dir, tmp_path)
+    assert_ranks(tmp_path, identical=True)
+    for rank in (0, 1):
+        records = read_log(tmp_path / "logs" / f"worker_{rank}" / "log.json")
+        steps = [r["step"] for r in records if isinstance(r.get("step"), list) and len(r["step"]) == 2]
+        assert steps[-1] == [3, 3]  # max_steps 6 shared by 2 workers
+        assert merged_data(records, "SETUP")["workers"] == f"Horovod worker {rank} of 2"
+        assert merged_data(records, [])["throughput_train"] > 0
+
+
+def test_without_allreduce_ranks_drift_apart(horovod, isbi_dir, tmp_path):
+    train_two_workers(MPIRUN, isbi_dir, tmp_path, {"UNET2D_TEST_SKIP_ALLREDUCE": "1"})
+    assert_ranks(tmp_path, identical=False)
+
+
+def test_horovodrun_ranks_stay_identical(horovod, isbi_dir, tmp_path):
+    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    train_two_workers([horovodrun, "-np", "2", "--gloo"], isbi_dir, tmp_path)
+    assert_ranks(tmp_path, identical=True)
+
+
+def test_only_rank_zero_logs_without_log_all_workers(horovod, isbi_dir, tmp_path):
+    args = ["--synth_data", "--exec_mode", "train", "--batch_size", "1", "--max_steps", "2", "--use_horovod",
+            "--model_dir", str(tmp_path), "--log_dir", str(tmp_path / "logs")]
+    result = launch(MPIRUN, args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "logs" / "log.json").is_file() and not (tmp_path / "logs" / "worker_1").exists()
+    assert (tmp_path / "model_checkpoint" / "checkpoint-1.index").exists()
+    assert result.stdout.count("SETUP device") == 1
+
+
+def test_a_failing_rank_fails_the_job(horovod, isbi_copy, tmp_path):
+    """Rank 1 gets a broken data dir: the job must end non-zero, not hang in an all-reduce."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    common = ["--exec_mode", "train", "--fold", "0", "--batch_size", "1", "--max_steps", "20", "--use_horovod",
+              "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l")]
+    program = [sys.executable, str(ROOT / "unet2d.py"), *common]
+    command = [*MPIRUN[:-2], "-np", "1", *program, "--data_dir", str(isbi_copy),
+               ":", "-np", "1", *program, "--data_dir", str(broken)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode != 0
+    assert "missing data file" in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(horovod_available(), reason="checks the message for a missing Horovod")
+def test_use_horovod_without_horovod_says_how_to_install(tmp_path):
+    result = run_cli("--synth_data", "--use_horovod", "--log_dir", str(tmp_path))
+    assert result.returncode == 2 and "--use_horovod needs Horovod" in result.stderr
+    assert "pip install horovod" in result.stderr

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# 5-fold cross-validation: train and evaluate folds 0..4, then average the
+# evaluation Dice and cross-entropy over the folds (read from the JSON logs).
+#
+#   bash train_and_evaluate.sh <data_dir> <results_dir> <batch_size> <fp32|bf16> <workers> [unet2d.py flags...]
+#
+# Fold k logs to <results_dir>/<precision>_<workers>hpu_fold<k>.log and keeps its
+# checkpoint and log.json in <results_dir>/<precision>_<workers>hpu_fold<k>/.
+# More than one worker runs under mpirun with --use_horovod (MPIRUN_FLAGS
+# replaces the default mpirun options). Extra flags go to every fold, e.g.
+# --max_steps 100. The interpreter is $PYTHON, or python3.
+set -euo pipefail
+
+usage() {
+  echo "usage: $0 <data_dir> <results_dir> <batch_size> <fp32|bf16> <workers> [unet2d.py flags...]" >&2
+  echo "error: $1" >&2
+  exit 2
+}
+[ $# -ge 5 ] || usage "expected at least 5 arguments, got $#"
+data_dir=$1 results_dir=$2 batch_size=$3 precision=$4 workers=$5
+shift 5
+[ -d "$data_dir" ] || usage "data_dir is not a folder: $data_dir"
+[[ $batch_size =~ ^[1-9][0-9]*$ ]] || usage "batch_size must be a positive integer, got '$batch_size'"
+[[ $precision == fp32 || $precision == bf16 ]] || usage "precision must be fp32 or bf16, got '$precision'"
+[[ $workers =~ ^[1-9][0-9]*$ ]] || usage "workers must be a positive integer, got '$workers'"
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+python=${PYTHON:-python3}
+read -r -a mpirun_flags <<< "${MPIRUN_FLAGS:---allow-run-as-root --bind-to none --oversubscribe}"
+env_name="${precision}_${workers}hpu"
+mkdir -p "$results_dir"
+
+for fold in 0 1 2 3 4; do
+  run_dir="$results_dir/${env_name}_fold$fold"
+  log="$results_dir/${env_name}_fold$fold.log"
+  command=("$python" "$here/unet2d.py" --exec_mode train_and_evaluate --data_dir "$data_dir"
+           --model_dir "$run_dir" --log_dir "$run_dir" --batch_size "$batch_size" --dtype "$precision"
+           --fold "$fold" --max_steps 6400 --augment "$@")
+  if [ "$workers" -gt 1 ]; then
+    command=(mpirun "${mpirun_flags[@]}" -np "$workers" "${command[@]}" --use_horovod)
+  fi
+  echo "fold $fold: ${command[*]} > $log"
+  if ! "${command[@]}" > "$log" 2>&1; then
+    echo "fold $fold failed; its log: $log" >&2
+    tail -n 5 "$log" >&2
+    exit 1
+  fi
+done
+
+"$python" "$here/runtime/parse_results.py" --model_dir "$results_dir" --env "$env_name"
