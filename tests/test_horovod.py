@@ -38,8 +38,8 @@ def train_two_workers(launcher, isbi_dir, out, extra_env=None):
 def checkpoint_values(folder):
     import tensorflow as tf
     reader = tf.train.load_checkpoint(str(folder))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if reader.get_tensor(name).dtype.kind == "f"}
+    values = {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
+    return {name: value for name, value in values.items() if value.dtype.kind == "f"}
 
 
 def assert_ranks(out, identical):
