@@ -12,7 +12,7 @@ import os
 import sys
 
 from runtime.arguments import parse_args
-from runtime.errors import UserInputError
+from runtime.errors import TrainingDiverged, UserInputError
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -69,11 +69,19 @@ def run(argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime.signals import TrainingInterrupted
+
     try:
         run(argv)
     except UserInputError as error:
         print(f"unet2d.py: error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"unet2d.py: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except TrainingDiverged as error:
+        print(f"unet2d.py: error: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

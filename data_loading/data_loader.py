@@ -41,6 +41,19 @@ def fold_indices(num_slices: int, fold: int | None, seed: int,
     return order[:split], order[split:]
 
 
+def binary_labels(labels: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Labels as 0 (membrane) / 255 (cell); 0/1 labels are accepted and scaled."""
+    values = np.unique(labels)
+    if set(values.tolist()) <= {0, 255}:
+        return labels
+    if set(values.tolist()) <= {0, 1}:
+        notes.append("labels hold 0/1: read 1 as cell (255)")
+        return labels * np.uint8(255)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise UserInputError(f"{TRAIN_LABELS} must be two-valued (0 = membrane, 255 or 1 = cell); "
+                         f"it holds {len(values)} values: {shown}")
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     """How the streams are built on this worker and device."""
@@ -86,9 +99,10 @@ class Dataset(_Streams):
             raise UserInputError(f"data dir is not a folder: {data_dir}")
         self.train_indices = self.val_indices = np.array([], dtype=np.int64)
         self._images = self._labels = self._test = None
+        self.notes: list[str] = []  # what the loader did to accept the data, for the log
         if need_train:
             self._images = read_stack(data_dir / TRAIN_IMAGES)
-            self._labels = read_stack(data_dir / TRAIN_LABELS)
+            self._labels = binary_labels(read_stack(data_dir / TRAIN_LABELS), self.notes)
             if self._images.shape != self._labels.shape:
                 raise UserInputError(
                     f"{TRAIN_IMAGES} and {TRAIN_LABELS} differ: {self._images.shape} "
@@ -119,21 +133,33 @@ class Dataset(_Streams):
         pairs = tf.data.Dataset.from_tensor_slices((self._images[indices], self._labels[indices]))
         return pairs.map(lambda image, label: (pre.normalize_image(image), pre.normalize_label(label)))
 
-    def train_fn(self) -> tf.data.Dataset:
-        """Endless, shuffled, augmented batches of this worker's shard."""
-        opts = self.options
-        dataset = self._normalized_pairs(self.train_indices)
-        dataset = dataset.shard(opts.num_workers, opts.rank).cache().repeat()
-        dataset = dataset.shuffle(3 * opts.batch_size, seed=opts.seed)
-        base_seed = tf.constant(opts.seed, tf.int64)
+    def train_fn(self, start_step: int = 0) -> tf.data.Dataset:
+        """Endless, shuffled, augmented batches of this worker's shard, from batch ``start_step`` on.
 
-        def prepare(index: tf.Tensor, pair: tuple[tf.Tensor, tf.Tensor]):
-            image, label = pair
+        Sample i of the stream is slice ``order_e[i mod n]`` of epoch ``e = i div n``
+        (a fresh seeded permutation each epoch), augmented with the stateless
+        seed (run seed, i). Batch k is therefore a pure function of the seed and
+        k, and a resumed run replays exactly what an uninterrupted one would
+        have seen, without re-reading the batches before it.
+        """
+        opts = self.options
+        shard = self.train_indices[opts.rank::opts.num_workers]
+        images = tf.stack([pre.normalize_image(image) for image in self._images[shard]])
+        labels = tf.stack([pre.normalize_label(label) for label in self._labels[shard]])
+        count = tf.constant(len(shard), tf.int64)
+        seed = tf.constant(opts.seed + 7919 * opts.rank, tf.int64)  # each worker its own draws
+
+        def sample(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            epoch, position = index // count, index % count
+            order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([seed, -1 - epoch])))
+            chosen = order[position]
+            image, label = images[chosen], labels[chosen]
             if opts.augment:
-                image, label = pre.augment(image, label, tf.stack([base_seed, index]))
+                image, label = pre.augment(image, label, tf.stack([seed, index]))
             return image, pre.crop_label(label)
 
-        dataset = self._map(dataset.enumerate(), prepare)
+        first_sample = start_step * opts.batch_size
+        dataset = self._map(tf.data.Dataset.range(first_sample, 2**62), sample)
         return self._prefetch(dataset.batch(opts.batch_size, drop_remainder=True))
 
     def eval_fn(self, count: int = 1) -> tf.data.Dataset:
@@ -148,8 +174,14 @@ class Dataset(_Streams):
         dataset = self._map(dataset, pre.normalize_image)
         return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=drop_remainder))
 
-    def describe_split(self) -> dict[str, list[int]]:
-        return {"train_slices": self.train_indices.tolist(), "val_slices": self.val_indices.tolist()}
+    def describe_split(self) -> dict[str, object]:
+        described: dict[str, object] = {"train_slices": self.train_indices.tolist(),
+                                        "val_slices": self.val_indices.tolist()}
+        if self._images is not None:
+            described["slice_size"] = list(self._images.shape[1:])
+        if self.notes:
+            described["notes"] = "; ".join(self.notes)
+        return described
 
 
 class SyntheticDataset(_Streams):
@@ -174,7 +206,7 @@ class SyntheticDataset(_Streams):
         self.train_indices = np.array([], dtype=np.int64)
         self.val_indices = np.array([], dtype=np.int64)
 
-    def train_fn(self) -> tf.data.Dataset:
+    def train_fn(self, start_step: int = 0) -> tf.data.Dataset:
         dataset = tf.data.Dataset.from_tensors((self._image, self._mask)).cache().repeat()
         return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=True))
 

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--synth_data", action="store_true",
         help="train on a fixed synthetic tensor (deterministic, no data files needed)")
     add("--disable_ckpt_saving", action="store_true", help="write no checkpoint")
+    add("--checkpoint_every", type=int, default=500, metavar="STEPS",
+        help="also write a checkpoint every N training steps (0: off)")
+    add("--checkpoint_minutes", type=float, default=30.0, metavar="MINUTES",
+        help="also write a checkpoint when this many minutes passed since the last one (0: off)")
+    add("--keep_checkpoints", type=int, default=3, metavar="K", help="keep the newest K checkpoints")
+    add("--deterministic", action="store_true",
+        help="TensorFlow op determinism: the same seed and flags give the same losses (slower)")
     add("--use_horovod", action="store_true",
         help="data-parallel training over the workers started by mpirun or horovodrun")
     add("--tensorboard_logging", action="store_true",
@@ -104,6 +111,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--log_every must be at least 1, got {args.log_every}")
     if args.evaluate_every < 0:
         parser.error(f"--evaluate_every must be 0 or more, got {args.evaluate_every}")
+    if args.checkpoint_every < 0 or args.checkpoint_minutes < 0:
+        parser.error("--checkpoint_every and --checkpoint_minutes must be 0 (off) or more")
+    if args.keep_checkpoints < 1:
+        parser.error(f"--keep_checkpoints must be at least 1, got {args.keep_checkpoints}")
     if args.warmup_steps < 0:
         parser.error(f"--warmup_steps must be 0 or more, got {args.warmup_steps}")
     if args.benchmark and args.max_steps <= args.warmup_steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -47,9 +48,31 @@ def clear_checkpoints(folder: Path) -> bool:
     return True
 
 
-def make_manager(checkpoint: tf.train.Checkpoint, folder: Path) -> tf.train.CheckpointManager:
-    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=KEEP_LAST,
-                                      checkpoint_name="checkpoint")
+def make_manager(checkpoint: tf.train.Checkpoint, folder: Path, keep: int = KEEP_LAST) -> tf.train.CheckpointManager:
+    """Checkpoints named checkpoint-<step>, the newest ``keep`` kept.
+
+    TensorFlow writes each checkpoint's files under temporary names and
+    updates the small ``checkpoint`` index last, by an atomic rename: a crash
+    mid-write leaves the previous checkpoint as the latest, intact.
+    """
+    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=keep, checkpoint_name="checkpoint")
+
+
+class PeriodicSaver:
+    """Decides when training writes its next checkpoint: every N steps or M minutes."""
+
+    def __init__(self, every_steps: int, every_minutes: float) -> None:
+        self.every_steps = every_steps
+        self.every_seconds = 60.0 * every_minutes
+        self._last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        by_time = self.every_seconds > 0 and time.monotonic() - self._last >= self.every_seconds
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self._last = time.monotonic()
 
 
 def latest(folder: Path) -> str | None:

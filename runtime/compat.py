@@ -39,3 +39,13 @@ def set_mixed_bfloat16(enabled: bool) -> None:
 def compute_dtype() -> str:
     policy = keras.mixed_precision.global_policy()
     return policy.compute_dtype
+
+
+def rng_state_variables(model: keras.Model) -> list[tf.Variable]:
+    """Random-generator state inside the model (Keras 3's dropout seed generator).
+
+    Keras 3 keeps it out of the model's checkpoint; saving it beside the model
+    makes a resumed run draw the same dropout masks as an uninterrupted one.
+    Keras 2's dropout keeps no such variable, and this list is empty there.
+    """
+    return [v for v in model.variables if "seed_generator" in variable_path(v)]

@@ -35,6 +35,10 @@ class Workers:
     def broadcast(self, variables: Sequence[tf.Variable]) -> None:
         """Make every worker start from rank 0's values (no-op for one worker)."""
 
+    def any(self, flag: bool) -> bool:
+        """True on every worker if it is true on any: workers must stop at the same step."""
+        return flag
+
     def describe(self) -> str:
         return "single worker"
 
@@ -63,6 +67,10 @@ class HorovodWorkers(Workers):
 
     def broadcast(self, variables: Sequence[tf.Variable]) -> None:
         self._hvd.broadcast_variables(list(variables), root_rank=0)
+
+    def any(self, flag: bool) -> bool:
+        votes = self._hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self._hvd.Sum, name="stop_vote")
+        return float(votes) > 0
 
     def describe(self) -> str:
         return f"Horovod worker {self.rank} of {self.size}"

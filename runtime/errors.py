@@ -1,10 +1,19 @@
-"""The one exception type that means "the user gave us something we cannot use".
+"""Exceptions that end a run with a one-line message instead of a traceback.
 
-Anything raised as ``UserInputError`` reaches the user as a single line and
-exit status 2 (see ``unet2d.main``); every other exception is a bug and keeps
-its traceback.
+``UserInputError`` (exit status 2): the user gave us something we cannot use.
+``TrainingDiverged`` (exit status 3): the loss stopped being a number.
+Every other exception is a bug and keeps its traceback (see ``unet2d.main``).
 """
 
 
 class UserInputError(Exception):
     """Bad flags, missing or malformed data, unusable output folders."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
+
+    def __init__(self, step: int, ce: float, dice: float, last_checkpoint: str | None) -> None:
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+        super().__init__(f"training diverged at step {step} (cross-entropy {ce}, dice loss {dice}); {kept}; "
+                         "try a lower --learning_rate or --dtype fp32")

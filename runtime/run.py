@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +14,13 @@ import tensorflow as tf
 
 from data_loading.tiff_io import write_stack_atomically
 from runtime import checkpoints
-from runtime.compat import keras, optimizer_variables
+from runtime.compat import keras, optimizer_variables, rng_state_variables
 from runtime.distribution import Workers
 from runtime.dllog import Logger
+from runtime.errors import TrainingDiverged, UserInputError
 from runtime.losses import partial_losses, weight_decay
 from runtime.setup import logs_here, saves_checkpoints
+from runtime.signals import StopRequest, TrainingInterrupted
 from runtime.tensorboard import TensorBoardWriters
 from runtime.timing import StepTimer, performance_stats
 
@@ -41,7 +45,8 @@ class Runner:
         self.model = model
         self.optimizer = keras.optimizers.Adam(learning_rate=ctx.args.learning_rate)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step,
+                                              rng=rng_state_variables(model))
         self.weights_ready = False  # True once trained or restored in this process
         jit = True if ctx.args.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
         self._train_step = tf.function(self._train_step_fn, jit_compile=jit)
@@ -80,12 +85,34 @@ class Runner:
             if path is None:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
                 return 0
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as error:
+                raise UserInputError(f"checkpoint {path} does not fit this model: "
+                                     f"{str(error).strip().splitlines()[0]}") from None
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
             return int(self.step.numpy())
         if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
             self.ctx.logger.log("CHECKPOINT", {"cleared": str(folder)})
         return 0
+
+    def _save(self, manager: tf.train.CheckpointManager | None) -> str | None:
+        if manager is None:
+            return None
+        path = manager.save(checkpoint_number=self.step)
+        self.ctx.logger.log("CHECKPOINT", {"saved": path, "step": int(self.step.numpy())})
+        return path
+
+    def _log_window(self, done: int, steps: int, ce: list[float], dice: list[float], seconds: float) -> None:
+        args, ctx = self.ctx.args, self.ctx
+        duration = seconds / len(ce)
+        ce_mean, dice_mean = float(np.mean(ce)), float(np.mean(dice))
+        data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean, "train_total_loss": ce_mean + dice_mean,
+                "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size / duration}
+        ctx.logger.log((done, steps), data)
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
+                                                 "examples/sec": data["IPS"], "global_step/sec": 1.0 / duration})
 
     def train(self) -> None:
         ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
@@ -97,44 +124,46 @@ class Runner:
         if start >= steps:
             ctx.logger.log("CHECKPOINT", {"message": f"already trained {start} of {steps} steps"})
             return
+        manager = None
+        if saves_checkpoints(args, workers) and ctx.checkpoint_dir is not None:
+            manager = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir, args.keep_checkpoints)
+        saver = checkpoints.PeriodicSaver(args.checkpoint_every, args.checkpoint_minutes)
         logging = logs_here(args, workers) and not args.benchmark
-        images_per_step = args.batch_size * workers.size
         # Outside benchmarks the warm-up shrinks for short runs, so they still report a speed.
         warmup = args.warmup_steps if args.benchmark else min(args.warmup_steps, max(steps - start - 2, 0))
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
-        batches = iter(ctx.dataset.train_fn())
-        timer.start()
-        for step in range(start, steps):
-            images, labels = next(batches)
-            ce, dice = self._train_step(images, labels)
-            window_ce.append(float(ce))  # reading the losses waits for the step: honest timing
-            window_dice.append(float(dice))
-            if step == start:
-                # After the first step, so that Adam's slots exist on every worker.
-                workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
-            timer.step_done()
-            self.step.assign(step + 1)
-            done = step + 1
-            if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
-                duration = (time.perf_counter() - window_start) / len(window_ce)
-                ce_mean, dice_mean = float(np.mean(window_ce)), float(np.mean(window_dice))
-                data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean,
-                        "train_total_loss": ce_mean + dice_mean,
-                        "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size / duration}
-                ctx.logger.log((done, steps), data)
-                if ctx.tensorboard is not None:
-                    ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
-                                                         "examples/sec": data["IPS"],
-                                                         "global_step/sec": 1.0 / duration})
-                window_ce, window_dice, window_start = [], [], time.perf_counter()
-            if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
-                self.evaluate(step=done)
+        batches = iter(ctx.dataset.train_fn(start_step=start))
+        with StopRequest() as stop:
+            timer.start()
+            for step in range(start, steps):
+                images, labels = next(batches)
+                ce, dice = self._train_step(images, labels)
+                ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
+                if not (math.isfinite(ce) and math.isfinite(dice)):
+                    raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
+                                           if ctx.checkpoint_dir is not None else None)
+                window_ce.append(ce)
+                window_dice.append(dice)
+                if step == start:
+                    # After the first step, so that Adam's slots exist on every worker.
+                    workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
+                timer.step_done()
+                done = step + 1
+                self.step.assign(done)
+                if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
+                    self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
+                    window_ce, window_dice, window_start = [], [], time.perf_counter()
+                if workers.any(stop.requested):
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
+                if done < steps and saver.due(done) and not args.benchmark:
+                    self._save(manager)
+                    saver.saved()
+                if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
+                    self.evaluate(step=done)
         if logs_here(args, workers):
-            ctx.logger.log((), performance_stats(timer.durations, images_per_step, "train"))
-        if saves_checkpoints(args, workers) and ctx.checkpoint_dir is not None:
-            path = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir).save(checkpoint_number=self.step)
-            ctx.logger.log("CHECKPOINT", {"saved": path, "step": int(self.step.numpy())})
+            ctx.logger.log((), performance_stats(timer.durations, args.batch_size * workers.size, "train"))
+        self._save(manager)
 
     # Evaluation and prediction ---------------------------------------------
 
@@ -185,7 +214,10 @@ class Runner:
         resized = tf.image.resize(probabilities[..., tf.newaxis], (height, width), method="bilinear")[..., 0]
         masks = np.where(resized.numpy() >= 0.5, 255, 0).astype(np.uint8)
         path = Path(args.model_dir) / PREDICTIONS_FILE
-        write_stack_atomically(path, masks)
+        try:
+            write_stack_atomically(path, masks)
+        except OSError as error:
+            raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
         ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(masks),
                                    "cell_fraction": float(np.mean(masks == 255))})
         return path

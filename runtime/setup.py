@@ -37,6 +37,8 @@ def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Work
         # Workers sharing a CPU split its cores instead of each taking them all.
         tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // workers.local_size))
     compat.keras.utils.set_random_seed(args.seed)
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
     bf16 = args.dtype == "bf16"
     if device.is_gaudi:
         # Gaudi's graph compiler converts the listed ops itself; Keras stays float32.

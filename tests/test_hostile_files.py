@@ -1,0 +1,100 @@
+"""Malformed inputs end in the loader's own error, never another exception; outputs are never half-written."""
+
+from __future__ import annotations
+
+import errno
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from data_loading import tiff_io
+from data_loading.data_loader import TRAIN_LABELS, Dataset, StreamOptions, binary_labels
+from data_loading.tiff_io import read_stack, write_stack_atomically
+from runtime.errors import UserInputError
+
+
+def tiff_bytes(stack: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack)
+    return buffer.getvalue()
+
+
+VALID = tiff_bytes(np.arange(3 * 16 * 16, dtype=np.uint8).reshape(3, 16, 16))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=2048),
+    st.builds(lambda cut: VALID[:cut], st.integers(0, len(VALID) - 1)),
+    st.builds(lambda at, value: VALID[:at] + bytes([value]) + VALID[at + 1:],
+              st.integers(0, len(VALID) - 1), st.integers(0, 255)),
+))
+def test_fuzzed_tiff_bytes_raise_only_the_loaders_error(tmp_path, data):
+    path = tmp_path / "fuzz.tif"
+    path.write_bytes(data)
+    try:
+        stack = read_stack(path)
+    except UserInputError:
+        return
+    assert stack.ndim == 3 and stack.dtype == np.uint8 and stack.size > 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_]))
+def test_any_shape_and_dtype_is_accepted_or_refused_cleanly(tmp_path, shape, dtype):
+    path = tmp_path / "shape.tif"
+    tifffile.imwrite(path, np.zeros(shape, dtype))
+    try:
+        stack = read_stack(path)
+    except UserInputError:
+        return
+    assert stack.ndim == 3 and stack.dtype == np.uint8
+
+
+@pytest.mark.parametrize("stack, message", [
+    (np.zeros((2, 8, 8, 3), np.uint8), "stack of grey slices"),
+    (np.zeros((2, 8, 8), np.uint16), "8-bit"),
+])
+def test_colour_and_16_bit_stacks(tmp_path, stack, message):
+    tifffile.imwrite(tmp_path / "x.tif", stack)
+    with pytest.raises(UserInputError, match=message):
+        read_stack(tmp_path / "x.tif")
+
+
+def test_labels_must_be_two_valued_and_may_be_zero_one(isbi_copy):
+    notes: list[str] = []
+    np.testing.assert_array_equal(binary_labels(np.array([[0, 1]], np.uint8), notes), [[0, 255]])
+    assert notes == ["labels hold 0/1: read 1 as cell (255)"]
+    labels = tifffile.imread(isbi_copy / TRAIN_LABELS)
+    tifffile.imwrite(isbi_copy / TRAIN_LABELS, (labels // 255).astype(np.uint8))
+    data = Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
+    assert "0/1" in data.describe_split()["notes"]
+    labels[0, 0, :3] = [7, 8, 9]
+    tifffile.imwrite(isbi_copy / TRAIN_LABELS, labels)
+    with pytest.raises(UserInputError, match="must be two-valued .* 5 values"):
+        Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserInputError, match="not a folder"):
+        Dataset(tmp_path / "file", StreamOptions(batch_size=1, seed=0), fold=0)
+
+
+def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
+    target = tmp_path / "predictions" / "test-masks.tif"
+
+    def fill_disk(path, data, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"II*\0partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiff_io.tifffile, "imwrite", fill_disk)
+    with pytest.raises(OSError):
+        write_stack_atomically(target, np.zeros((2, 4, 4), np.uint8))
+    assert list(target.parent.iterdir()) == []

@@ -1,0 +1,103 @@
+"""Training that survives: interrupted runs resume exactly, divergence stops cleanly, hostile files are refused.
+
+Real subprocesses, killed with SIGTERM and SIGKILL mid-run, resumed, and
+compared step by step with an uninterrupted run (op determinism on, CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from runtime.parse_results import read_log
+from tests.conftest import ROOT, run_cli
+
+STEPS = 6
+
+
+def train_args(isbi_dir, out, *extra):
+    return ["--data_dir", str(isbi_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
+            "--dtype", "bf16", "--max_steps", str(STEPS), "--log_every", "1", "--deterministic",
+            "--checkpoint_every", "2", "--model_dir", str(out / "model"), "--log_dir", str(out / "logs"), *extra]
+
+
+def step_losses(log_json):
+    return {r["step"][0]: (r["data"]["train_ce_loss"], r["data"]["train_dice_loss"])
+            for r in read_log(log_json) if isinstance(r.get("step"), list) and len(r["step"]) == 2}
+
+
+def interrupt(args, signum, after_step):
+    """Start training, send ``signum`` once step ``after_step`` is logged, return the finished process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if f"- ({after_step}, {STEPS}) " in line:
+            process.send_signal(signum)
+            break
+    out, err = process.communicate(timeout=600)
+    return process.returncode, err
+
+
+@pytest.fixture(scope="module")
+def reference(isbi_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    result = run_cli(*train_args(isbi_dir, out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return step_losses(out / "logs" / "log.json")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_resumes_with_the_same_losses(reference, isbi_dir, tmp_path, signum):
+    status, err = interrupt(train_args(isbi_dir, tmp_path), signum, after_step=3)
+    first = step_losses(tmp_path / "logs" / "log.json")
+    if signum == signal.SIGTERM:
+        assert status == 128 + signal.SIGTERM
+        assert "--resume_training" in err and "Traceback" not in err
+    else:
+        assert status == -signal.SIGKILL
+    # Same seed, same flags: the same losses as the reference run, step for step.
+    for step in (1, 2, 3):
+        assert first[step] == reference[step]
+    saved = tf.train.latest_checkpoint(str(tmp_path / "model" / "model_checkpoint"))
+    saved_step = int(saved.rsplit("-", 1)[1])
+    assert saved_step >= 2
+    result = run_cli(*train_args(isbi_dir, tmp_path, "--resume_training"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = step_losses(tmp_path / "logs" / "log.json")  # appended to the same log
+    later = [step for step in resumed if step > saved_step]
+    assert later == list(range(saved_step + 1, STEPS + 1))
+    for step in later:
+        np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(isbi_dir, tmp_path):
+    result = run_cli(*train_args(isbi_dir, tmp_path, "--learning_rate", "1e30", "--checkpoint_every", "1",
+                                 "--dtype", "fp32"))
+    assert result.returncode == 3, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "training diverged at step" in message and "Traceback" not in result.stderr
+    step = int(message.split("diverged at step ")[1].split()[0])
+    latest = tf.train.latest_checkpoint(str(tmp_path / "model" / "model_checkpoint"))
+    if step > 1:
+        assert latest.endswith(f"checkpoint-{step - 1}")
+    else:
+        assert latest is None
+
+
+def test_checkpoint_of_another_model_is_refused(isbi_dir, tmp_path):
+    folder = tmp_path / "model" / "model_checkpoint"
+    other = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(folder), 1, checkpoint_name="checkpoint").save()
+    result = run_cli(*train_args(isbi_dir, tmp_path, "--resume_training"))
+    assert result.returncode == 2 and "does not fit this model" in result.stderr
+    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                     "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path))
+    assert result.returncode == 2 and "does not fit this model" in result.stderr
+    assert (folder / "checkpoint").exists()
