@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from data_loading import tiff_io
@@ -48,7 +48,10 @@ def test_fuzzed_tiff_bytes_raise_only_the_loaders_error(tmp_path, data):
        dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_]))
 def test_any_shape_and_dtype_is_accepted_or_refused_cleanly(tmp_path, shape, dtype):
     path = tmp_path / "shape.tif"
-    tifffile.imwrite(path, np.zeros(shape, dtype))
+    try:
+        tifffile.imwrite(path, np.zeros(shape, dtype))
+    except (ValueError, IndexError):  # some tifffile versions cannot write every such array
+        assume(False)
     try:
         stack = read_stack(path)
     except UserInputError:
