@@ -7,6 +7,7 @@ and must differ when the ranks keep their own gradients (no all-reduce).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -107,3 +108,26 @@ def test_use_horovod_without_horovod_says_how_to_install(tmp_path):
     result = run_cli("--synth_data", "--use_horovod", "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "--use_horovod needs Horovod" in result.stderr
     assert "pip install horovod" in result.stderr
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(horovod, isbi_dir, tmp_path):
+    """A scheduler's SIGTERM may reach one rank first: all ranks must still stop, save and exit together."""
+    import tensorflow as tf
+    args = ["--data_dir", str(isbi_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
+            "--max_steps", "60", "--log_every", "1", "--use_horovod", "--log_all_workers",
+            "--checkpoint_every", "0", "--checkpoint_minutes", "0",
+            "--model_dir", str(tmp_path), "--log_dir", str(tmp_path / "logs")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([*MPIRUN, sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if "- (2, 30) " in line:
+            ranks = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+            os.kill(int(ranks[-1]), signal.SIGTERM)
+            break
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "--resume_training" in err
+    saved = [tf.train.latest_checkpoint(str(tmp_path / "model_checkpoint" / f"worker_{rank}")) for rank in (0, 1)]
+    assert all(saved) and saved[0].rsplit("-", 1)[1] == saved[1].rsplit("-", 1)[1]
+    assert int(saved[0].rsplit("-", 1)[1]) < 30
