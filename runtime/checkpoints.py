@@ -79,14 +79,20 @@ def latest(folder: Path) -> str | None:
     return tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+    """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line."""
+    status = checkpoint.restore(path)
+    try:
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
+
+
 def restore_model(model: tf.keras.Model, folder: Path) -> str:
     """Load the model weights of the latest checkpoint (optimizer state not needed)."""
     path = latest(folder)
     if path is None:
         raise UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
-    try:
-        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
+    restore(tf.train.Checkpoint(model=model), path, partial=True)
     return path

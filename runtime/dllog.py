@@ -103,7 +103,10 @@ class Logger:
         self._json_file = None
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
+            cut_short = append and json_path.is_file() and not json_path.read_bytes().endswith(b"\n")
             self._json_file = open(json_path, "a" if append else "w", encoding="utf-8")
+            if cut_short and json_path.stat().st_size:  # a killed run's last line: keep the next one whole
+                self._json_file.write("\n")
         self._writer = _Writer(sys.stdout if stdout else None, self._json_file)
 
     def log(self, step: Step, data: Mapping[str, Any]) -> None:

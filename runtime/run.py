@@ -85,11 +85,7 @@ class Runner:
             if path is None:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
                 return 0
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as error:
-                raise UserInputError(f"checkpoint {path} does not fit this model: "
-                                     f"{str(error).strip().splitlines()[0]}") from None
+            checkpoints.restore(self.checkpoint, path)
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
             return int(self.step.numpy())
         if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
