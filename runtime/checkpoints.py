@@ -81,8 +81,8 @@ def latest(folder: Path) -> str | None:
 
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
     """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line."""
-    status = checkpoint.restore(path)
-    try:
+    try:  # Keras 2 may fail in restore() itself, Keras 3 in the assertion
+        status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -4,7 +4,7 @@
 #   2. the TF 2.15 / Keras 2 stack with Horovod (the last Gaudi stack): every test
 #      again, the Horovod and multi-worker tests now required to run.
 # Environments are built once and cached (scripts/setup_env.sh); the first TF 2.15
-# build compiles Horovod (about 10 minutes on 2 cores).
+# build compiles Horovod (3 to 10 minutes on 2 cores).
 #
 #   bash scripts/run_tests.sh                # both stacks
 #   UNET2D_STACKS=current bash scripts/run_tests.sh -k fold   # one stack, extra pytest arguments

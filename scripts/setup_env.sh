@@ -75,7 +75,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install --quiet "${args[@]}" >&2
   if [ "$post_install" = horovod ]; then
     ensure_mpi
-    echo "building Horovod against TensorFlow (about 10 minutes on 2 cores)" >&2
+    echo "building Horovod against TensorFlow (3 to 10 minutes on 2 cores)" >&2
     "$venv/bin/python" -m pip install --quiet wheel "setuptools<70" "cmake<4" >&2
     mpi_flag=$(command -v mpicxx >/dev/null && echo HOROVOD_WITH_MPI=1 || echo HOROVOD_WITHOUT_MPI=1)
     env HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
