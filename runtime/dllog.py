@@ -25,9 +25,20 @@ def _plain(value: Any) -> Any:
         value = value.numpy()
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, tuple):  # steps like (3, 100): printed as a tuple, stored as a JSON list
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """True if a non-empty file's last line has no newline (its writer was killed mid-run)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) != b"\n"
 
 
 class _Writer:
@@ -103,15 +114,14 @@ class Logger:
         self._json_file = None
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            cut_short = append and json_path.is_file() and not json_path.read_bytes().endswith(b"\n")
+            cut_short = append and _ends_mid_line(json_path)
             self._json_file = open(json_path, "a" if append else "w", encoding="utf-8")
-            if cut_short and json_path.stat().st_size:  # a killed run's last line: keep the next one whole
+            if cut_short:  # a killed run's last line: keep the next one whole
                 self._json_file.write("\n")
         self._writer = _Writer(sys.stdout if stdout else None, self._json_file)
 
     def log(self, step: Step, data: Mapping[str, Any]) -> None:
-        self._writer.log(_plain(step) if not isinstance(step, tuple) else tuple(_plain(list(step))),
-                         {key: _plain(value) for key, value in data.items()})
+        self._writer.log(_plain(step), {key: _plain(value) for key, value in data.items()})
         self._writer.flush()
 
     def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
