@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,18 @@ def isbi_copy(isbi_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run unet2d.py in a subprocess, as a user would."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
+            file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """Run unet2d.py in a subprocess, as a user would.
+
+    ``file_size_limit`` (bytes) caps every file the process writes, as a full disk
+    would: Python ignores SIGXFSZ, so the write fails with EFBIG instead.
+    """
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_file_size if file_size_limit else None)

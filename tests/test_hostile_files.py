@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,68 @@ def test_hostile_inputs_through_the_cli(isbi_copy, tmp_path, case, message):
     assert last.startswith("unet2d.py: error:") and message in last, last
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in isbi_copy.iterdir()} == before  # inputs are only read
+
+
+def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path):
+    """--model_dir $HOME: the old checkpoints inside go, the user's own files stay."""
+    from tests.conftest import run_cli
+
+    home = tmp_path / "home"
+    (home / "model_checkpoint").mkdir(parents=True)
+    (home / "model_checkpoint" / "checkpoint-7.index").write_text("old run")
+    (home / "thesis.tex").write_text("years of work")
+    (home / "projects").mkdir()
+    (home / "projects" / "notes.txt").write_text("keep")
+    result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
+                     "--model_dir", str(home), "--log_dir", str(tmp_path / "logs"), env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert (home / "thesis.tex").read_text() == "years of work"
+    assert (home / "projects" / "notes.txt").read_text() == "keep"
+    assert not (home / "model_checkpoint" / "checkpoint-7.index").exists()
+    assert (home / "model_checkpoint" / "checkpoint-1.index").exists()
+
+
+def test_model_dir_of_root_is_never_cleared_itself(tmp_path):
+    """With --model_dir / the folder that training clears is /model_checkpoint, and only that."""
+    from runtime.arguments import parse_args
+    from runtime.checkpoints import clear_checkpoints
+    from runtime.distribution import Workers
+    from runtime.setup import prepare_checkpoint_dir
+
+    args = parse_args(["--synth_data", "--exec_mode", "evaluate", "--model_dir", "/"])
+    assert prepare_checkpoint_dir(args, Workers()) == Path("/model_checkpoint")
+    for folder in (Path("/"), Path.home(), tmp_path):
+        with pytest.raises(AssertionError, match="only checkpoint folders"):
+            clear_checkpoints(folder)
+    assert Path.home().exists() and tmp_path.exists()
+
+
+def test_unwritable_model_dir(tmp_path):
+    from tests.conftest import run_cli
+
+    targets = [Path("/proc/unet2d-model")]  # refused even to root
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        targets.append(locked)
+    for target in targets:
+        result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
+                         "--model_dir", str(target), "--log_dir", str(tmp_path / "logs"))
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and last.startswith("unet2d.py: error:") and "--model_dir" in last, last
+        assert "Traceback" not in result.stderr
+
+
+def test_disk_filling_up_while_writing_predictions(isbi_copy, tmp_path):
+    """A file-size limit stands in for a full disk: the write fails part-way, in the CLI itself."""
+    from tests.conftest import run_cli
+
+    model_dir = tmp_path / "model"
+    (model_dir / "predictions").mkdir(parents=True)
+    result = run_cli("--data_dir", str(isbi_copy), "--exec_mode", "train_and_predict", "--max_steps", "1",
+                     "--batch_size", "1", "--disable_ckpt_saving", "--model_dir", str(model_dir),
+                     "--log_dir", str(tmp_path / "logs"), file_size_limit=64 * 1024)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "cannot write" in last and "test-masks.tif" in last, last
+    assert "Traceback" not in result.stderr
+    assert list((model_dir / "predictions").iterdir()) == []  # no partial file, no file under the final name

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -105,3 +106,40 @@ def test_checkpoint_of_another_model_is_refused(isbi_dir, tmp_path):
                      "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "does not fit this model" in result.stderr
     assert (folder / "checkpoint").exists()
+
+
+def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(isbi_dir, tmp_path):
+    """Two SIGTERMs within one step: no waiting for the step, no half-written checkpoint."""
+    args = train_args(isbi_dir, tmp_path, "--max_steps", "40", "--checkpoint_every", "1", "--dtype", "fp32")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if "(2, 40) " in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 5  # a step here takes several seconds; the exit does not wait for it
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "second SIGTERM: exiting at once" in err and "Traceback" not in err
+    folder = tmp_path / "model" / "model_checkpoint"
+    latest = tf.train.latest_checkpoint(str(folder))
+    assert latest is not None and int(latest.rsplit("-", 1)[1]) >= 1  # step 2 may have been mid-save
+    reader = tf.train.load_checkpoint(latest)  # the index points at a complete checkpoint
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == int(latest.rsplit("-", 1)[1])
+
+
+def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
+    result = run_cli(*train_args(isbi_dir, tmp_path, "--max_steps", "2", "--checkpoint_every", "0"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "model" / "model_checkpoint"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert tf.train.latest_checkpoint(str(folder)).endswith("checkpoint-2")
+    # Asked for fewer steps than the checkpoint holds: nothing to train, nothing written.
+    result = run_cli(*train_args(isbi_dir, tmp_path, "--max_steps", "1", "--resume_training"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already trained 2 of 1 steps" in result.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
