@@ -21,13 +21,14 @@ def run(argv: list[str] | None = None) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
 
     # Imported here so that --help and flag errors never wait for TensorFlow.
-    from data_loading.data_loader import Dataset, SyntheticDataset
     from model.unet import build_unet
     from runtime.device import select_device
     from runtime.distribution import make_workers
     from runtime.run import RunContext, Runner
     from runtime.setup import (
         configure_tensorflow,
+        load_dataset,
+        load_prediction_input,
         make_logger,
         make_tensorboard,
         prepare_checkpoint_dir,
@@ -39,30 +40,30 @@ def run(argv: list[str] | None = None) -> None:
     configure_tensorflow(args, device, workers)
     logger = make_logger(args, workers)
 
-    options = stream_options(args, workers, device)
-    if args.synth_data:
-        dataset = SyntheticDataset(options)
-    else:
-        dataset = Dataset(args.data_dir, options, args.fold, args.fold_scheme,
-                          need_train="train" in args.exec_mode or "evaluate" in args.exec_mode,
-                          need_test="predict" in args.exec_mode)
+    dataset = load_dataset(args, stream_options(args, workers, device))
+    prediction_input = load_prediction_input(args, dataset) if "predict" in args.exec_mode else None
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
     tensorboard = make_tensorboard(args, workers)
 
     logger.log("PARAMETER", vars(args))
     logger.log("SETUP", {"device": device.describe(), "workers": workers.describe(),
-                         "precision": args.dtype, "synthetic_data": args.synth_data})
-    logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
+                         "precision": "fp32" if args.exec_mode == "export" else args.dtype,
+                         "synthetic_data": args.synth_data})
+    if dataset is not None:
+        logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
     if tensorboard is not None:
         tensorboard.hyperparameters(vars(args))
 
-    runner = Runner(RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard), build_unet(args.seed))
+    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_input)
+    runner = Runner(context, build_unet(args.seed))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:
-        runner.evaluate(step=int(runner.step.numpy()))
+        runner.evaluate()
     if "predict" in args.exec_mode:
         runner.predict()
+    if args.exec_mode == "export":
+        runner.export()
     if tensorboard is not None:
         tensorboard.close()
     logger.close()

@@ -125,9 +125,13 @@ class Dataset(_Streams):
         return 0 if self._test is None else len(self._test)
 
     @property
-    def test_shape(self) -> tuple[int, int]:
-        """Height and width of the test slices: predictions are written at this size."""
-        return tuple(self._test.shape[1:])
+    def test_images(self) -> np.ndarray:
+        """The test volume as read: uint8 (slices, height, width)."""
+        return self._test
+
+    def validation_slices(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fold's validation images and 0/255 labels at full resolution, for the challenge scores."""
+        return self._images[self.val_indices], self._labels[self.val_indices]
 
     def _normalized_pairs(self, indices: np.ndarray) -> tf.data.Dataset:
         pairs = tf.data.Dataset.from_tensor_slices((self._images[indices], self._labels[indices]))
@@ -194,7 +198,6 @@ class SyntheticDataset(_Streams):
     train_size = 1
     eval_size = 6
     test_size = 30
-    test_shape = (512, 512)
 
     def __init__(self, options: StreamOptions) -> None:
         super().__init__(options)
@@ -213,6 +216,11 @@ class SyntheticDataset(_Streams):
     def eval_fn(self, count: int = 1) -> tf.data.Dataset:
         dataset = tf.data.Dataset.from_tensors((self._image, self._mask)).repeat(self.eval_size * count)
         return self._prefetch(dataset.batch(self.options.batch_size))
+
+    @property
+    def test_images(self) -> np.ndarray:
+        """A grey stand-in test volume, so predict runs end to end without data files."""
+        return np.full((self.test_size, 512, 512), 128, np.uint8)
 
     def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
         repeats = None if count is None else self.test_size * count

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +37,18 @@ def read_stack(path: Path) -> np.ndarray:
     return stack
 
 
-def write_stack_atomically(path: Path, stack: np.ndarray) -> None:
-    """Write a deflate-compressed multipage TIFF; readers never see a half-written file.
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it only if the block completes.
 
-    The data goes to a temporary file in the same folder and is renamed into
-    place only once complete, so a crash or a full disk leaves either the old
-    file or none, never a truncated one under the final name.
+    A crash or a full disk therefore leaves either the old file or none, never
+    a truncated one under the final name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(handle)
     try:
-        tifffile.imwrite(temporary, stack, compression="zlib", photometric="minisblack")
+        yield Path(temporary)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's private 0600 is not what users expect
@@ -54,3 +56,9 @@ def write_stack_atomically(path: Path, stack: np.ndarray) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_stack_atomically(path: Path, stack: np.ndarray) -> None:
+    """Write a deflate-compressed multipage TIFF; readers never see a half-written file."""
+    with atomic_output(path) as temporary:
+        tifffile.imwrite(temporary, stack, compression="zlib", photometric="minisblack")

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict")
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
+PREDICT_STRATEGIES = ("resize", "tile")
 NUM_FOLDS = 5
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """argparse prints the whole usage block on error; users need the one line."""
 
     def error(self, message: str) -> NoReturn:
@@ -25,7 +26,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog="unet2d.py",
         description="Train, evaluate and run the UNet2D segmentation model on the ISBI 2012 EM data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--exec_mode", choices=EXEC_MODES, default="train_and_evaluate",
         help="train: train from scratch (or resume); evaluate: score the latest checkpoint on the "
              "fold's validation slices (needs --fold); train_and_evaluate: both (needs --fold); "
-             "predict: segment the test volume with the latest checkpoint; train_and_predict: both")
+             "predict: segment the test volume (or --predict_input) with the latest checkpoint; "
+             "train_and_predict: both; export: save the latest checkpoint for serving in --export_dir")
     add("--model_dir", default="/tmp/unet2d",
         help="output folder for checkpoints (in <model_dir>/model_checkpoint) and predictions")
     add("--data_dir", default=None,
@@ -94,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with Horovod: every worker logs and checkpoints in its own worker_N folder")
     add("--bf16_config_path", default=str(DEFAULT_BF16_CONFIG), metavar="JSON",
         help="Gaudi mixed-precision op lists for --dtype bf16 (checked to be readable JSON everywhere)")
+    add("--predict_input", default=None, metavar="PATH",
+        help="predict on this grey image stack instead of <data_dir>/test-volume.tif: one multipage "
+             "TIFF or a folder of PNG/TIFF slices, any size; masks go to "
+             "<model_dir>/predictions/<name>-masks.tif")
+    add("--predict_strategy", choices=PREDICT_STRATEGIES, default="resize",
+        help="resize: the recipe's (slice resized to 388x388, prediction resized back); tile: the UNet "
+             "paper's overlap-tile (mirror-padded 572x572 tiles, stitched at full resolution); "
+             "used by predict and by the challenge metrics of evaluate")
+    add("--overlays", type=int, default=3, metavar="N",
+        help="PNG pictures of the first N slices written by predict (predictions/overlays/) and "
+             "evaluate (<log_dir>/overlays/); 0: none")
+    add("--export_dir", default=None, metavar="DIR",
+        help="where --exec_mode export writes unet2d.keras and saved_model/ (default <model_dir>/export)")
     add("--tf_verbosity", type=int, choices=(0, 1, 2, 3), default=None,
         help="TensorFlow C++ log level: 0 all, 1 no INFO, 2 no INFO/WARNING, 3 no INFO/WARNING/ERROR")
     return parser
@@ -120,7 +135,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.benchmark and args.max_steps <= args.warmup_steps:
         parser.error(f"--max_steps ({args.max_steps}) must be greater than --warmup_steps "
                      f"({args.warmup_steps}) in benchmark mode")
-    if args.data_dir is None and not args.synth_data:
+    if args.overlays < 0:
+        parser.error(f"--overlays must be 0 or more, got {args.overlays}")
+    needs_data = args.exec_mode != "export" and not (args.exec_mode == "predict" and args.predict_input)
+    if args.data_dir is None and not args.synth_data and needs_data:
         parser.error("--data_dir is required (or use --synth_data)")
     if "evaluate" in args.exec_mode and args.fold is None and not args.synth_data:
         parser.error(f"--exec_mode {args.exec_mode} needs --fold 0..{NUM_FOLDS - 1}: "

@@ -108,6 +108,7 @@ class Logger:
         except ImportError:
             dllogger = None
         self.json_path = json_path
+        self.status_line: Any = None  # a ProgressBar sharing the terminal, cleared around each line
         if dllogger is not None:
             self._writer: Any = _DlloggerWriter(dllogger, stdout, json_path, append)
             return
@@ -121,8 +122,12 @@ class Logger:
         self._writer = _Writer(sys.stdout if stdout else None, self._json_file)
 
     def log(self, step: Step, data: Mapping[str, Any]) -> None:
+        if self.status_line is not None:
+            self.status_line.clear()
         self._writer.log(_plain(step), {key: _plain(value) for key, value in data.items()})
         self._writer.flush()
+        if self.status_line is not None:
+            self.status_line.restore()
 
     def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
         self._writer.metadata(metric, metadata)

@@ -70,12 +70,15 @@ def fold_logs(results_dir: Path, env: str) -> list[Path]:
     return logs
 
 
+AVERAGED = ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_info", "eval_mask_dice")
+
+
 def average_folds(results_dir: Path, env: str) -> dict[str, float]:
-    """Mean eval_dice_score and eval_ce_loss over the folds' JSON logs; corrupt or unfinished ones are named."""
+    """Mean evaluation results over the folds' JSON logs; corrupt or unfinished ones are named."""
     logs = fold_logs(results_dir, env)
     if not logs:
         raise UserInputError(f"no log.json of a {env}_fold* run in {results_dir}")
-    dice, ce = [], []
+    results = []
     for path in logs:
         try:
             result = final_eval(read_log(path))
@@ -85,12 +88,16 @@ def average_folds(results_dir: Path, env: str) -> dict[str, float]:
         if result is None:
             print(f"skipping {path}: it holds no evaluation result (did the run finish?)", file=sys.stderr)
             continue
-        dice.append(float(result["eval_dice_score"]))
-        ce.append(float(result["eval_ce_loss"]))
-        print(f"{path.parent.name}: eval_dice_score {dice[-1]:.4f}  eval_ce_loss {ce[-1]:.4f}")
-    if not dice:
+        results.append(result)
+        shown = "  ".join(f"{key} {float(result[key]):.4f}" for key in AVERAGED if key in result)
+        print(f"{path.parent.name}: {shown}")
+    if not results:
         raise UserInputError(f"none of the {len(logs)} {env} logs in {results_dir} holds an evaluation result")
-    return {"folds": len(dice), "eval_dice_score": sum(dice) / len(dice), "eval_ce_loss": sum(ce) / len(ce)}
+    summary: dict[str, float] = {"folds": len(results)}
+    for key in AVERAGED:  # the challenge scores only if every fold has them (runs of older versions do not)
+        if all(key in result for result in results):
+            summary[key] = sum(float(result[key]) for result in results) / len(results)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Evaluation dice score: {summary['eval_dice_score']} (average of {summary['folds']} folds)")
     print(f"Evaluation cross-entropy loss: {summary['eval_ce_loss']}")
+    for key, name in (("eval_v_rand", "V_Rand"), ("eval_v_info", "V_Info")):
+        if key in summary:
+            print(f"Evaluation {name} (ISBI 2012 challenge score): {summary[key]}")
     return 0
 
 

@@ -12,19 +12,22 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from data_loading.image_stack import PredictionInput
 from data_loading.tiff_io import write_stack_atomically
-from runtime import checkpoints
+from runtime import checkpoints, inference
 from runtime.compat import keras, optimizer_variables, rng_state_variables
 from runtime.distribution import Workers
 from runtime.dllog import Logger
 from runtime.errors import TrainingDiverged, UserInputError
+from runtime.export import cell_probability, export_model
 from runtime.losses import partial_losses, weight_decay
-from runtime.setup import logs_here, saves_checkpoints
+from runtime.metrics import challenge_scores
+from runtime.overlays import write_overlays
+from runtime.progress import ProgressBar
+from runtime.setup import logs_here, saves_checkpoints, worker_log_dir
 from runtime.signals import StopRequest, TrainingInterrupted
 from runtime.tensorboard import TensorBoardWriters
 from runtime.timing import StepTimer, performance_stats
-
-PREDICTIONS_FILE = Path("predictions") / "test-masks.tif"
 
 
 @dataclass
@@ -35,6 +38,7 @@ class RunContext:
     dataset: object  # data_loading.data_loader.Dataset or SyntheticDataset
     checkpoint_dir: Path | None
     tensorboard: TensorBoardWriters | None = None
+    prediction_input: PredictionInput | None = None
 
 
 class Runner:
@@ -70,8 +74,12 @@ class Runner:
         return partial_losses(self.model(images, training=False), labels)
 
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        return tf.nn.softmax(logits, axis=-1)[..., 1]  # probability of "cell"
+        return cell_probability(self.model(images, training=False))
+
+    def _full_resolution_masks(self, slices: np.ndarray) -> np.ndarray:
+        probabilities = inference.predict_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
+                                                        self.ctx.args.predict_strategy)
+        return inference.to_masks(probabilities)
 
     # Training ---------------------------------------------------------------
 
@@ -130,33 +138,42 @@ class Runner:
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
         batches = iter(ctx.dataset.train_fn(start_step=start))
-        with StopRequest() as stop:
-            timer.start()
-            for step in range(start, steps):
-                images, labels = next(batches)
-                ce, dice = self._train_step(images, labels)
-                ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
-                if not (math.isfinite(ce) and math.isfinite(dice)):
-                    raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
-                                           if ctx.checkpoint_dir is not None else None)
-                window_ce.append(ce)
-                window_dice.append(dice)
-                if step == start:
-                    # After the first step, so that Adam's slots exist on every worker.
-                    workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
-                timer.step_done()
-                done = step + 1
-                self.step.assign(done)
-                if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
-                    self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
-                    window_ce, window_dice, window_start = [], [], time.perf_counter()
-                if workers.any(stop.requested):
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
-                if done < steps and saver.due(done) and not args.benchmark:
-                    self._save(manager)
-                    saver.saved()
-                if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
-                    self.evaluate(step=done)
+        bar = ProgressBar.for_stream(steps, start, args.batch_size * workers.size) if logs_here(args, workers) else None
+        ctx.logger.status_line = bar
+        try:
+            with StopRequest() as stop:
+                timer.start()
+                for step in range(start, steps):
+                    images, labels = next(batches)
+                    ce, dice = self._train_step(images, labels)
+                    ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
+                    if not (math.isfinite(ce) and math.isfinite(dice)):
+                        raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
+                                               if ctx.checkpoint_dir is not None else None)
+                    window_ce.append(ce)
+                    window_dice.append(dice)
+                    if step == start:
+                        # After the first step, so that Adam's slots exist on every worker.
+                        workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
+                    timer.step_done()
+                    done = step + 1
+                    self.step.assign(done)
+                    if bar is not None:
+                        bar.update(done, ce + dice)
+                    if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
+                        self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
+                        window_ce, window_dice, window_start = [], [], time.perf_counter()
+                    if workers.any(stop.requested):
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
+                    if done < steps and saver.due(done) and not args.benchmark:
+                        self._save(manager)
+                        saver.saved()
+                    if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
+                        self.evaluate(step=done)
+        finally:
+            if bar is not None:
+                bar.close()
+                ctx.logger.status_line = None
         if logs_here(args, workers):
             ctx.logger.log((), performance_stats(timer.durations, args.batch_size * workers.size, "train"))
         self._save(manager)
@@ -172,11 +189,12 @@ class Runner:
         self.weights_ready = True
 
     def evaluate(self, step: int | None = None) -> dict[str, float]:
-        """The recipe's five metrics (plus its 'loss' alias) over the fold's validation slices."""
+        """The recipe's five metrics (plus its 'loss' alias), and the challenge scores, on the validation slices."""
         ctx = self.ctx
         self._ensure_weights()
+        step = int(self.step.numpy()) if step is None else step
         if ctx.tensorboard is not None:
-            ctx.tensorboard.eval_time(step or 0, "start")
+            ctx.tensorboard.eval_time(step, "start")
         ce_sum = dice_sum = 0.0
         count = 0
         for images, labels in ctx.dataset.eval_fn(count=1):
@@ -188,14 +206,28 @@ class Runner:
                 "eval_total_loss": ce_loss + dice_loss, "eval_dice_score": 1.0 - dice_loss,
                 "loss": ce_loss + dice_loss, "accuracy": 1.0 - dice_loss}
         if logs_here(ctx.args, ctx.workers):
-            ctx.logger.log((), data)
+            data.update(self._challenge_scores(step))
+            ctx.logger.log((), {**data, "global_step": step})
         if ctx.tensorboard is not None:
-            ctx.tensorboard.eval_scalars(step or 0, data)
-            ctx.tensorboard.eval_time(step or 0, "end")
+            ctx.tensorboard.eval_scalars(step, data)
+            ctx.tensorboard.eval_time(step, "end")
         return data
 
+    def _challenge_scores(self, step: int) -> dict[str, float]:
+        """V_Rand, V_Info and mask Dice at the labels' full resolution; pictures of the first slices."""
+        validation = getattr(self.ctx.dataset, "validation_slices", None)
+        if validation is None:  # synthetic data has no cell regions to score
+            return {}
+        images, labels = validation()
+        masks = self._full_resolution_masks(images)
+        if self.ctx.args.overlays:
+            names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
+            write_overlays(worker_log_dir(self.ctx.args, self.ctx.workers) / "overlays", names, images, masks,
+                           labels, self.ctx.args.overlays)
+        return challenge_scores(labels, masks)
+
     def predict(self) -> Path | None:
-        """Masks of the test volume (0 = membrane, 255 = cell) as <model_dir>/predictions/test-masks.tif."""
+        """Masks (0 = membrane, 255 = cell) of the test volume or --predict_input, under <model_dir>/predictions."""
         ctx, args = self.ctx, self.ctx.args
         if args.benchmark:
             if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir or Path(args.model_dir)):
@@ -204,19 +236,29 @@ class Runner:
         self._ensure_weights()
         if not ctx.workers.is_chief:
             return None
-        probabilities = tf.concat([self._predict_step(images) for images in ctx.dataset.test_fn(count=1)], 0)
-        # Resize the probabilities, then threshold: the masks stay strictly binary.
-        height, width = ctx.dataset.test_shape
-        resized = tf.image.resize(probabilities[..., tf.newaxis], (height, width), method="bilinear")[..., 0]
-        masks = np.where(resized.numpy() >= 0.5, 255, 0).astype(np.uint8)
-        path = Path(args.model_dir) / PREDICTIONS_FILE
+        source = ctx.prediction_input
+        masks = self._full_resolution_masks(source.slices)
+        path = Path(args.model_dir) / source.masks_file
         try:
             write_stack_atomically(path, masks)
+            write_overlays(path.parent / "overlays", source.names, source.slices, masks, count=args.overlays)
         except OSError as error:
             raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
-        ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(masks),
+        ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(masks), "strategy": args.predict_strategy,
                                    "cell_fraction": float(np.mean(masks == 255))})
         return path
+
+    def export(self) -> None:
+        """The latest checkpoint's weights as unet2d.keras and a SavedModel, for serving."""
+        self._ensure_weights()
+        if not self.ctx.workers.is_chief:
+            return
+        folder = Path(self.ctx.args.export_dir or Path(self.ctx.args.model_dir) / "export")
+        try:
+            keras_file, saved_model = export_model(self.model, folder)
+        except OSError as error:
+            raise UserInputError(f"cannot write the export to {folder}: {error.strerror or error}") from None
+        self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model)})
 
     def _benchmark_predict(self) -> None:
         args = self.ctx.args

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from data_loading.data_loader import StreamOptions
+from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
+from data_loading.image_stack import PredictionInput, read_image_stack
 from runtime import compat
 from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
 from runtime.device import Device
@@ -39,7 +40,7 @@ def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Work
     compat.keras.utils.set_random_seed(args.seed)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
-    bf16 = args.dtype == "bf16"
+    bf16 = args.dtype == "bf16" and args.exec_mode != "export"  # exports are float32, to serve anywhere
     if device.is_gaudi:
         # Gaudi's graph compiler converts the listed ops itself; Keras stays float32.
         if bf16:
@@ -107,3 +108,28 @@ def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path |
 
 def saves_checkpoints(args: argparse.Namespace, workers: Workers) -> bool:
     return not (args.benchmark or args.disable_ckpt_saving) and logs_here(args, workers)
+
+
+def load_dataset(args: argparse.Namespace, options: StreamOptions) -> Dataset | SyntheticDataset | None:
+    """The stacks this mode needs, read and checked up front (None for export, which needs none)."""
+    if args.exec_mode == "export":
+        return None
+    if args.synth_data:
+        return SyntheticDataset(options)
+    mode = args.exec_mode
+    if mode == "predict" and args.predict_input:
+        return None
+    return Dataset(args.data_dir, options, args.fold, args.fold_scheme,
+                   need_train="train" in mode or "evaluate" in mode,
+                   need_test="predict" in mode and not args.predict_input)
+
+
+def load_prediction_input(args: argparse.Namespace, dataset: Dataset | SyntheticDataset | None) -> PredictionInput:
+    """What predict segments: --predict_input if given, else the test volume; read before any training."""
+    if args.predict_input:
+        slices, names = read_image_stack(Path(args.predict_input))
+        stem = Path(args.predict_input).stem or "input"
+        return PredictionInput(slices, names, Path("predictions") / f"{stem}-masks.tif")
+    slices = dataset.test_images
+    return PredictionInput(slices, [f"test_{index:03d}" for index in range(len(slices))],
+                           Path("predictions") / "test-masks.tif")

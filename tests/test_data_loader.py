@@ -20,7 +20,7 @@ def test_streams_on_real_data(isbi_dir):
     assert [int(b[0].shape[0]) for b in eval_batches] == [2, 2, 2]
     test_batches = list(data.test_fn(count=1))
     assert sum(int(b.shape[0]) for b in test_batches) == 30
-    assert data.test_shape == (512, 512)
+    assert data.test_images.shape[1:] == (512, 512)
 
 
 def test_training_stream_is_reproducible(isbi_dir):

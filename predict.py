@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Segment your own EM stack with an exported model; none of the training flags are needed.
+
+    python predict.py /tmp/unet2d/export my-stack.tif --output my-masks.tif --strategy tile
+
+MODEL is what ``unet2d.py --exec_mode export`` wrote: the export folder, its
+``unet2d.keras`` or its ``saved_model/``. INPUT is one multipage grey TIFF or a
+folder of PNG/TIFF slices, of any size. The masks (0 = membrane, 255 = cell)
+are written as one multipage TIFF at the input's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from runtime.arguments import PREDICT_STRATEGIES, OneLineErrorParser
+from runtime.errors import UserInputError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(prog="predict.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", help="export folder, unet2d.keras file or SavedModel folder")
+    parser.add_argument("input", help="multipage grey TIFF, or a folder of PNG/TIFF slices")
+    parser.add_argument("-o", "--output", default=None,
+                        help="masks file (default: <input name>-masks.tif beside the input)")
+    parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default="resize",
+                        help="resize: the recipe's 388x388 resize; tile: the overlap-tile strategy at full resolution")
+    parser.add_argument("--overlays", type=int, default=0, metavar="N",
+                        help="also write PNG pictures of the first N slices into <output stem>-overlays/")
+    parser.add_argument("-b", "--batch_size", type=int, default=4, help="slices (or tiles) per forward pass")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.overlays < 0:
+        parser.error("--batch_size must be at least 1 and --overlays 0 or more")
+    return args
+
+
+def run(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from data_loading.image_stack import read_image_stack
+    from data_loading.tiff_io import write_stack_atomically
+    from runtime.export import load_probability_fn
+    from runtime.inference import predict_probabilities, to_masks
+    from runtime.overlays import write_overlays
+
+    source = Path(args.input)
+    slices, names = read_image_stack(source)
+    probability_fn = load_probability_fn(Path(args.model))
+    masks = to_masks(predict_probabilities(probability_fn, slices, args.batch_size, args.strategy))
+    output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
+    try:
+        write_stack_atomically(output, masks)
+        if args.overlays:
+            write_overlays(output.parent / f"{output.stem}-overlays", names, slices, masks, count=args.overlays)
+    except OSError as error:
+        raise UserInputError(f"cannot write {output}: {error.strerror or error}") from None
+    print(f"predict.py: wrote {len(masks)} masks of {masks.shape[1]}x{masks.shape[2]} to {output}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except UserInputError as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

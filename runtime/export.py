@@ -1,0 +1,104 @@
+"""Saving a trained model for serving, and loading it back without the training code's flags.
+
+An export folder holds two forms of the same float32 weights:
+
+- ``unet2d.keras``: the Keras model (572x572x1 normalised input -> 388x388x2 logits);
+- ``saved_model/``: a TensorFlow SavedModel with two signatures,
+  ``serving_default`` (uint8 slices [count, height, width], any count and
+  size -> 0/255 ``masks`` and cell ``probabilities`` at the same size, by the
+  recipe's resize strategy) and ``cell_probabilities`` (normalised 572x572
+  tiles -> 388x388 P(cell)), which the overlap-tile strategy needs.
+
+``load_probability_fn`` accepts either form and returns what
+``runtime.inference`` predicts with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from data_loading import preprocessing as pre
+from runtime.compat import keras
+from runtime.errors import UserInputError
+from runtime.inference import ProbabilityFn
+
+KERAS_FILE = "unet2d.keras"
+SAVED_MODEL_DIR = "saved_model"
+TILE_SPEC = tf.TensorSpec([None, pre.INPUT_SIZE, pre.INPUT_SIZE, 1], tf.float32, name="inputs")
+SLICES_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="slices")
+
+
+def cell_probability(logits: tf.Tensor) -> tf.Tensor:
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1]
+
+
+class ServingModule(tf.Module):
+    """The model with its pre- and post-processing, as the SavedModel's signatures."""
+
+    def __init__(self, model: keras.Model) -> None:
+        super().__init__(name="unet2d")
+        self.model = model
+
+    @tf.function(input_signature=[TILE_SPEC])
+    def cell_probabilities(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": cell_probability(self.model(inputs, training=False))}
+
+    @tf.function(input_signature=[SLICES_SPEC])
+    def segment(self, slices: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = tf.shape(slices)[1:3]
+        inputs = pre.normalize_image(slices)  # works on a batch as on one slice
+        probabilities = self.cell_probabilities(inputs)["probabilities"][..., tf.newaxis]
+        probabilities = tf.image.resize(probabilities, size, method="bilinear")[..., 0]
+        masks = tf.where(probabilities >= 0.5, tf.constant(255, tf.uint8), tf.constant(0, tf.uint8))
+        return {"masks": masks, "probabilities": probabilities}
+
+
+def _replace_dir(staged: Path, target: Path) -> None:
+    """Move a complete staged folder onto ``target``; an earlier export there is removed only after."""
+    previous = None
+    if target.exists():
+        previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, previous)
+    os.replace(staged, target)
+    if previous is not None:
+        shutil.rmtree(previous)
+
+
+def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
+    """Write both forms into ``folder``; each appears under its final name only once complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    try:
+        model.save(staging / KERAS_FILE)
+        module = ServingModule(model)
+        tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures={
+            "serving_default": module.segment, "cell_probabilities": module.cell_probabilities})
+        os.replace(staging / KERAS_FILE, folder / KERAS_FILE)
+        _replace_dir(staging / SAVED_MODEL_DIR, folder / SAVED_MODEL_DIR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / KERAS_FILE, folder / SAVED_MODEL_DIR
+
+
+def load_probability_fn(path: Path) -> ProbabilityFn:
+    """Normalised 572x572 tiles -> P(cell), from a .keras file, a SavedModel or an export folder."""
+    path = Path(path)
+    if path.is_dir() and (path / KERAS_FILE).is_file() and not (path / "saved_model.pb").exists():
+        path = path / KERAS_FILE  # an export folder: the Keras file is the quicker to load
+    try:
+        if path.is_file() and path.suffix == ".keras":
+            model = keras.models.load_model(path, compile=False)
+            return tf.function(lambda inputs: cell_probability(model(inputs, training=False)))
+        if (path / "saved_model.pb").is_file():
+            signature = tf.saved_model.load(str(path)).signatures["cell_probabilities"]
+            return lambda inputs: signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
+        raise UserInputError(f"cannot load the model {path}: {str(error).strip().splitlines()[0]}") from None
+    raise UserInputError(f"not an exported model: {path} (expected a .keras file, a SavedModel folder "
+                         f"or an export folder holding {KERAS_FILE})")

@@ -1,0 +1,90 @@
+"""Full-resolution prediction: the overlap-tile and resize strategies, and reading a user's own stack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tifffile
+from PIL import Image
+
+from data_loading.image_stack import read_image_stack
+from runtime.errors import UserInputError
+from runtime.inference import CONTEXT, predict_resized, predict_tiled, tile_grid, to_masks
+
+OUT = 388
+
+
+def centre_as_probability(inputs: tf.Tensor) -> tf.Tensor:
+    """A stand-in network: the 388x388 centre of each input, mapped from [-1, 1] to [0, 1]."""
+    return (inputs[:, CONTEXT:CONTEXT + OUT, CONTEXT:CONTEXT + OUT, 0] + 1.0) / 2.0
+
+
+def seen_tiles(record: list) -> callable:
+    def probabilities(inputs):
+        record.append(tuple(inputs.shape))
+        return centre_as_probability(inputs)
+    return probabilities
+
+
+@pytest.mark.parametrize("height, width", [(500, 777), (388, 388), (50, 30), (389, 1)])
+def test_tiles_stitch_back_to_every_pixel_at_full_resolution(height, width):
+    """Not a multiple of 388: each output pixel comes from the tile whose centre holds it, at its own place."""
+    slices = np.random.default_rng(0).integers(0, 256, (2, height, width), dtype=np.uint8)
+    shapes = []
+    probabilities = predict_tiled(seen_tiles(shapes), slices, batch_size=3)
+    assert probabilities.shape == (2, height, width)
+    np.testing.assert_allclose(probabilities, slices / 255.0, atol=1e-6)
+    rows, cols = tile_grid(height, width)
+    assert sum(shape[0] for shape in shapes) == 2 * rows * cols
+    assert all(shape[1:] == (572, 572, 1) for shape in shapes)
+
+
+def test_tile_context_is_mirrored_not_zero():
+    """The 92-pixel context around the slice is its mirror image, as in the UNet paper."""
+    slices = np.arange(400 * 400, dtype=np.int64).reshape(1, 400, 400) % 251
+    slices = slices.astype(np.uint8)
+    tiles = []
+
+    def keep(inputs):
+        tiles.append(inputs.numpy())
+        return centre_as_probability(inputs)
+
+    predict_tiled(keep, slices, batch_size=4)
+    first = np.concatenate(tiles)[0, :, :, 0]
+    normalised = slices[0].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(first[CONTEXT - 1, CONTEXT:CONTEXT + 10], normalised[1, :10], atol=1e-6)
+    np.testing.assert_allclose(first[CONTEXT:CONTEXT + 10, CONTEXT - 5], normalised[:10, 5], atol=1e-6)
+
+
+def test_resize_strategy_returns_the_input_size():
+    slices = np.full((3, 300, 450), 200, np.uint8)
+    probabilities = predict_resized(centre_as_probability, slices, batch_size=2)
+    assert probabilities.shape == (3, 300, 450)
+    masks = to_masks(probabilities)
+    assert set(np.unique(masks)) <= {0, 255}
+
+
+def test_stack_from_a_folder_of_png_and_tiff_slices(tmp_path):
+    rng = np.random.default_rng(1)
+    slices = rng.integers(0, 256, (3, 40, 70), dtype=np.uint8)
+    Image.fromarray(slices[0]).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", slices[1])
+    Image.fromarray(slices[2]).save(tmp_path / "c.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    stack, names = read_image_stack(tmp_path)
+    np.testing.assert_array_equal(stack, slices)
+    assert names == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "rgb.png"), "8-bit grey"),
+    (lambda d: [Image.fromarray(np.zeros(s, np.uint8)).save(d / f"{i}.png")
+                for i, s in enumerate([(4, 4), (5, 4)])], "differ in size"),
+    (lambda d: (d / "x.png").write_bytes(b"\x89PNG broken"), "cannot read"),
+    (lambda d: None, "no PNG or TIFF slices"),
+])
+def test_bad_slice_folders_are_refused_in_one_line(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(UserInputError, match=message):
+        read_image_stack(tmp_path)

@@ -1,0 +1,148 @@
+"""What users see and keep: the progress bar, evaluation pictures and scores, learning curves, export and predict.
+
+One short training run on the real data (module fixture) feeds every test here.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from runtime.parse_results import final_eval, read_log
+from runtime.plot_curves import main as plot_main
+from tests.conftest import ROOT, run_cli
+
+STEPS = 3
+
+
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """unet2d.py with its stdout on a pseudo-terminal, as in an interactive shell."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "160"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+                               stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=600), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def trained(isbi_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    status, terminal = run_on_terminal(
+        "--data_dir", str(isbi_dir), "--exec_mode", "train_and_evaluate", "--fold", "0", "--batch_size", "1",
+        "--max_steps", str(STEPS), "--log_every", "1", "--evaluate_every", "2", "--overlays", "2",
+        "--model_dir", str(out / "model"), "--log_dir", str(out / "fold0"))
+    assert status == 0, terminal[-3000:]
+    return out, terminal
+
+
+def test_progress_bar_on_a_terminal(trained):
+    _, terminal = trained
+    assert "\r\x1b[K[" in terminal  # redrawn in place
+    assert f"step {STEPS}/{STEPS}" in terminal and "img/s" in terminal and "left" in terminal
+    assert "(3, 3) train_ce_loss" in terminal  # the log lines still print in full
+
+
+def test_no_progress_bar_when_output_is_a_file(isbi_dir, tmp_path):
+    result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "2", "--batch_size", "1",
+                     "--log_every", "1", "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stdout and "img/s" not in result.stdout
+    assert "(2, 2) train_ce_loss" in result.stdout
+
+
+def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_dir):
+    out, _ = trained
+    records = read_log(out / "fold0" / "log.json")
+    result = final_eval(records)
+    assert result["global_step"] == STEPS
+    for key in ("eval_v_rand", "eval_v_info", "eval_mask_dice"):
+        assert 0.0 <= result[key] <= 1.0
+    pictures = sorted((out / "fold0" / "overlays").glob("*.png"))
+    assert len(pictures) == 4  # 2 slices at step 2 and at step 3
+    with Image.open(pictures[0]) as picture:
+        assert picture.size == (512, 512) and picture.mode == "RGB"
+        colours = np.asarray(picture).reshape(-1, 3)
+    assert np.any(colours[:, 1] > colours[:, 0] + 60)  # green: some true membranes drawn
+
+
+def test_learning_curves_plot(trained, tmp_path):
+    out, _ = trained
+    second = tmp_path / "fold1"
+    second.mkdir()
+    (second / "log.json").write_bytes((out / "fold0" / "log.json").read_bytes())
+    target = tmp_path / "curves.png"
+    assert plot_main([str(out / "fold0" / "log.json"), str(second / "log.json"), "-o", str(target)]) == 0
+    with Image.open(target) as picture:
+        assert picture.format == "PNG" and picture.size == (1848, 396)
+    assert plot_main([str(tmp_path / "missing.json"), "-o", str(target)]) == 2
+
+
+def test_export_load_and_predict_give_the_same_masks(trained, tmp_path):
+    out, _ = trained
+    model_dir = out / "model"
+    slices = np.asarray(tifffile.imread(ROOT.parent / "shared/data/isbi2012/test-volume.tif")[:2, :300, :450])
+    folder = tmp_path / "my-slices"
+    folder.mkdir()
+    for index, image in enumerate(slices):
+        Image.fromarray(image).save(folder / f"s{index}.png")
+
+    result = run_cli("--exec_mode", "export", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "l"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    export = model_dir / "export"
+    assert (export / "unet2d.keras").is_file() and (export / "saved_model" / "saved_model.pb").is_file()
+
+    for strategy in ("resize", "tile"):
+        result = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir),
+                         "--predict_input", str(folder), "--predict_strategy", strategy, "--batch_size", "2",
+                         "--log_dir", str(tmp_path / "l"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        from_checkpoint = tifffile.imread(model_dir / "predictions" / "my-slices-masks.tif")
+        assert from_checkpoint.shape == (2, 300, 450) and set(np.unique(from_checkpoint)) <= {0, 255}
+        models = (export, export / "saved_model") if strategy == "resize" else (export / "saved_model",)
+        for model in models:
+            target = tmp_path / f"{strategy}-{model.name}.tif"
+            done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(model), str(folder), "-o",
+                                   str(target), "--strategy", strategy], cwd=ROOT, capture_output=True, text=True,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+            np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint, err_msg=f"{strategy} {model}")
+    assert len(list((model_dir / "predictions" / "overlays").glob("s*.png"))) == 2
+
+
+def test_saved_model_serves_uint8_slices_of_any_count(trained):
+    import tensorflow as tf
+
+    out, _ = trained
+    export = out / "model" / "export" / "saved_model"
+    if not export.exists():
+        pytest.skip("needs the export of test_export_load_and_predict_give_the_same_masks")
+    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    for count, height, width in ((1, 512, 512), (3, 200, 333)):
+        outputs = serve(slices=tf.zeros((count, height, width), tf.uint8))
+        assert outputs["masks"].shape == (count, height, width) and outputs["masks"].dtype == tf.uint8
+
+
+def test_predict_cli_refuses_what_is_not_a_model(tmp_path):
+    slices = tmp_path / "s.tif"
+    tifffile.imwrite(slices, np.zeros((1, 8, 8), np.uint8))
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(tmp_path), str(slices)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 2 and "not an exported model" in done.stderr and "Traceback" not in done.stderr
