@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Throughput of unet2d.py's own --benchmark mode, per mode, precision and batch size.
+"""Throughput of unet2d.py's own --benchmark mode, per mode, precision and batch size, against the kernel ceiling.
 
 Each configuration runs as a separate process (as a user would run it) on
 synthetic data; the figures are read back from its log.json, and the peak
-resident memory from the operating system. Writes results.json and
-results.md into --out.
+resident memory from the operating system. For each precision and batch
+size, kernel_ceiling.py times the model's convolution kernels alone, and
+every result is reported as a fraction of that ceiling. The input pipeline
+is measured alone too (input_pipeline.py). Writes results.json, results.md
+and results.png (throughput and memory against batch size) into --out.
 
-    python benchmarks/benchmark.py --batch_sizes 2 --dtypes fp32 bf16 --modes train predict
+    python benchmarks/benchmark.py                     # the full matrix: about 25 minutes on 2 cores
+    python benchmarks/benchmark.py --batch_sizes 2 --dtypes bf16 --modes train
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ sys.path.insert(0, str(ROOT))
 from runtime.parse_results import merged_data, read_log  # noqa: E402
 
 STATS_MODE = {"train": "train", "predict": "test"}  # the key unet2d.py logs each mode's figures under
+CEILING_KEY = {"train": "train_images_per_s", "predict": "predict_images_per_s"}
+
+
+def run_json(script: str, *flags: str) -> object:
+    """Run one of the measuring scripts beside this one in its own process; its JSON answer."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *flags, "--json"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_config(mode: str, dtype: str, batch_size: int, steps: int, warmup: int, extra: list[str]) -> dict:
@@ -46,7 +61,7 @@ def run_config(mode: str, dtype: str, batch_size: int, steps: int, warmup: int, 
     return {"mode": mode, "dtype": dtype, "batch_size": batch_size, "steps": steps, "warmup_steps": warmup,
             "images_per_s": stats[f"throughput_{key}"], "latency_ms_mean": stats[f"latency_{key}_mean"],
             "latency_ms_90": stats[f"latency_{key}_90"], "latency_ms_99": stats[f"latency_{key}_99"],
-            "peak_rss_gib": usage.ru_maxrss / 2**20}
+            "time_to_first_step_s": stats.get("time_to_first_step_s"), "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
 def cpu_model() -> str:
@@ -64,46 +79,100 @@ def tensorflow_version() -> str:
     return version("tensorflow")
 
 
-def markdown(results: list[dict]) -> str:
-    lines = ["| mode | dtype | batch | images/s | latency mean ms | p90 ms | p99 ms | peak RSS GiB | vs fp32 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def markdown(results: list[dict], pipeline: list[dict]) -> str:
+    lines = ["| mode | dtype | batch | images/s | vs fp32 | of kernel ceiling | latency mean ms | p90 ms | p99 ms "
+             "| first step s | peak RSS GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fp32 = {(r["mode"], r["batch_size"]): r["images_per_s"] for r in results if r["dtype"] == "fp32"}
     for r in results:
         base = fp32.get((r["mode"], r["batch_size"]))
         ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['mode']} | {r['dtype']} | {r['batch_size']} | {r['images_per_s']:.3f} | "
-                     f"{r['latency_ms_mean']:.0f} | {r['latency_ms_90']:.0f} | {r['latency_ms_99']:.0f} | "
-                     f"{r['peak_rss_gib']:.2f} | {ratio} |")
+        ceiling = f"{r['of_ceiling']:.0%}" if r.get("of_ceiling") else "-"
+        first = f"{r['time_to_first_step_s']:.1f}" if r.get("time_to_first_step_s") else "-"
+        lines.append(f"| {r['mode']} | {r['dtype']} | {r['batch_size']} | {r['images_per_s']:.3f} | {ratio} | "
+                     f"{ceiling} | {r['latency_ms_mean']:.0f} | {r['latency_ms_90']:.0f} | "
+                     f"{r['latency_ms_99']:.0f} | {first} | {r['peak_rss_gib']:.2f} |")
+    if pipeline:
+        lines += ["", "| input pipeline (augmented, batch 8) | images/s |", "|---|---:|"]
+        lines += [f"| {p['threads']} thread(s){', parallel map' if p['parallel_map'] else ''} | "
+                  f"{p['images_per_s']:.1f} |" for p in pipeline]
     return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Throughput (with the kernel ceiling dashed) and peak memory against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for mode, dtype in sorted({(r["mode"], r["dtype"]) for r in results}):
+        runs = sorted((r for r in results if r["mode"] == mode and r["dtype"] == dtype),
+                      key=lambda r: r["batch_size"])
+        batches = [r["batch_size"] for r in runs]
+        line, = speed.plot(batches, [r["images_per_s"] for r in runs], "o-", label=f"{mode} {dtype}")
+        if all(r.get("ceiling_images_per_s") for r in runs):
+            speed.plot(batches, [r["ceiling_images_per_s"] for r in runs], "--", color=line.get_color(),
+                       alpha=0.6, label=f"{mode} {dtype} kernel ceiling")
+        memory.plot(batches, [r["peak_rss_gib"] for r in runs], "o-", label=f"{mode} {dtype}")
+    for axis, title, unit in ((speed, "throughput", "images/s"), (memory, "peak memory (RSS)", "GiB")):
+        axis.set(title=title, xlabel="batch size", ylabel=unit, xscale="log", yscale="log" if axis is speed else
+                 "linear")
+        axis.set_xticks(sorted({r["batch_size"] for r in results}), labels=None)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", choices=sorted(STATS_MODE), default=["train", "predict"])
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[2])
-    parser.add_argument("--steps", type=int, default=12, help="steps per run, warm-up included")
-    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the figures")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--steps", type=int, default=8, help="steps per run, warm-up included")
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
+    parser.add_argument("--no_ceiling", action="store_true", help="skip the kernel-ceiling measurement")
+    parser.add_argument("--no_pipeline", action="store_true", help="skip the input-pipeline measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("extra", nargs="*", help="further unet2d.py flags after --, e.g. -- --xla")
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error("--steps must be greater than --warmup")
 
+    ceilings = {}
+    if not args.no_ceiling:
+        for dtype in args.dtypes:
+            for batch_size in args.batch_sizes:
+                ceilings[dtype, batch_size] = run_json("kernel_ceiling.py", "--dtype", dtype,
+                                                       "--batch_size", str(batch_size))
+                print(f"kernel ceiling {dtype} batch {batch_size}: "
+                      f"train {ceilings[dtype, batch_size]['train_images_per_s']:.3f} images/s, "
+                      f"predict {ceilings[dtype, batch_size]['predict_images_per_s']:.3f}", flush=True)
     results = []
     for mode in args.modes:
         for batch_size in args.batch_sizes:
             for dtype in args.dtypes:
                 result = run_config(mode, dtype, batch_size, args.steps, args.warmup, args.extra)
+                if (dtype, batch_size) in ceilings:
+                    result["ceiling_images_per_s"] = ceilings[dtype, batch_size][CEILING_KEY[mode]]
+                    result["of_ceiling"] = result["images_per_s"] / result["ceiling_images_per_s"]
                 print(f"{mode:8s} {dtype} batch {batch_size}: {result['images_per_s']:.3f} images/s, "
                       f"peak RSS {result['peak_rss_gib']:.2f} GiB", flush=True)
                 results.append(result)
+    pipeline = [] if args.no_pipeline else run_json("input_pipeline.py")
     machine = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                "python": platform.python_version(), "tensorflow": tensorflow_version()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    (args.out / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    ceiling_summary = [{key: value for key, value in c.items() if key != "layers"} for c in ceilings.values()]
+    (args.out / "results.json").write_text(json.dumps(
+        {"machine": machine, "command": sys.argv[1:], "results": results, "kernel_ceiling": ceiling_summary,
+         "kernel_ceiling_layers": list(ceilings.values()), "input_pipeline": pipeline}, indent=2))
+    (args.out / "results.md").write_text(markdown(results, pipeline))
+    plot(results, args.out / "results.png")
+    print(markdown(results, pipeline))
 
 
 if __name__ == "__main__":

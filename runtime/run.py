@@ -6,6 +6,8 @@ import argparse
 import math
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from runtime.progress import ProgressBar
 from runtime.setup import logs_here, saves_checkpoints, worker_log_dir
 from runtime.signals import StopRequest, TrainingInterrupted
 from runtime.tensorboard import TensorBoardWriters
-from runtime.timing import StepTimer, performance_stats
+from runtime.timing import StepTimer, performance_stats, seconds_since_process_start
 
 
 @dataclass
@@ -118,6 +120,21 @@ class Runner:
             ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
                                                  "examples/sec": data["IPS"], "global_step/sec": 1.0 / duration})
 
+    @contextmanager
+    def _progress_bar(self, steps: int, start: int) -> Iterator[ProgressBar | None]:
+        """A live bar on a terminal (None otherwise), kept clear of the log lines and removed at the end."""
+        ctx = self.ctx
+        bar = None
+        if logs_here(ctx.args, ctx.workers):
+            bar = ProgressBar.for_stream(steps, start, ctx.args.batch_size * ctx.workers.size)
+        ctx.logger.status_line = bar
+        try:
+            yield bar
+        finally:
+            if bar is not None:
+                bar.close()
+            ctx.logger.status_line = None
+
     def train(self) -> None:
         ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
         steps = args.max_steps // workers.size
@@ -138,44 +155,39 @@ class Runner:
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
         batches = iter(ctx.dataset.train_fn(start_step=start))
-        bar = ProgressBar.for_stream(steps, start, args.batch_size * workers.size) if logs_here(args, workers) else None
-        ctx.logger.status_line = bar
-        try:
-            with StopRequest() as stop:
-                timer.start()
-                for step in range(start, steps):
-                    images, labels = next(batches)
-                    ce, dice = self._train_step(images, labels)
-                    ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
-                    if not (math.isfinite(ce) and math.isfinite(dice)):
-                        raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
-                                               if ctx.checkpoint_dir is not None else None)
-                    window_ce.append(ce)
-                    window_dice.append(dice)
-                    if step == start:
-                        # After the first step, so that Adam's slots exist on every worker.
-                        workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
-                    timer.step_done()
-                    done = step + 1
-                    self.step.assign(done)
-                    if bar is not None:
-                        bar.update(done, ce + dice)
-                    if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
-                        self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
-                        window_ce, window_dice, window_start = [], [], time.perf_counter()
-                    if workers.any(stop.requested):
-                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
-                    if done < steps and saver.due(done) and not args.benchmark:
-                        self._save(manager)
-                        saver.saved()
-                    if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
-                        self.evaluate(step=done)
-        finally:
-            if bar is not None:
-                bar.close()
-                ctx.logger.status_line = None
+        with self._progress_bar(steps, start) as bar, StopRequest() as stop:
+            timer.start()
+            for step in range(start, steps):
+                images, labels = next(batches)
+                ce, dice = self._train_step(images, labels)
+                ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
+                if not (math.isfinite(ce) and math.isfinite(dice)):
+                    raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
+                                           if ctx.checkpoint_dir is not None else None)
+                window_ce.append(ce)
+                window_dice.append(dice)
+                if step == start:
+                    # After the first step, so that Adam's slots exist on every worker.
+                    workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
+                    first_step_at = seconds_since_process_start()
+                timer.step_done()
+                done = step + 1
+                self.step.assign(done)
+                if bar is not None:
+                    bar.update(done, ce + dice)
+                if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
+                    self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
+                    window_ce, window_dice, window_start = [], [], time.perf_counter()
+                if workers.any(stop.requested):
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
+                if done < steps and saver.due(done) and not args.benchmark:
+                    self._save(manager)
+                    saver.saved()
+                if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
+                    self.evaluate(step=done)
         if logs_here(args, workers):
-            ctx.logger.log((), performance_stats(timer.durations, args.batch_size * workers.size, "train"))
+            ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.size, "train"),
+                                "time_to_first_step_s": first_step_at})
         self._save(manager)
 
     # Evaluation and prediction ---------------------------------------------
@@ -264,10 +276,13 @@ class Runner:
         args = self.ctx.args
         timer = StepTimer(args.warmup_steps)
         batches = self.ctx.dataset.test_fn(count=None, drop_remainder=True).take(args.max_steps)
+        first_step_at = None
         timer.start()
         for images in batches:
             self._predict_step(images).numpy()
             timer.step_done()
+            first_step_at = first_step_at or seconds_since_process_start()
         if self.ctx.workers.is_chief:
-            self.ctx.logger.log((), performance_stats(timer.durations, args.batch_size, "test"))
+            self.ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size, "test"),
+                                     "time_to_first_step_s": first_step_at})
         return None

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
+
+_IMPORTED_AT = time.monotonic()
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process was started (Linux: from /proc), so start-up and imports count too."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5): start time after boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _IMPORTED_AT  # elsewhere: since TensorFlow and this module were imported
 
 
 class StepTimer:
