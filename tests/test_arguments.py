@@ -70,3 +70,22 @@ def test_bad_flags_give_one_line_and_status_2(argv, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_export_and_predicting_own_stack_need_no_data_dir():
+    assert parse_args(["--exec_mode", "export"]).exec_mode == "export"
+    args = parse_args(["--exec_mode", "predict", "--predict_input", "stack.tif", "--predict_strategy", "tile"])
+    assert args.predict_strategy == "tile" and args.overlays == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--exec_mode", "predict"])  # the test volume lives in --data_dir
+
+
+def test_bad_prediction_input_is_refused_before_any_work(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "colour.png")
+    result = run_cli("--exec_mode", "predict", "--predict_input", str(tmp_path), "--model_dir",
+                     str(tmp_path / "empty"), "--log_dir", str(tmp_path / "logs"))
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "8-bit grey image" in last and "Traceback" not in result.stderr, last

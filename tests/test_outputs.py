@@ -95,18 +95,24 @@ def test_learning_curves_plot(trained, tmp_path):
     assert plot_main([str(tmp_path / "missing.json"), "-o", str(target)]) == 2
 
 
-def test_export_load_and_predict_give_the_same_masks(trained, tmp_path):
+@pytest.fixture(scope="module")
+def exported(trained):
     out, _ = trained
     model_dir = out / "model"
+    result = run_cli("--exec_mode", "export", "--model_dir", str(model_dir), "--log_dir", str(out / "export-logs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return model_dir / "export"
+
+
+def test_export_load_and_predict_give_the_same_masks(trained, exported, tmp_path):
+    out, _ = trained
+    model_dir, export = out / "model", exported
     slices = np.asarray(tifffile.imread(ROOT.parent / "shared/data/isbi2012/test-volume.tif")[:2, :300, :450])
     folder = tmp_path / "my-slices"
     folder.mkdir()
     for index, image in enumerate(slices):
         Image.fromarray(image).save(folder / f"s{index}.png")
 
-    result = run_cli("--exec_mode", "export", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "l"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    export = model_dir / "export"
     assert (export / "unet2d.keras").is_file() and (export / "saved_model" / "saved_model.pb").is_file()
 
     for strategy in ("resize", "tile"):
@@ -127,14 +133,10 @@ def test_export_load_and_predict_give_the_same_masks(trained, tmp_path):
     assert len(list((model_dir / "predictions" / "overlays").glob("s*.png"))) == 2
 
 
-def test_saved_model_serves_uint8_slices_of_any_count(trained):
+def test_saved_model_serves_uint8_slices_of_any_count(exported):
     import tensorflow as tf
 
-    out, _ = trained
-    export = out / "model" / "export" / "saved_model"
-    if not export.exists():
-        pytest.skip("needs the export of test_export_load_and_predict_give_the_same_masks")
-    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(exported / "saved_model")).signatures["serving_default"]
     for count, height, width in ((1, 512, 512), (3, 200, 333)):
         outputs = serve(slices=tf.zeros((count, height, width), tf.uint8))
         assert outputs["masks"].shape == (count, height, width) and outputs["masks"].dtype == tf.uint8
