@@ -23,6 +23,7 @@ common=(--data_dir "$data" --model_dir "$out/model" --batch_size 2 --dtype bf16)
 "$python" unet2d.py "${common[@]}" --exec_mode train_and_evaluate --fold 0 --max_steps 40 --log_every 10 \
   --log_dir "$out/logs/train" --tensorboard_logging "$@"
 "$python" unet2d.py "${common[@]}" --exec_mode predict --log_dir "$out/logs/predict" "$@"
+"$python" runtime/plot_curves.py "$out/logs/train/log.json" -o "$out/learning-curves.png"
 
 cat <<DONE
 
@@ -30,7 +31,11 @@ Demo finished. Outputs:
   data (synthetic EM)   $data
   checkpoint            $out/model/model_checkpoint
   predicted masks       $out/model/predictions/test-masks.tif
+  pictures              $out/model/predictions/overlays/ (test), $out/logs/train/overlays/ (validation)
+  learning curves       $out/learning-curves.png
   logs                  $out/logs/train/log.json, $out/logs/predict/log.json
   TensorBoard           $(dirname "$python")/tensorboard --logdir $out/logs/train
-The evaluation Dice is the eval_dice_score in the last training log lines above.
+The evaluation Dice is the eval_dice_score in the last training log lines above, beside
+the challenge scores eval_v_rand and eval_v_info. In the pictures, red marks predicted
+membranes, green true membranes the model missed, yellow membranes both agree on.
 DONE

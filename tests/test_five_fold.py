@@ -25,13 +25,15 @@ def run_script(*args, timeout=1200):
 def check_average(results, env_name, stdout):
     logs = [results / f"{env_name}_fold{k}.log" for k in range(5)]
     assert all(log.is_file() for log in logs)
-    dices = []
+    folds = []
     for k in range(5):
         run_dir = results / f"{env_name}_fold{k}"
         log_json = run_dir / "log.json" if (run_dir / "log.json").exists() else run_dir / "worker_0" / "log.json"
-        dices.append(final_eval(read_log(log_json))["eval_dice_score"])
-    printed = float(re.search(r"Evaluation dice score: ([0-9.e-]+)", stdout).group(1))
-    assert printed == pytest.approx(sum(dices) / 5, rel=1e-9)
+        folds.append(final_eval(read_log(log_json)))
+    for key, printed_as in (("eval_dice_score", "dice score"), ("eval_v_rand", r"V_Rand \(ISBI 2012 challenge score\)"),
+                            ("eval_v_info", r"V_Info \(ISBI 2012 challenge score\)")):
+        printed = float(re.search(rf"Evaluation {printed_as}: ([0-9.e-]+)", stdout).group(1))
+        assert printed == pytest.approx(sum(fold[key] for fold in folds) / 5, rel=1e-9), key
 
 
 def test_five_folds_one_worker(isbi_dir, tmp_path):
