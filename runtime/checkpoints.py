@@ -89,10 +89,11 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
 
 
-def restore_model(model: tf.keras.Model, folder: Path) -> str:
-    """Load the model weights of the latest checkpoint (optimizer state not needed)."""
+def restore_model(model: tf.keras.Model, folder: Path, step: tf.Variable | None = None) -> str:
+    """Load the model weights (and the step it was trained to, if asked) of the latest checkpoint."""
     path = latest(folder)
     if path is None:
         raise UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
-    restore(tf.train.Checkpoint(model=model), path, partial=True)
+    parts = {"model": model} if step is None else {"model": model, "step": step}
+    restore(tf.train.Checkpoint(**parts), path, partial=True)
     return path

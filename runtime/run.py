@@ -196,8 +196,8 @@ class Runner:
         if self.weights_ready:
             return
         path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
-            Path(self.ctx.args.model_dir)))
-        self.ctx.logger.log("CHECKPOINT", {"restored": path})
+            Path(self.ctx.args.model_dir)), self.step)
+        self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
         self.weights_ready = True
 
     def evaluate(self, step: int | None = None) -> dict[str, float]:

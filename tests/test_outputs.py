@@ -83,6 +83,17 @@ def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_di
     assert np.any(colours[:, 1] > colours[:, 0] + 60)  # green: some true membranes drawn
 
 
+def test_evaluate_alone_scores_the_checkpoint_at_its_step_with_tiles(trained, isbi_dir, tmp_path):
+    out, _ = trained
+    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
+                     "--predict_strategy", "tile", "--overlays", "1", "--model_dir", str(out / "model"),
+                     "--log_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = final_eval(read_log(tmp_path / "log.json"))
+    assert scores["global_step"] == STEPS and 0.0 <= scores["eval_v_rand"] <= 1.0
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == [f"eval_step{STEPS}_slice19.png"]
+
+
 def test_learning_curves_plot(trained, tmp_path):
     out, _ = trained
     second = tmp_path / "fold1"
