@@ -106,7 +106,8 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True,
+                                           gridspec_kw={"width_ratios": [1.4, 1]})
     for mode, dtype in sorted({(r["mode"], r["dtype"]) for r in results}):
         runs = sorted((r for r in results if r["mode"] == mode and r["dtype"] == dtype),
                       key=lambda r: r["batch_size"])
@@ -116,13 +117,24 @@ def plot(results: list[dict], path: Path) -> None:
             speed.plot(batches, [r["ceiling_images_per_s"] for r in runs], "--", color=line.get_color(),
                        alpha=0.6, label=f"{mode} {dtype} kernel ceiling")
         memory.plot(batches, [r["peak_rss_gib"] for r in runs], "o-", label=f"{mode} {dtype}")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    batch_sizes = sorted({r["batch_size"] for r in results})
     for axis, title, unit in ((speed, "throughput", "images/s"), (memory, "peak memory (RSS)", "GiB")):
-        axis.set(title=title, xlabel="batch size", ylabel=unit, xscale="log", yscale="log" if axis is speed else
-                 "linear")
-        axis.set_xticks(sorted({r["batch_size"] for r in results}), labels=None)
-        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set(title=title, xlabel="batch size", ylabel=unit, xscale="log")
+        if axis is speed:
+            axis.set_yscale("log")
+            low, high = axis.get_ylim()
+            axis.set_yticks([0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 30, 50, 100])
+            axis.set_ylim(low, high)
+            axis.yaxis.set_major_formatter(ScalarFormatter())
+            axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.set_xticks(batch_sizes)
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+    speed.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    memory.legend(fontsize=7, loc="upper left")
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
@@ -137,10 +149,17 @@ def main() -> None:
     parser.add_argument("--no_ceiling", action="store_true", help="skip the kernel-ceiling measurement")
     parser.add_argument("--no_pipeline", action="store_true", help="skip the input-pipeline measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--plot_only", action="store_true",
+                        help="redraw results.png and results.md from the results.json in --out, measuring nothing")
     parser.add_argument("extra", nargs="*", help="further unet2d.py flags after --, e.g. -- --xla")
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error("--steps must be greater than --warmup")
+    if args.plot_only:
+        report = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(markdown(report["results"], report["input_pipeline"]))
+        plot(report["results"], args.out / "results.png")
+        return
 
     ceilings = {}
     if not args.no_ceiling:

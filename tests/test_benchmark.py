@@ -30,4 +30,4 @@ def test_benchmark_script_runs_end_to_end(tmp_path):
     assert {p["threads"] for p in report["input_pipeline"]} >= {1}
     assert "| train | bf16 | 1 |" in (tmp_path / "results.md").read_text()
     with Image.open(tmp_path / "results.png") as picture:
-        assert picture.size == (1100, 400)
+        assert picture.size == (1200, 400)
