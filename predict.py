@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from runtime.arguments import PREDICT_STRATEGIES, OneLineErrorParser
-from runtime.errors import UserInputError
+from runtime.errors import UserInputError, exit_status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,12 +63,7 @@ def run(argv: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except UserInputError as error:
-        print(f"predict.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("predict.py", lambda: run(argv))
 
 
 if __name__ == "__main__":

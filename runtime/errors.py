@@ -5,6 +5,11 @@
 Every other exception is a bug and keeps its traceback (see ``unet2d.main``).
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 
 class UserInputError(Exception):
     """Bad flags, missing or malformed data, unusable output folders."""
@@ -17,3 +22,13 @@ class TrainingDiverged(Exception):
         kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
         super().__init__(f"training diverged at step {step} (cross-entropy {ce}, dice loss {dice}); {kept}; "
                          "try a lower --learning_rate or --dtype fp32")
+
+
+def exit_status(program: str, action: Callable[[], object]) -> int:
+    """Run a command-line tool's work: 0, or its UserInputError as one line on stderr and status 2."""
+    try:
+        action()
+    except UserInputError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script, like parse_results.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.errors import UserInputError  # noqa: E402
+from runtime.errors import UserInputError, exit_status  # noqa: E402
 from runtime.parse_results import read_log  # noqa: E402
 
 PANELS = (  # (title, [(log key, line style)])
@@ -84,15 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logs", nargs="+", type=Path, help="log.json files (one per run)")
     parser.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG file to write")
     args = parser.parse_args(argv)
-    try:
+
+    def draw() -> None:
         missing = [str(path) for path in args.logs if not path.is_file()]
         if missing:
             raise UserInputError(f"no such log: {', '.join(missing)}")
         print(f"wrote {plot(args.logs, args.output)}")
-    except UserInputError as error:
-        print(f"plot_curves.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status("plot_curves.py", draw)
 
 
 if __name__ == "__main__":
