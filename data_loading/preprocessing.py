@@ -14,9 +14,14 @@ OUTPUT_SIZE = 388
 NUM_CLASSES = 2
 
 
+def scale_intensity(image):
+    """uint8 grey values -> float32 in [-1, 1] (a tensor or a NumPy array, any shape)."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
-    """uint8 HxW slice -> float32 572x572x1 in [-1, 1], content resized to 388 and zero-padded."""
-    image = tf.cast(image, tf.float32)[..., tf.newaxis] / 127.5 - 1.0
+    """uint8 HxW slice (or a batch of them) -> float32 572x572x1 in [-1, 1], content resized to 388 and zero-padded."""
+    image = scale_intensity(image)[..., tf.newaxis]
     image = tf.image.resize(image, (OUTPUT_SIZE, OUTPUT_SIZE), method="bilinear")
     return tf.image.resize_with_crop_or_pad(image, INPUT_SIZE, INPUT_SIZE)
 

@@ -36,7 +36,7 @@ def predict_resized(probabilities: ProbabilityFn, slices: np.ndarray, batch_size
     height, width = slices.shape[1:]
     outputs = []
     for batch in _batches(list(slices), batch_size):
-        inputs = tf.stack([pre.normalize_image(image) for image in batch])
+        inputs = pre.normalize_image(batch)  # works on a batch as on one slice
         predicted = probabilities(inputs)[..., tf.newaxis]
         outputs.append(tf.image.resize(predicted, (height, width), method="bilinear")[..., 0].numpy())
     return np.concatenate(outputs)
@@ -61,7 +61,7 @@ def _tiles(image: np.ndarray) -> list[np.ndarray]:
 def predict_tiled(probabilities: ProbabilityFn, slices: np.ndarray, batch_size: int) -> np.ndarray:
     count, height, width = slices.shape
     rows, cols = tile_grid(height, width)
-    tiles = [tile for image in slices for tile in _tiles(image.astype(np.float32) / 127.5 - 1.0)]
+    tiles = [tile for image in slices for tile in _tiles(pre.scale_intensity(image).numpy())]
     centres = np.concatenate([probabilities(tf.constant(batch)).numpy() for batch in _batches(tiles, batch_size)])
     step = pre.OUTPUT_SIZE
     stitched = centres.reshape(count, rows, cols, step, step).transpose(0, 1, 3, 2, 4)
