@@ -55,7 +55,9 @@ def run(argv: list[str] | None = None) -> None:
         tensorboard.hyperparameters(vars(args))
 
     context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_input)
-    runner = Runner(context, build_unet(args.seed))
+    # Only training needs the weight gradient; exported models stay plain Keras layers.
+    matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
+    runner = Runner(context, build_unet(args.seed, matmul_filter_gradient=matmul_gradient))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:

@@ -9,6 +9,11 @@ Their sum is the best possible step time; a measured step as a fraction of
 it says how much of the kernels' speed the training loop keeps, in numbers
 that compare across machines.
 
+Where the model replaces TensorFlow's weight-gradient kernel by matrix
+products (on CPUs, layers of 128+ channels: model/matmul_conv.py), that
+form is timed too, and the ceiling of the kernels the model really runs
+("own") is reported beside TensorFlow's.
+
     python benchmarks/kernel_ceiling.py --dtype bf16 --batch_size 2
 """
 
@@ -27,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
+from model.matmul_conv import MatmulGradConv2D, filter_gradient  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 from runtime.compat import keras  # noqa: E402
+from runtime.device import select_device  # noqa: E402
 
 DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}
 
@@ -43,6 +50,7 @@ class ConvShape:
     padding: str
     transposed: bool
     first: bool  # the first layer needs no input gradient
+    matmul_filter_gradient: bool  # the model computes this layer's weight gradient as matmuls
 
     @property
     def flops_per_image(self) -> float:
@@ -53,15 +61,16 @@ class ConvShape:
         return 2.0 * small[0] * small[1] * kh * kw * large[2] * small[2]
 
 
-def model_convolutions() -> list[ConvShape]:
+def model_convolutions(matmul_filter_gradient: bool) -> list[ConvShape]:
     shapes = []
-    for layer in build_unet(0).layers:
+    for layer in build_unet(0, matmul_filter_gradient=matmul_filter_gradient).layers:
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             continue
         transposed = isinstance(layer, keras.layers.Conv2DTranspose)
+        matmul = isinstance(layer, MatmulGradConv2D) and layer.uses_matmul_gradient(layer.input.shape)
         shapes.append(ConvShape(layer.name, tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:]),
                                 tuple(layer.kernel.shape), layer.strides[0], layer.padding.upper(), transposed,
-                                first=not shapes))
+                                first=not shapes, matmul_filter_gradient=matmul))
     return shapes
 
 
@@ -91,6 +100,8 @@ def _kernels(conv: ConvShape, batch: int, dtype: tf.DType) -> dict[str, callable
         }
     if conv.first:
         del ops["backward_data"]
+    if conv.matmul_filter_gradient:
+        ops["backward_filter_matmul"] = lambda: filter_gradient(x, y_grad)
     return {name: tf.function(op) for name, op in ops.items()}
 
 
@@ -107,17 +118,21 @@ def best_seconds(function, repeats: int) -> float:
 def measure(batch_size: int, dtype: str, repeats: int = 3) -> dict:
     tf.get_logger().setLevel("ERROR")  # one small function per kernel: TensorFlow warns about "retracing"
     layers = []
-    for conv in model_convolutions():
+    for conv in model_convolutions(select_device(no_hpu=False).prefers_matmul_filter_gradient):
         seconds = {name: best_seconds(op, repeats) for name, op in _kernels(conv, batch_size, DTYPES[dtype]).items()}
         flops = conv.flops_per_image * batch_size
         layers.append({**asdict(conv), "seconds": seconds,
                        "gflops_per_s": {name: flops / t / 1e9 for name, t in seconds.items()}})
     totals = {kind: sum(layer["seconds"].get(kind, 0.0) for layer in layers)
               for kind in ("forward", "backward_data", "backward_filter")}
+    own_filter = sum(layer["seconds"].get("backward_filter_matmul", layer["seconds"]["backward_filter"])
+                     for layer in layers)
     train_step = sum(totals.values())
-    return {"dtype": dtype, "batch_size": batch_size, "seconds": totals,
+    own_train_step = train_step - totals["backward_filter"] + own_filter
+    return {"dtype": dtype, "batch_size": batch_size, "seconds": {**totals, "backward_filter_own": own_filter},
             "train_step_s": train_step, "predict_step_s": totals["forward"],
             "train_images_per_s": batch_size / train_step, "predict_images_per_s": batch_size / totals["forward"],
+            "own_train_step_s": own_train_step, "own_train_images_per_s": batch_size / own_train_step,
             "layers": layers}
 
 
@@ -135,9 +150,10 @@ def main() -> None:
     for layer in result["layers"]:
         rates = "  ".join(f"{k} {v:6.0f}" for k, v in layer["gflops_per_s"].items())
         print(f"{layer['name']:24s} GFLOP/s: {rates}")
-    print(f"{args.dtype} batch {args.batch_size}: kernels alone {result['train_step_s']:.3f} s per training step "
-          f"({result['train_images_per_s']:.3f} images/s), {result['predict_step_s']:.3f} s per inference step "
-          f"({result['predict_images_per_s']:.3f} images/s)")
+    print(f"{args.dtype} batch {args.batch_size}: TensorFlow's kernels alone {result['train_step_s']:.3f} s per "
+          f"training step ({result['train_images_per_s']:.3f} images/s); the model's own "
+          f"{result['own_train_step_s']:.3f} s ({result['own_train_images_per_s']:.3f} images/s); "
+          f"{result['predict_step_s']:.3f} s per inference step ({result['predict_images_per_s']:.3f} images/s)")
 
 
 if __name__ == "__main__":

@@ -9,22 +9,23 @@ them to float32.
 from __future__ import annotations
 
 from data_loading.preprocessing import INPUT_SIZE, NUM_CLASSES
-from model.layers import SeededInitializers, bottleneck_block, down_block, output_block, up_block
+from model.layers import LayerFactory, bottleneck_block, down_block, output_block, up_block
 from runtime.compat import keras
 
 FILTERS = (64, 128, 256, 512)
 BOTTLENECK_FILTERS = 1024
 
 
-def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES) -> keras.Model:
-    init = SeededInitializers(seed)
+def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False) -> keras.Model:
+    """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py)."""
+    make = LayerFactory(seed, matmul_filter_gradient)
     images = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="images")
     x, skips = images, []
     for depth, filters in enumerate(FILTERS):
-        x, skip = down_block(x, filters, "input" if depth == 0 else f"down{depth}", init)
+        x, skip = down_block(x, filters, "input" if depth == 0 else f"down{depth}", make)
         skips.append(skip)
-    x = bottleneck_block(x, BOTTLENECK_FILTERS, seed, init)
+    x = bottleneck_block(x, BOTTLENECK_FILTERS, seed, make)
     for depth, filters in reversed(list(enumerate(FILTERS))[1:]):
-        x = up_block(x, skips[depth], filters, f"up{depth}", init)
-    logits = output_block(x, skips[0], FILTERS[0], num_classes, init)
+        x = up_block(x, skips[depth], filters, f"up{depth}", make)
+    logits = output_block(x, skips[0], FILTERS[0], num_classes, make)
     return keras.Model(images, logits, name="unet2d")

@@ -31,6 +31,15 @@ def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> list[tf.Variab
     return list(variables() if callable(variables) else variables)
 
 
+def adam_slots(optimizer: keras.optimizers.Adam, variable: tf.Variable) -> tuple[tf.Variable, tf.Variable]:
+    """Adam's first and second moment slots of one variable (the two Keras versions index them differently)."""
+    if KERAS_MAJOR >= 3:
+        index = optimizer._get_variable_index(variable)
+    else:
+        index = optimizer._index_dict[optimizer._var_key(variable)]
+    return optimizer._momentums[index], optimizer._velocities[index]
+
+
 def set_mixed_bfloat16(enabled: bool) -> None:
     """Keras mixed precision: bf16 compute, float32 variables (same API on both stacks)."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if enabled else "float32")

@@ -26,6 +26,14 @@ class Device:
     def is_gaudi2(self) -> bool:
         return self.gaudi_type is not None and "GAUDI2" in self.gaudi_type.upper()
 
+    @property
+    def prefers_matmul_filter_gradient(self) -> bool:
+        """oneDNN's weight-gradient convolution on CPUs is slower than its matmul (model/matmul_conv.py).
+
+        GPUs' and Gaudi's own convolution kernels are not known to be, so they keep them.
+        """
+        return self.kind == "CPU"
+
     def describe(self) -> str:
         extra = f" ({self.gaudi_type})" if self.gaudi_type else ""
         return f"{self.kind}{extra} {self.name}"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which load_model needs)
 from data_loading import preprocessing as pre
 from runtime.compat import keras
 from runtime.errors import UserInputError

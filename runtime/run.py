@@ -24,6 +24,7 @@ from runtime.errors import TrainingDiverged, UserInputError
 from runtime.export import cell_probability, export_model
 from runtime.losses import partial_losses, weight_decay
 from runtime.metrics import challenge_scores
+from runtime.optimizer import FusedAdam
 from runtime.overlays import write_overlays
 from runtime.progress import ProgressBar
 from runtime.setup import logs_here, saves_checkpoints, worker_log_dir
@@ -49,7 +50,7 @@ class Runner:
     def __init__(self, ctx: RunContext, model: keras.Model) -> None:
         self.ctx = ctx
         self.model = model
-        self.optimizer = keras.optimizers.Adam(learning_rate=ctx.args.learning_rate)
+        self.optimizer = FusedAdam(learning_rate=ctx.args.learning_rate)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step,
                                               rng=rng_state_variables(model))
