@@ -6,6 +6,7 @@ import itertools
 
 import tensorflow as tf
 
+from model.bias import bias_add
 from model.matmul_conv import MatmulGradConv2D
 from runtime.compat import keras
 
@@ -37,10 +38,31 @@ def conv_block(x, filters: int, name: str, make: LayerFactory):
     return x
 
 
+@keras.utils.register_keras_serializable(package="unet2d")
+class UpConv2D(keras.layers.Conv2DTranspose):
+    """keras.layers.Conv2DTranspose (same padding, NHWC) whose bias gradient is summed in float32.
+
+    TensorFlow's own bias gradient of a bfloat16 transposed convolution loses
+    most of the sum on CPUs (model/bias.py). Same variables as the plain layer.
+    """
+
+    def call(self, inputs):
+        plain = (not self.use_bias or self.padding != "same" or self.data_format != "channels_last"
+                 or self.output_padding is not None or tuple(self.dilation_rate) != (1, 1))
+        if plain:
+            return super().call(inputs)
+        height, width = inputs.shape[1] * self.strides[0], inputs.shape[2] * self.strides[1]
+        output_shape = tf.stack([tf.shape(inputs)[0], height, width, self.filters])
+        outputs = tf.nn.conv2d_transpose(inputs, tf.cast(self.kernel, inputs.dtype), output_shape,
+                                         strides=self.strides, padding="SAME")
+        outputs = tf.ensure_shape(outputs, [inputs.shape[0], height, width, self.filters])
+        return self.activation(bias_add(outputs, tf.cast(self.bias, inputs.dtype)))
+
+
 def upsample(x, filters: int, name: str, make: LayerFactory):
     """3x3 stride-2 transposed convolution with ReLU, doubling the spatial size."""
-    return keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu",
-                                        kernel_initializer=make.initializer(), name=f"{name}_upconv")(x)
+    return UpConv2D(filters, 3, strides=2, padding="same", activation="relu",
+                    kernel_initializer=make.initializer(), name=f"{name}_upconv")(x)
 
 
 @keras.utils.register_keras_serializable(package="unet2d")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from model.bias import bias_gradient
 from runtime.compat import keras
 
 MIN_CHANNELS = 128  # below this, oneDNN's own weight-gradient kernel is as fast or faster (measured)
@@ -56,7 +57,8 @@ def conv3x3_bias_relu(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor):
     """relu(conv(inputs, kernel) + bias), valid padding, with the matmul weight gradient.
 
     Bias and ReLU sit inside the custom gradient so that TensorFlow still
-    fuses the forward pass into one convolution kernel.
+    fuses the forward pass into one convolution kernel. The bias gradient is
+    summed in float32 (model/bias.py: TensorFlow's own loses most of a bf16 sum).
     """
     outputs = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, strides=1, padding="VALID"), bias))
 
@@ -65,8 +67,7 @@ def conv3x3_bias_relu(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor):
         input_grad = tf.raw_ops.Conv2DBackpropInput(
             input_sizes=tf.shape(inputs), filter=kernel, out_backprop=pre_activation_grad,
             strides=[1, 1, 1, 1], padding="VALID")
-        bias_grad = tf.raw_ops.BiasAddGrad(out_backprop=pre_activation_grad)
-        return input_grad, filter_gradient(inputs, pre_activation_grad), bias_grad
+        return input_grad, filter_gradient(inputs, pre_activation_grad), bias_gradient(pre_activation_grad)
 
     return outputs, gradient
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model.layers import CentreCrop
 from model.unet import build_unet
 from runtime import compat
 
@@ -53,3 +54,19 @@ def test_mixed_bfloat16_computes_in_bf16_with_float32_weights():
         assert out.dtype == tf.bfloat16
     finally:
         compat.set_mixed_bfloat16(False)
+
+
+def test_centre_crop_is_cropping2d_with_the_same_gradient_and_config():
+    x = tf.random.stateless_normal((2, 11, 11, 3), seed=[1, 1])
+    upstream = tf.random.stateless_normal((2, 5, 5, 3), seed=[2, 2])
+    ours, theirs = CentreCrop(3), compat.keras.layers.Cropping2D(3)
+    results = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        results.append((y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy()))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert ours.compute_output_shape((None, 11, 11, 3)) == (None, 5, 5, 3)
+    assert CentreCrop.from_config(ours.get_config()).margin == 3
