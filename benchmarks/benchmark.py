@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
     parser.add_argument("--no_ceiling", action="store_true", help="skip the kernel-ceiling measurement")
     parser.add_argument("--no_pipeline", action="store_true", help="skip the input-pipeline measurement")
+    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "isbi2012",
+                        help="ISBI 2012 data for the input-pipeline measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot_only", action="store_true",
                         help="redraw results.png and results.md from the results.json in --out, measuring nothing")
@@ -164,6 +166,8 @@ def main() -> None:
         plot(report["results"], args.out / "results.png")
         return
 
+    # First: it needs the real data, and a missing folder should stop the run now, not after 20 minutes.
+    pipeline = [] if args.no_pipeline else run_json("input_pipeline.py", "--data_dir", str(args.data_dir))
     ceilings = {}
     if not args.no_ceiling:
         for dtype in args.dtypes:
@@ -186,7 +190,6 @@ def main() -> None:
                 print(f"{mode:8s} {dtype} batch {batch_size}: {result['images_per_s']:.3f} images/s, "
                       f"peak RSS {result['peak_rss_gib']:.2f} GiB", flush=True)
                 results.append(result)
-    pipeline = [] if args.no_pipeline else run_json("input_pipeline.py")
     machine = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                "python": platform.python_version(), "tensorflow": tensorflow_version()}
     args.out.mkdir(parents=True, exist_ok=True)
