@@ -175,7 +175,8 @@ def main() -> None:
                 ceilings[dtype, batch_size] = run_json("kernel_ceiling.py", "--dtype", dtype,
                                                        "--batch_size", str(batch_size))
                 print(f"kernel ceiling {dtype} batch {batch_size}: "
-                      f"train {ceilings[dtype, batch_size]['train_images_per_s']:.3f} images/s, "
+                      f"train {ceilings[dtype, batch_size]['train_images_per_s']:.3f} images/s "
+                      f"(own kernels {ceilings[dtype, batch_size]['own_train_images_per_s']:.3f}), "
                       f"predict {ceilings[dtype, batch_size]['predict_images_per_s']:.3f}", flush=True)
     results = []
     for mode in args.modes:

@@ -57,25 +57,26 @@ def per_layer(batch_size: int, dtype: tf.DType, repeats: int) -> None:
           f"{totals['matmul']:.3f} s, as the model uses them {totals['used']:.3f} s")
 
 
-def per_step(batch_size: int, bf16: bool, repeats: int) -> None:
-    set_mixed_bfloat16(bf16)
+def training_step(model, batch_size: int):
+    """One compiled training step of ``model`` on a fixed random batch (the CLI's loss and optimizer)."""
     images = tf.random.normal([batch_size, 572, 572, 1])
     labels = tf.one_hot(tf.cast(tf.random.uniform([batch_size, 388, 388]) > 0.5, tf.int32), 2)
+    optimizer = FusedAdam(1e-4)
 
-    def make_step(model):
-        optimizer = FusedAdam(1e-4)
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            ce, dice = partial_losses(model(images, training=True), labels)
+        gradients = tape.gradient(ce + dice, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return ce + dice
+    return step
 
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                ce, dice = partial_losses(model(images, training=True), labels)
-            gradients = tape.gradient(ce + dice, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return ce + dice
-        return step
 
+def per_step(batch_size: int, bf16: bool, repeats: int) -> None:
+    set_mixed_bfloat16(bf16)
     plain, matmul = build_unet(1), build_unet(1, matmul_filter_gradient=True)
-    steps = {"TensorFlow": make_step(plain), "matmul": make_step(matmul)}
+    steps = {"TensorFlow": training_step(plain, batch_size), "matmul": training_step(matmul, batch_size)}
     times = {name: [] for name in steps}
     for step in steps.values():
         step().numpy()  # trace
