@@ -67,9 +67,10 @@ def training_step(model, batch_size: int):
     def step():
         with tf.GradientTape() as tape:
             ce, dice = partial_losses(model(images, training=True), labels)
-        gradients = tape.gradient(ce + dice, model.trainable_variables)
+            loss = ce + dice
+        gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return ce + dice
+        return loss
     return step
 
 
