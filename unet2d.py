@@ -55,7 +55,7 @@ def run(argv: list[str] | None = None) -> None:
         tensorboard.hyperparameters(vars(args))
 
     context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_input)
-    # Only training needs the weight gradient; exported models stay plain Keras layers.
+    # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
     runner = Runner(context, build_unet(args.seed, matmul_filter_gradient=matmul_gradient))
     if "train" in args.exec_mode:
