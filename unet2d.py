@@ -8,11 +8,17 @@ See README.md for every mode and flag.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from runtime.arguments import parse_args
 from runtime.errors import TrainingDiverged, UserInputError
+
+if TYPE_CHECKING:
+    from runtime.distribution import Workers
+    from runtime.model_dir_lock import ModelDirLock
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -21,9 +27,22 @@ def run(argv: list[str] | None = None) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
 
     # Imported here so that --help and flag errors never wait for TensorFlow.
+    from runtime.distribution import make_workers
+    from runtime.setup import lock_model_dir
+
+    workers = make_workers(args.use_horovod)
+    lock = lock_model_dir(args, workers)  # before anything is read or written there
+    try:
+        run_modes(args, workers, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_modes(args: argparse.Namespace, workers: Workers, lock: ModelDirLock | None) -> None:
+    """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
     from runtime.device import select_device
-    from runtime.distribution import make_workers
     from runtime.run import RunContext, Runner
     from runtime.setup import (
         configure_tensorflow,
@@ -35,10 +54,11 @@ def run(argv: list[str] | None = None) -> None:
         stream_options,
     )
 
-    workers = make_workers(args.use_horovod)
     device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
     configure_tensorflow(args, device, workers)
     logger = make_logger(args, workers)
+    if lock is not None and lock.taken_over:
+        logger.log("LOCK", {"warning": lock.taken_over})
 
     dataset = load_dataset(args, stream_options(args, workers, device))
     prediction_input = load_prediction_input(args, dataset) if "predict" in args.exec_mode else None

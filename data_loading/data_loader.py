@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from data_loading import preprocessing as pre
+from data_loading.input_paths import check_input
 from data_loading.tiff_io import read_stack
 from runtime.errors import UserInputError
 
@@ -92,11 +93,7 @@ class Dataset(_Streams):
     def __init__(self, data_dir: Path, options: StreamOptions, fold: int | None,
                  fold_scheme: str = "original", need_train: bool = True, need_test: bool = True) -> None:
         super().__init__(options)
-        data_dir = Path(data_dir)
-        if not data_dir.exists():
-            raise UserInputError(f"data dir not found: {data_dir}")
-        if not data_dir.is_dir():
-            raise UserInputError(f"data dir is not a folder: {data_dir}")
+        data_dir = check_input(Path(data_dir), "data dir", "folder")
         self.train_indices = self.val_indices = np.array([], dtype=np.int64)
         self._images = self._labels = self._test = None
         self.notes: list[str] = []  # what the loader did to accept the data, for the log

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data_loading.input_paths import check_input
 from data_loading.tiff_io import read_stack
 from runtime.errors import UserInputError
 
@@ -40,14 +41,12 @@ def _read_slice(path: Path) -> np.ndarray:
     return pixels
 
 
-def read_image_stack(path: Path) -> tuple[np.ndarray, list[str]]:
+def read_image_stack(path: Path, what: str = "input") -> tuple[np.ndarray, list[str]]:
     """A uint8 (slices, height, width) stack and a name per slice, or a one-line UserInputError.
 
     Folder slices are taken in file-name order and must share one size.
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"input not found: {path}")
+    path = check_input(Path(path), what, "any")
     if path.is_file():
         stack = read_stack(path)
         return stack, [f"{path.stem}_{index:03d}" for index in range(len(stack))]

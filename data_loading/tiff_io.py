@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from data_loading.input_paths import check_input
 from runtime.errors import UserInputError
 
 
 def read_stack(path: Path) -> np.ndarray:
     """A 3-D uint8 stack (slices, height, width), or a one-line UserInputError."""
-    if not path.exists():
-        raise UserInputError(f"missing data file: {path}")
-    if not path.is_file():
-        raise UserInputError(f"not a file: {path}")
+    check_input(path, "data file")
     try:
         stack = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for broken files

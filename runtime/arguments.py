@@ -7,6 +7,7 @@ Kept free of TensorFlow imports so that ``--help`` is instant and
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject flag combinations that would only fail (or silently do nothing) hours later."""
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error(f"--learning_rate must be a finite number above 0, got {args.learning_rate}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        parser.error(f"--weight_decay must be a finite number of 0 or more, got {args.weight_decay}")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.fold is not None and not 0 <= args.fold < NUM_FOLDS:

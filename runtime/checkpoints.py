@@ -2,14 +2,18 @@
 
 Checkpoints go to ``<model_dir>/model_checkpoint`` (``.../worker_N`` per
 worker with --log_all_workers). Starting afresh clears that folder only, in
-Python, never the model dir itself and never through a shell.
+Python, never the model dir itself and never through a shell. Reading
+takes the newest checkpoint that reads back whole: a damaged one (a full
+disk, a killed copy) is reported and passed over, never deleted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -17,7 +21,11 @@ import tensorflow as tf
 from runtime.errors import UserInputError
 
 CHECKPOINT_FOLDER = "model_checkpoint"
+CHECKPOINT_NAME = "checkpoint"  # files checkpoint-<step>.index and checkpoint-<step>.data-*
+STATE_FILE = "checkpoint"  # TensorFlow's small text file naming the latest
+DAMAGED_FOLDER = "damaged"
 KEEP_LAST = 3
+_INDEX_FILE = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 
 
 def checkpoint_dir(model_dir: Path, worker: int | None = None) -> Path:
@@ -55,7 +63,7 @@ def make_manager(checkpoint: tf.train.Checkpoint, folder: Path, keep: int = KEEP
     updates the small ``checkpoint`` index last, by an atomic rename: a crash
     mid-write leaves the previous checkpoint as the latest, intact.
     """
-    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=keep, checkpoint_name="checkpoint")
+    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=keep, checkpoint_name=CHECKPOINT_NAME)
 
 
 class PeriodicSaver:
@@ -75,8 +83,101 @@ class PeriodicSaver:
         self._last = time.monotonic()
 
 
+def saved_checkpoints(folder: Path) -> list[str]:
+    """Every checkpoint in ``folder``, newest (highest step) first, found by its file names.
+
+    Not through the small ``checkpoint`` state file: a garbled or missing one
+    must not hide intact checkpoints beside it.
+    """
+    if not folder.is_dir():
+        return []
+    steps = [int(match.group(1)) for file in folder.iterdir() if (match := _INDEX_FILE.match(file.name))]
+    return [str(folder / f"{CHECKPOINT_NAME}-{step}") for step in sorted(steps, reverse=True)]
+
+
 def latest(folder: Path) -> str | None:
-    return tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    """The newest checkpoint's path prefix, read or not; None when there is none."""
+    found = saved_checkpoints(folder)
+    return found[0] if found else None
+
+
+def damage(path: str) -> str | None:
+    """Why the checkpoint at ``path`` cannot be read whole; None when every tensor reads back.
+
+    TensorFlow checks each tensor's CRC as it reads it, so this finds a
+    truncated or overwritten data file as well as a garbled index.
+    """
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError... for damage
+        lines = str(error).strip().splitlines()
+        return lines[0] if lines else type(error).__name__
+    return None
+
+
+def newest_intact(folder: Path, warn: Callable[[str], None]) -> tuple[str | None, list[str]]:
+    """The newest checkpoint that reads back whole, and the damaged newer ones passed over.
+
+    Each damaged one is reported through ``warn`` and left where it is. None
+    when the folder holds no checkpoint; a one-line error when it holds only
+    damaged ones.
+    """
+    found = saved_checkpoints(folder)
+    damaged: list[str] = []
+    for path in found:
+        reason = damage(path)
+        if reason is None:
+            return path, damaged
+        damaged.append(path)
+        warn(f"checkpoint {path} is damaged ({reason}); trying the one before it")
+    if damaged:
+        raise UserInputError(f"every checkpoint in {folder} is damaged ({len(damaged)} found, newest "
+                             f"{Path(damaged[0]).name}); they are kept for inspection, nothing was loaded")
+    return None, []
+
+
+def set_aside(damaged: list[str], folder: Path) -> list[Path]:
+    """Move damaged checkpoints into ``<folder>/damaged/``, where training will not overwrite them.
+
+    A resumed run saves checkpoints of the same steps again; left in place, a
+    damaged one would be replaced, and it is the user's to inspect or delete.
+    """
+    target = folder / DAMAGED_FOLDER
+    target.mkdir(exist_ok=True)
+    moved = []
+    for path in damaged:
+        prefix = Path(path)
+        for file in sorted(prefix.parent.glob(prefix.name + ".*")):
+            destination = target / file.name
+            suffix = 1
+            while destination.exists():  # never replace an earlier set-aside copy
+                destination = target / f"{file.name}.{suffix}"
+                suffix += 1
+            os.replace(file, destination)
+            moved.append(destination)
+    return moved
+
+
+def write_state(folder: Path, newest: str) -> None:
+    """Point the ``checkpoint`` state file at ``newest``, listing the older checkpoints beside it.
+
+    Written atomically, so that TensorFlow's CheckpointManager rotates the
+    checkpoints that are really there (and only those), even after the old
+    state file was garbled, lost, or named a checkpoint set aside as damaged.
+    """
+    step = int(newest.rsplit("-", 1)[1])
+    kept = [path for path in reversed(saved_checkpoints(folder)) if int(path.rsplit("-", 1)[1]) <= step]
+    # The manager deletes only checkpoints stamped later than last_preserved_timestamp.
+    stamps = [Path(f"{path}.index").stat().st_mtime for path in kept]
+    lines = [f'model_checkpoint_path: "{Path(newest).name}"']
+    lines += [f'all_model_checkpoint_paths: "{Path(path).name}"' for path in kept]
+    lines += [f"all_model_checkpoint_timestamps: {stamp!r}" for stamp in stamps]
+    lines += [f"last_preserved_timestamp: {min(stamps) - 1.0!r}"]
+    temporary = folder / f".{STATE_FILE}.part"
+    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(temporary, folder / STATE_FILE)
 
 
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
@@ -89,9 +190,10 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
 
 
-def restore_model(model: tf.keras.Model, folder: Path, step: tf.Variable | None = None) -> str:
-    """Load the model weights (and the step it was trained to, if asked) of the latest checkpoint."""
-    path = latest(folder)
+def restore_model(model: tf.keras.Model, folder: Path, warn: Callable[[str], None],
+                  step: tf.Variable | None = None) -> str:
+    """Load the model weights (and the step it was trained to, if asked) of the newest intact checkpoint."""
+    path, _ = newest_intact(folder, warn)
     if path is None:
         raise UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
     parts = {"model": model} if step is None else {"model": model, "step": step}

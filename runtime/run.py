@@ -92,16 +92,23 @@ class Runner:
         if folder is None:
             return 0
         if args.resume_training:
-            path = checkpoints.latest(folder)
+            path, damaged = checkpoints.newest_intact(folder, self._warn)
             if path is None:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
                 return 0
             checkpoints.restore(self.checkpoint, path)
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
+            if saves_checkpoints(args, self.ctx.workers):
+                for moved in checkpoints.set_aside(damaged, folder):
+                    self._warn(f"moved damaged {moved.name} to {moved.parent} (kept, not deleted)")
+                checkpoints.write_state(folder, path)
             return int(self.step.numpy())
         if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
             self.ctx.logger.log("CHECKPOINT", {"cleared": str(folder)})
         return 0
+
+    def _warn(self, message: str) -> None:
+        self.ctx.logger.log("CHECKPOINT", {"warning": message})
 
     def _save(self, manager: tf.train.CheckpointManager | None) -> str | None:
         if manager is None:
@@ -197,7 +204,7 @@ class Runner:
         if self.weights_ready:
             return
         path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
-            Path(self.ctx.args.model_dir)), self.step)
+            Path(self.ctx.args.model_dir)), self._warn, self.step)
         self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
         self.weights_ready = True
 

@@ -11,17 +11,20 @@ import tensorflow as tf
 
 from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
 from data_loading.image_stack import PredictionInput, read_image_stack
+from data_loading.input_paths import check_input
 from runtime import compat
 from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
 from runtime.device import Device
 from runtime.distribution import Workers
 from runtime.dllog import Logger
 from runtime.errors import UserInputError
+from runtime.model_dir_lock import ModelDirLock
 from runtime.tensorboard import TensorBoardWriters
 
 
 def validate_bf16_config(path: str) -> None:
     """The Gaudi op lists must be readable JSON; checked everywhere so a bad path fails early."""
+    check_input(Path(path), "--bf16_config_path")
     try:
         with open(path, encoding="utf-8") as handle:
             json.load(handle)
@@ -106,6 +109,23 @@ def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path |
     return checkpoint_dir(model_dir, per_worker)
 
 
+def lock_model_dir(args: argparse.Namespace, workers: Workers) -> ModelDirLock | None:
+    """Hold --model_dir for this run: alone to train, shared with other readers otherwise.
+
+    The chief holds it for all workers. Training benchmarks neither read nor
+    write the model dir and take no lock.
+    """
+    training = "train" in args.exec_mode
+    if (training and args.benchmark) or not workers.is_chief:
+        return None
+    model_dir = Path(args.model_dir)
+    if training:
+        ensure_writable_dir(model_dir, "--model_dir")
+    elif not model_dir.is_dir():
+        return None  # nothing to read there; the mode itself says so
+    return ModelDirLock(model_dir, exclusive=training, mode=args.exec_mode).acquire()
+
+
 def saves_checkpoints(args: argparse.Namespace, workers: Workers) -> bool:
     return not (args.benchmark or args.disable_ckpt_saving) and logs_here(args, workers)
 
@@ -127,7 +147,7 @@ def load_dataset(args: argparse.Namespace, options: StreamOptions) -> Dataset | 
 def load_prediction_input(args: argparse.Namespace, dataset: Dataset | SyntheticDataset | None) -> PredictionInput:
     """What predict segments: --predict_input if given, else the test volume; read before any training."""
     if args.predict_input:
-        slices, names = read_image_stack(Path(args.predict_input))
+        slices, names = read_image_stack(Path(args.predict_input), "--predict_input")
         stem = Path(args.predict_input).stem or "input"
         return PredictionInput(slices, names, Path("predictions") / f"{stem}-masks.tif")
     slices = dataset.test_images

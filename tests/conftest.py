@@ -1,26 +1,101 @@
-"""Shared fixtures: the real ISBI 2012 data beside the project, and a CLI runner."""
+"""Shared fixtures: ISBI-shaped test data found the way a user has it, and a CLI runner.
+
+The data is looked for in ``UNET2D_TEST_DATA`` (if set), then
+``../shared/data/isbi2012`` beside the clone, then ``./data`` (where
+``download_dataset.py`` puts it). ``UNET2D_TEST_DATA_SEARCH`` (folders
+separated by ``:``) replaces that list, e.g. with an empty folder to try the
+suite as on a machine without the data. When no folder holds the three files,
+the synthetic EM dataset (same names and shapes) is generated once and cached
+under ``~/.cache/unet2d/test-data``, every test runs on it, and only the
+tests marked ``real_isbi`` (their assertions need the real ISBI pixels) are
+skipped.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ISBI_DIR = ROOT.parent / "shared" / "data" / "isbi2012"
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+SYNTHETIC_SEED = 0  # the cache folder's name carries it, so a new seed never reuses an old folder
+
+
+def search_path() -> list[Path]:
+    if "UNET2D_TEST_DATA_SEARCH" in os.environ:
+        return [Path(p) for p in os.environ["UNET2D_TEST_DATA_SEARCH"].split(os.pathsep) if p]
+    explicit = [Path(os.environ["UNET2D_TEST_DATA"])] if os.environ.get("UNET2D_TEST_DATA") else []
+    return [*explicit, ROOT.parent / "shared" / "data" / "isbi2012", ROOT / "data"]
+
+
+def synthetic_cache() -> Path:
+    base = Path(os.environ.get("UNET2D_TEST_CACHE", Path.home() / ".cache" / "unet2d" / "test-data"))
+    return base / f"synthetic-em-30x512-seed{SYNTHETIC_SEED}"
+
+
+def _generate_synthetic(folder: Path) -> None:
+    """Write the synthetic dataset into ``folder`` once, atomically: a killed run leaves no half folder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two suites at once: one generates, the other waits
+        if all((folder / name).is_file() for name in ISBI_FILES):
+            return
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+        done = subprocess.run([sys.executable, str(ROOT / "download_dataset.py"), "--synthetic",
+                               "--seed", str(SYNTHETIC_SEED), "--data_dir", str(staging)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError(f"generating the synthetic test data failed: {done.stderr[-2000:]}")
+        os.replace(staging, folder)
+
+
+@cache
+def find_test_data() -> tuple[Path, bool]:
+    """The data folder the suite runs on, and whether it holds the real ISBI 2012 pixels."""
+    from data_loading.isbi import verification_problem
+
+    for folder in search_path():
+        if all((folder / name).is_file() for name in ISBI_FILES):
+            real = all(verification_problem(folder / name, name) is None for name in ISBI_FILES)
+            return folder, real
+    folder = synthetic_cache()
+    _generate_synthetic(folder)
+    return folder, False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_isbi: the assertions need the real ISBI 2012 pixels")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    folder, real = find_test_data()
+    what = "the real ISBI 2012 data" if real else "synthetic EM data (tests marked real_isbi are skipped)"
+    return f"test data: {what} in {folder}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if find_test_data()[1]:
+        return
+    skip = pytest.mark.skip(reason="needs the real ISBI 2012 pixels; running on synthetic data")
+    for item in items:
+        if "real_isbi" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def isbi_dir() -> Path:
-    if not all((ISBI_DIR / name).is_file() for name in ISBI_FILES):
-        pytest.fail(f"the ISBI 2012 data is expected in {ISBI_DIR} (../shared/data/isbi2012)")
-    return ISBI_DIR
+    """ISBI-shaped data (three 30x512x512 stacks): the real files when found, else the synthetic ones."""
+    return find_test_data()[0]
 
 
 @pytest.fixture

@@ -63,6 +63,10 @@ def test_help_explains_every_flag():
     (["--exec_mode", "train"], "--data_dir is required"),
     (["--data_dir", "x", "--exec_mode", "evaluate"], "needs --fold"),
     (["--synth_data", "--dtype", "fp16"], "invalid choice"),
+    *[(["--synth_data", f"--learning_rate={rate}"], "--learning_rate must be a finite number above 0")
+      for rate in ("nan", "inf", "0", "-1")],
+    *[(["--synth_data", f"--weight_decay={decay}"], "--weight_decay must be a finite number of 0 or more")
+      for decay in ("nan", "-inf", "-0.1")],
 ])
 def test_bad_flags_give_one_line_and_status_2(argv, message):
     result = run_cli(*argv)

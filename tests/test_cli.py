@@ -6,6 +6,7 @@ Few steps at batch 1 keep the full model affordable on a 2-core CPU.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ def _break(folder: Path, case: str) -> None:
 
 @pytest.mark.parametrize("case, message", [
     ("missing data dir", "data dir not found"),
-    ("missing file", "missing data file"),
+    ("missing file", "data file not found"),
     ("not 3-D uint8", "8-bit"),
     ("count differs", "differ"),
     ("size differs", "differ"),
@@ -196,3 +197,34 @@ def test_bad_output_paths_and_config(tmp_path):
     result = run_cli("--synth_data", "--dtype", "bf16", "--bf16_config_path", str(bad_json),
                      "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+SPECIAL = {"fifo": "is a FIFO (named pipe)", "device": "is a character device",
+           "dangling link": "is a dangling symbolic link"}
+
+
+@pytest.mark.parametrize("flag, kind", [
+    ("--predict_input", "fifo"), ("--predict_input", "device"), ("--predict_input", "dangling link"),
+    ("--bf16_config_path", "fifo"), ("--data_dir", "fifo"),
+])
+def test_special_files_as_input_are_refused_without_hanging(tmp_path, flag, kind):
+    message = SPECIAL[kind]
+    if kind == "fifo":
+        path = tmp_path / "pipe.tif"
+        os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    elif kind == "device":
+        path = Path("/dev/zero")  # reading it never ends
+    else:
+        path = tmp_path / "gone.tif"
+        path.symlink_to(tmp_path / "deleted.tif")
+    if flag == "--predict_input":
+        argv = ["--exec_mode", "predict", "--predict_input", str(path)]
+    elif flag == "--bf16_config_path":
+        argv = ["--synth_data", "--exec_mode", "train", "--bf16_config_path", str(path)]
+    else:
+        argv = ["--exec_mode", "predict", "--data_dir", str(path)]
+    result = run_cli(*argv, "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path / "logs"), timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and message in lines[-1] and flag.lstrip("-").replace("_", " ") in \
+        lines[-1].replace("_", " "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

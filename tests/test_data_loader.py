@@ -63,7 +63,7 @@ def test_bad_stacks_are_named(isbi_copy, name, stack, message):
 
 def test_missing_and_garbage_files(isbi_copy, tmp_path):
     (isbi_copy / "test-volume.tif").unlink()
-    with pytest.raises(UserInputError, match="missing data file: .*test-volume.tif"):
+    with pytest.raises(UserInputError, match="data file not found: .*test-volume.tif"):
         Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
     (isbi_copy / "train-volume.tif").write_bytes(b"II*\x00 not really a tiff")
     with pytest.raises(UserInputError, match="cannot read"):

@@ -89,12 +89,14 @@ def assert_complete(folder: Path) -> None:
     assert not list(folder.glob(".*.part"))
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_clean_download(server, tmp_path, capsys):
     assert run(tmp_path, f"{server}/good") == 0
     assert_complete(tmp_path)
     assert "verified" in capsys.readouterr().err
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_cut_connection_resumes_with_a_byte_range(server, tmp_path):
     assert run(tmp_path, f"{server}/cut") == 0
     assert_complete(tmp_path)
@@ -105,6 +107,7 @@ def test_cut_connection_resumes_with_a_byte_range(server, tmp_path):
         assert 0 < start <= len(_Handler.files[name]) // 2
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_corrupted_file_is_rejected_then_next_mirror_used(server, tmp_path, capsys):
     assert run(tmp_path, f"{server}/corrupt") == 1
     assert not any(tmp_path.iterdir()), "nothing may be left behind"
@@ -114,6 +117,7 @@ def test_corrupted_file_is_rejected_then_next_mirror_used(server, tmp_path, caps
     assert_complete(tmp_path)
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_404_on_first_mirror_then_second(server, tmp_path, capsys):
     assert run(tmp_path, f"{server}/missing", f"{server}/good") == 0
     assert_complete(tmp_path)
@@ -130,6 +134,7 @@ def test_unreachable_server(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_present_files_are_not_fetched_again(server, tmp_path):
     assert run(tmp_path, f"{server}/good") == 0
     _Handler.log.clear()
@@ -144,6 +149,7 @@ def test_invalid_file_of_the_user_is_kept(server, tmp_path, capsys):
     assert "move it away" in capsys.readouterr().err
 
 
+@pytest.mark.real_isbi  # the downloader accepts only the published pixels
 def test_folder_and_file_url_mirrors(isbi_dir, tmp_path):
     assert run(tmp_path / "a", str(isbi_dir)) == 0
     assert_complete(tmp_path / "a")

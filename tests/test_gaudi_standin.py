@@ -14,6 +14,7 @@ import json
 import sys
 import types
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 
@@ -80,9 +81,43 @@ def test_prefetch_to_device_path_runs():
     assert images.shape == (1, 572, 572, 1)
 
 
-def test_bf16_config_lists_the_reference_ops():
+# The recipe's Gaudi op lists, entry for entry (UNET2D_REFERENCE.md, "Precision and devices").
+RECIPE_ALLOWLIST = {
+    "BatchMatMul", "BatchMatMulV2", "BiasAdd", "BiasAddGrad", "Conv2D", "Conv2DBackpropFilter",
+    "Conv2DBackpropInput", "Conv3D", "Conv3DBackpropFilter", "Conv3DBackpropFilterV2", "Conv3DBackpropInput",
+    "Conv3DBackpropInputV2", "HabanaConv2DWithPadding", "HabanaConv2DWithPaddingBackpropFilter",
+    "HabanaConv2DWithPaddingBackpropInput", "HabanaInstanceNorm", "HabanaInstanceNormGrad", "LeakyRelu",
+    "LeakyReluGrad", "MatMul", "MaxPool", "MaxPoolV2", "MaxPoolGrad", "MaxPoolGradV2", "Relu", "ReluGrad"}
+RECIPE_CONDITIONAL = {
+    "Add", "AddN", "AddV2", "CollectiveReduceV2", "CollectiveReduceV3", "Concat", "ConcatV2", "Equal", "Exp",
+    "GreaterEqual", "HabanaClampBwd", "HabanaClampFwd", "HabanaDropout", "HabanaDropoutGrad", "HorovodAllgather",
+    "HorovodAllreduce", "HpuCollectiveGather", "HpuCollectiveGatherV2", "HpuCollectiveReduce", "Identity", "Log1p",
+    "L2Loss", "Max", "Mean", "Mul", "Neg", "Pad", "PadV2", "Pow", "RealDiv", "Reciprocal", "Reshape",
+    "ResizeNearestNeighbor", "ResizeNearestNeighborGrad", "Select", "Shape", "ShapeN", "Slice", "Square", "Tile"}
+REFERENCE_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "UNET2D_REFERENCE.md"
+
+
+def test_bf16_config_holds_the_recipe_lists_exactly():
     config = json.loads(DEFAULT_BF16_CONFIG.read_text())
-    for op in ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput", "MatMul", "MaxPool", "Relu"):
-        assert op in config["allowlist"]
-    for op in ("Add", "Mul", "ConcatV2", "Reshape", "HorovodAllreduce"):
-        assert op in config["conditional_list"]
+    assert set(config) == {"allowlist", "conditional_list", "strict_conditional_list",
+                           "non_convertible_exceptions", "convertible_exceptions"}
+    for key, expected in (("allowlist", RECIPE_ALLOWLIST), ("conditional_list", RECIPE_CONDITIONAL)):
+        assert len(config[key]) == len(set(config[key])), f"{key} repeats an entry"
+        assert set(config[key]) == expected, f"{key}: missing {expected - set(config[key])}, " \
+                                             f"extra {set(config[key]) - expected}"
+    assert config["strict_conditional_list"] == []
+    assert config["non_convertible_exceptions"] == [[".*KEEP_FP32_PRECISION.*", ""]]
+    assert config["convertible_exceptions"] == [[".*FORCE_BF16_PRECISION.*", ""]]
+
+
+@pytest.mark.skipif(not REFERENCE_MD.is_file(), reason="the reference notes sit beside the project only in CI")
+def test_recipe_lists_above_match_the_reference_notes():
+    """The lists this test file holds are the reference's, so the file check above cannot drift from it."""
+    text = REFERENCE_MD.read_text()
+
+    def listed(key: str) -> set[str]:
+        block = text.split(f"`{key}`", 1)[1].split(":", 1)[1].split(".\n", 1)[0]
+        return {name.strip(" \n.") for name in block.split(",")}
+
+    assert listed("allowlist") == RECIPE_ALLOWLIST
+    assert listed("conditional_list") == RECIPE_CONDITIONAL

@@ -100,7 +100,7 @@ def test_a_failing_rank_fails_the_job(horovod, isbi_copy, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode != 0
-    assert "missing data file" in result.stderr + result.stdout
+    assert "data file not found" in result.stderr + result.stdout
 
 
 @pytest.mark.skipif(horovod_available(), reason="checks the message for a missing Horovod")

@@ -208,3 +208,27 @@ def test_disk_filling_up_while_writing_predictions(isbi_copy, tmp_path):
     assert result.returncode == 2 and "cannot write" in last and "test-masks.tif" in last, last
     assert "Traceback" not in result.stderr
     assert list((model_dir / "predictions").iterdir()) == []  # no partial file, no file under the final name
+
+
+def test_every_special_file_kind_is_named(tmp_path):
+    """A socket and a block device too, which the CLI tests do not make."""
+    import socket
+
+    from data_loading.input_paths import check_input
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        with pytest.raises(UserInputError, match="is a socket"):
+            check_input(tmp_path / "sock", "input", "any")
+    finally:
+        server.close()
+    block = next((p for p in Path("/dev").iterdir() if p.is_block_device()), None)
+    if block is not None:
+        with pytest.raises(UserInputError, match="is a block device"):
+            check_input(block, "input")
+    with pytest.raises(UserInputError, match="input is not a folder"):
+        check_input(Path(__file__), "input", "folder")
+    with pytest.raises(UserInputError, match="input is not a file"):
+        check_input(tmp_path, "input", "file")
+    assert check_input(tmp_path, "input", "any") == tmp_path
