@@ -160,6 +160,14 @@ def set_aside(damaged: list[str], folder: Path) -> list[Path]:
     return moved
 
 
+def state_names(folder: Path) -> str | None:
+    """The latest checkpoint as TensorFlow's state file names it (None if the file is missing or garbled)."""
+    try:
+        return tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    except (ValueError, tf.errors.OpError):  # a file that is not even UTF-8 gets past TensorFlow's own checks
+        return None
+
+
 def write_state(folder: Path, newest: str) -> None:
     """Point the ``checkpoint`` state file at ``newest``, listing the older checkpoints beside it.
 

@@ -98,7 +98,8 @@ class Runner:
                 return 0
             checkpoints.restore(self.checkpoint, path)
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
-            if saves_checkpoints(args, self.ctx.workers):
+            if saves_checkpoints(args, self.ctx.workers) and (damaged or checkpoints.state_names(folder) != path):
+                # Before saving again: damaged files out of the way, the state file naming what is there.
                 for moved in checkpoints.set_aside(damaged, folder):
                     self._warn(f"moved damaged {moved.name} to {moved.parent} (kept, not deleted)")
                 checkpoints.write_state(folder, path)

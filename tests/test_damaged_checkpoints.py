@@ -74,6 +74,13 @@ def garble_index(root: Path, step: int) -> None:
     index.write_bytes(np.random.default_rng(0).integers(0, 256, index.stat().st_size, np.uint8).tobytes())
 
 
+def broken_copy(trained: Path, tmp_path: Path, damage) -> tuple[Path, dict[str, bytes]]:
+    """A copy whose checkpoint 3 is damaged by ``damage``, and the damaged files' bytes to check later."""
+    root = copy_of(trained, tmp_path, "broken")
+    damage(root, 3)
+    return root, {f.name: f.read_bytes() for f in checkpoint_files(root, 3)}
+
+
 def only_step_2(trained: Path, tmp_path: Path) -> Path:
     """The reference: the same run with checkpoint 3 never written, so step 2 loads directly."""
     root = copy_of(trained, tmp_path, "direct")
@@ -103,9 +110,7 @@ def predict(stack: Path, root: Path):
 
 
 def test_evaluate_falls_back_past_a_truncated_data_file(trained, isbi_dir, tmp_path):
-    root = copy_of(trained, tmp_path, "broken")
-    truncate_data(root, 3)
-    damaged = {f.name: f.read_bytes() for f in checkpoint_files(root, 3)}
+    root, damaged = broken_copy(trained, tmp_path, truncate_data)
     result = ok(evaluate(isbi_dir, root))
     assert "checkpoint-3 is damaged" in result.stdout
     assert restored(root)[-1]["restored"].endswith("checkpoint-2") and restored(root)[-1]["step"] == 2
@@ -116,9 +121,7 @@ def test_evaluate_falls_back_past_a_truncated_data_file(trained, isbi_dir, tmp_p
 
 
 def test_predict_and_export_fall_back_past_a_garbled_index(trained, small_stack, tmp_path):
-    root = copy_of(trained, tmp_path, "broken")
-    garble_index(root, 3)
-    damaged = {f.name: f.read_bytes() for f in checkpoint_files(root, 3)}
+    root, damaged = broken_copy(trained, tmp_path, garble_index)
     result = ok(predict(small_stack, root))
     assert "checkpoint-3 is damaged" in result.stdout
     direct = only_step_2(trained, tmp_path)
@@ -138,9 +141,7 @@ def test_predict_and_export_fall_back_past_a_garbled_index(trained, small_stack,
 
 
 def test_resume_falls_back_and_sets_the_damaged_checkpoint_aside(trained, isbi_dir, tmp_path):
-    root = copy_of(trained, tmp_path, "broken")
-    truncate_data(root, 3)
-    damaged = {f.name: f.read_bytes() for f in checkpoint_files(root, 3)}
+    root, damaged = broken_copy(trained, tmp_path, truncate_data)
     result = ok(run_cli(*train_args(isbi_dir, root, "--resume_training", "--max_steps", "4")))
     assert "checkpoint-3 is damaged" in result.stdout
     assert restored(root)[-1]["step"] == 2
