@@ -6,9 +6,12 @@
 #
 # Fold k logs to <results_dir>/<precision>_<workers>hpu_fold<k>.log and keeps its
 # checkpoint and log.json in <results_dir>/<precision>_<workers>hpu_fold<k>/.
-# More than one worker runs under mpirun with --use_horovod (MPIRUN_FLAGS
-# replaces the default mpirun options). Extra flags go to every fold, e.g.
-# --max_steps 100. The interpreter is $PYTHON, or python3.
+# More than one worker runs, on the TF 2.15 stack (the interpreter's TensorFlow
+# is older than 2.16), under mpirun with --use_horovod (MPIRUN_FLAGS replaces
+# the default mpirun options); on current TensorFlow, through
+# scripts/launch_workers.py with --distribution multi_worker (LAUNCH_FLAGS adds
+# launcher options). Extra flags go to every fold, e.g. --max_steps 100. The
+# interpreter is $PYTHON, or python3.
 set -euo pipefail
 
 usage() {
@@ -27,6 +30,15 @@ shift 5
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 python=${PYTHON:-python3}
 read -r -a mpirun_flags <<< "${MPIRUN_FLAGS:---allow-run-as-root --bind-to none --oversubscribe}"
+read -r -a launch_flags <<< "${LAUNCH_FLAGS:-}"
+engine=none
+if [ "$workers" -gt 1 ]; then
+  # Horovod does not build against TensorFlow 2.16+: there, TensorFlow's own multi-worker engine.
+  engine=$("$python" -c 'import sys, tensorflow as tf
+major, minor = (int(v) for v in tf.__version__.split(".")[:2])
+sys.stdout.write("horovod" if (major, minor) < (2, 16) else "multi_worker")' 2>/dev/null) \
+    || usage "cannot import TensorFlow with $python"
+fi
 env_name="${precision}_${workers}hpu"
 mkdir -p "$results_dir"
 
@@ -36,8 +48,11 @@ for fold in 0 1 2 3 4; do
   command=("$python" "$here/unet2d.py" --exec_mode train_and_evaluate --data_dir "$data_dir"
            --model_dir "$run_dir" --log_dir "$run_dir" --batch_size "$batch_size" --dtype "$precision"
            --fold "$fold" --max_steps 6400 --augment "$@")
-  if [ "$workers" -gt 1 ]; then
+  if [ "$engine" = horovod ]; then
     command=(mpirun "${mpirun_flags[@]}" -np "$workers" "${command[@]}" --use_horovod)
+  elif [ "$engine" = multi_worker ]; then
+    command=("$python" "$here/scripts/launch_workers.py" -n "$workers" "${launch_flags[@]}" --
+             "${command[@]:1}" --distribution multi_worker)
   fi
   echo "fold $fold: ${command[*]} > $log"
   if ! "${command[@]}" > "$log" 2>&1; then

@@ -14,9 +14,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from runtime.arguments import parse_args
-from runtime.errors import TrainingDiverged, UserInputError
+from runtime.errors import TrainingDiverged, UserInputError, WorkerLost
 
 if TYPE_CHECKING:
+    from runtime.device import Device
     from runtime.distribution import Workers
     from runtime.model_dir_lock import ModelDirLock
 
@@ -27,22 +28,23 @@ def run(argv: list[str] | None = None) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
 
     # Imported here so that --help and flag errors never wait for TensorFlow.
+    from runtime.device import select_device
     from runtime.distribution import make_workers
     from runtime.setup import lock_model_dir
 
-    workers = make_workers(args.use_horovod)
+    device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
+    workers = make_workers(args.distribution, device.kind)  # tf.distribute must set the runtime up first
     lock = lock_model_dir(args, workers)  # before anything is read or written there
     try:
-        run_modes(args, workers, lock)
+        run_modes(args, device, workers, lock)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_modes(args: argparse.Namespace, workers: Workers, lock: ModelDirLock | None) -> None:
+def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: ModelDirLock | None) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
-    from runtime.device import select_device
     from runtime.run import RunContext, Runner
     from runtime.setup import (
         configure_tensorflow,
@@ -54,7 +56,6 @@ def run_modes(args: argparse.Namespace, workers: Workers, lock: ModelDirLock | N
         stream_options,
     )
 
-    device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
     configure_tensorflow(args, device, workers)
     logger = make_logger(args, workers)
     if lock is not None and lock.taken_over:
@@ -66,7 +67,8 @@ def run_modes(args: argparse.Namespace, workers: Workers, lock: ModelDirLock | N
     tensorboard = make_tensorboard(args, workers)
 
     logger.log("PARAMETER", vars(args))
-    logger.log("SETUP", {"device": device.describe(), "workers": workers.describe(),
+    logger.log("SETUP", {"device": device.describe(), "engine": workers.engine, "workers": workers.size,
+                         "replicas": workers.replicas, "distribution": workers.describe(),
                          "precision": "fp32" if args.exec_mode == "export" else args.dtype,
                          "synthetic_data": args.synth_data})
     if dataset is not None:
@@ -77,7 +79,7 @@ def run_modes(args: argparse.Namespace, workers: Workers, lock: ModelDirLock | N
     context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_input)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
-    runner = Runner(context, build_unet(args.seed, matmul_filter_gradient=matmul_gradient))
+    runner = Runner(context, lambda: build_unet(args.seed, matmul_filter_gradient=matmul_gradient))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"unet2d.py: error: {error}", file=sys.stderr)
         return 3
+    except WorkerLost as error:
+        print(f"unet2d.py: error: {error}", file=sys.stderr)
+        return 4
     return 0
 
 

@@ -134,8 +134,12 @@ class Dataset(_Streams):
         pairs = tf.data.Dataset.from_tensor_slices((self._images[indices], self._labels[indices]))
         return pairs.map(lambda image, label: (pre.normalize_image(image), pre.normalize_label(label)))
 
-    def train_fn(self, start_step: int = 0) -> tf.data.Dataset:
-        """Endless, shuffled, augmented batches of this worker's shard, from batch ``start_step`` on.
+    def train_fn(self, start_step: int = 0, shard: int | None = None) -> tf.data.Dataset:
+        """Endless, shuffled, augmented batches of one replica's shard, from batch ``start_step`` on.
+
+        ``shard`` is the replica's index among ``options.num_workers`` shards
+        (default ``options.rank``): every replica reads its own slices with its
+        own augmentation stream.
 
         Sample i of the stream is slice ``order_e[i mod n]`` of epoch ``e = i div n``
         (a fresh seeded permutation each epoch), augmented with the stateless
@@ -144,11 +148,12 @@ class Dataset(_Streams):
         have seen, without re-reading the batches before it.
         """
         opts = self.options
-        shard = self.train_indices[opts.rank::opts.num_workers]
-        images = tf.stack([pre.normalize_image(image) for image in self._images[shard]])
-        labels = tf.stack([pre.normalize_label(label) for label in self._labels[shard]])
-        count = tf.constant(len(shard), tf.int64)
-        seed = tf.constant(opts.seed + 7919 * opts.rank, tf.int64)  # each worker its own draws
+        shard = opts.rank if shard is None else shard
+        indices = self.train_indices[shard::opts.num_workers]
+        images = tf.stack([pre.normalize_image(image) for image in self._images[indices]])
+        labels = tf.stack([pre.normalize_label(label) for label in self._labels[indices]])
+        count = tf.constant(len(indices), tf.int64)
+        seed = tf.constant(opts.seed + 7919 * shard, tf.int64)  # each replica its own draws
 
         def sample(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             epoch, position = index // count, index % count
@@ -206,7 +211,7 @@ class SyntheticDataset(_Streams):
         self.train_indices = np.array([], dtype=np.int64)
         self.val_indices = np.array([], dtype=np.int64)
 
-    def train_fn(self, start_step: int = 0) -> tf.data.Dataset:
+    def train_fn(self, start_step: int = 0, shard: int | None = None) -> tf.data.Dataset:
         dataset = tf.data.Dataset.from_tensors((self._image, self._mask)).cache().repeat()
         return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=True))
 

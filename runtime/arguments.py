@@ -15,6 +15,7 @@ from typing import NoReturn
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
 PREDICT_STRATEGIES = ("resize", "tile")
+DISTRIBUTIONS = ("none", "horovod", "mirrored", "multi_worker")
 NUM_FOLDS = 5
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
 
@@ -89,12 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep_checkpoints", type=int, default=3, metavar="K", help="keep the newest K checkpoints")
     add("--deterministic", action="store_true",
         help="TensorFlow op determinism: the same seed and flags give the same losses (slower)")
-    add("--use_horovod", action="store_true",
-        help="data-parallel training over the workers started by mpirun or horovodrun")
+    add("--distribution", choices=DISTRIBUTIONS, default=None,
+        help="data-parallel engine. none: one device; horovod: the processes started by mpirun or horovodrun "
+             "(TF 2.15 stack); mirrored: tf.distribute.MirroredStrategy over this process's GPUs "
+             "(CUDA_VISIBLE_DEVICES picks them); multi_worker: tf.distribute.MultiWorkerMirroredStrategy, one "
+             "process per machine or GPU, cluster and rank from TF_CONFIG (scripts/launch_workers.py sets it "
+             "for local workers). --batch_size is per replica; max_steps is shared among the replicas "
+             "[default: none]")
+    add("--use_horovod", action="store_true", help="the recipe's flag: --distribution horovod")
     add("--tensorboard_logging", action="store_true",
         help="write TensorBoard events (train scalars in --log_dir, eval in --log_dir/eval, hyper-parameters)")
     add("--log_all_workers", action="store_true",
-        help="with Horovod: every worker logs and checkpoints in its own worker_N folder")
+        help="with several workers: every worker logs and checkpoints in its own worker_N folder")
     add("--bf16_config_path", default=str(DEFAULT_BF16_CONFIG), metavar="JSON",
         help="Gaudi mixed-precision op lists for --dtype bf16 (checked to be readable JSON everywhere)")
     add("--predict_input", default=None, metavar="PATH",
@@ -121,6 +128,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--learning_rate must be a finite number above 0, got {args.learning_rate}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         parser.error(f"--weight_decay must be a finite number of 0 or more, got {args.weight_decay}")
+    if args.use_horovod and args.distribution not in (None, "horovod"):
+        parser.error(f"--use_horovod means --distribution horovod, not {args.distribution}")
+    args.distribution = "horovod" if args.use_horovod else (args.distribution or "none")
+    args.use_horovod = args.distribution == "horovod"
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.fold is not None and not 0 <= args.fold < NUM_FOLDS:

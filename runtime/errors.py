@@ -2,6 +2,7 @@
 
 ``UserInputError`` (exit status 2): the user gave us something we cannot use.
 ``TrainingDiverged`` (exit status 3): the loss stopped being a number.
+``WorkerLost`` (exit status 4): another worker of a multi-worker job died or stopped answering.
 Every other exception is a bug and keeps its traceback (see ``unet2d.main``).
 """
 
@@ -22,6 +23,14 @@ class TrainingDiverged(Exception):
         kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
         super().__init__(f"training diverged at step {step} (cross-entropy {ce}, dice loss {dice}); {kept}; "
                          "try a lower --learning_rate or --dtype fp32")
+
+
+class WorkerLost(Exception):
+    """A collective failed because a peer worker is gone: this worker stops too, the chief's checkpoints stay."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"lost another worker of the job ({reason}); stopping. The chief's last checkpoint is "
+                         "kept: restart the job with --resume_training to continue")
 
 
 def exit_status(program: str, action: Callable[[], object]) -> int:

@@ -6,7 +6,7 @@ import argparse
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +47,17 @@ class RunContext:
 class Runner:
     """Holds the model, its optimizer and the compiled steps, so each is traced once per run."""
 
-    def __init__(self, ctx: RunContext, model: keras.Model) -> None:
+    def __init__(self, ctx: RunContext, build_model: Callable[[], keras.Model]) -> None:
         self.ctx = ctx
-        self.model = model
-        self.optimizer = FusedAdam(learning_rate=ctx.args.learning_rate)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step,
-                                              rng=rng_state_variables(model))
+        with ctx.workers.scope():  # tf.distribute mirrors the variables made here on every replica
+            self.model = build_model()
+            self.optimizer = FusedAdam(learning_rate=ctx.args.learning_rate)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
+                                              rng=rng_state_variables(self.model))
         self.weights_ready = False  # True once trained or restored in this process
         jit = True if ctx.args.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
-        self._train_step = tf.function(self._train_step_fn, jit_compile=jit)
+        self._train_step = ctx.workers.compile_step(self._train_step_fn, jit_compile=jit)
         self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit)
         self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit)
 
@@ -68,6 +69,8 @@ class Runner:
             logits = self.model(images, training=True)
             ce, dice = partial_losses(logits, labels)
             loss = ce + dice + weight_decay(variables, self.ctx.args.weight_decay)
+            # Scaled so that the engine's all-reduce yields the mean gradient over replicas.
+            loss = loss * self.ctx.workers.gradient_scale
         tape = self.ctx.workers.wrap_tape(tape)
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
@@ -80,6 +83,8 @@ class Runner:
         return cell_probability(self.model(images, training=False))
 
     def _full_resolution_masks(self, slices: np.ndarray) -> np.ndarray:
+        if len(slices) == 0:  # a worker of a job with more workers than slices
+            return np.zeros(slices.shape, np.uint8)
         probabilities = inference.predict_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
                                                         self.ctx.args.predict_strategy)
         return inference.to_masks(probabilities)
@@ -123,7 +128,7 @@ class Runner:
         duration = seconds / len(ce)
         ce_mean, dice_mean = float(np.mean(ce)), float(np.mean(dice))
         data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean, "train_total_loss": ce_mean + dice_mean,
-                "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size / duration}
+                "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size * ctx.workers.replicas / duration}
         ctx.logger.log((done, steps), data)
         if ctx.tensorboard is not None:
             ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
@@ -135,7 +140,7 @@ class Runner:
         ctx = self.ctx
         bar = None
         if logs_here(ctx.args, ctx.workers):
-            bar = ProgressBar.for_stream(steps, start, ctx.args.batch_size * ctx.workers.size)
+            bar = ProgressBar.for_stream(steps, start, ctx.args.batch_size * ctx.workers.replicas)
         ctx.logger.status_line = bar
         try:
             yield bar
@@ -146,9 +151,10 @@ class Runner:
 
     def train(self) -> None:
         ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
-        steps = args.max_steps // workers.size
+        steps = args.max_steps // workers.replicas
         # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
-        self.optimizer.build(self.model.trainable_variables)
+        with workers.scope():
+            self.optimizer.build(self.model.trainable_variables)
         start = self._start_step()
         self.weights_ready = True
         if start >= steps:
@@ -163,12 +169,11 @@ class Runner:
         warmup = args.warmup_steps if args.benchmark else min(args.warmup_steps, max(steps - start - 2, 0))
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
-        batches = iter(ctx.dataset.train_fn(start_step=start))
+        streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
         with self._progress_bar(steps, start) as bar, StopRequest() as stop:
             timer.start()
             for step in range(start, steps):
-                images, labels = next(batches)
-                ce, dice = self._train_step(images, labels)
+                ce, dice = self._train_step([next(stream) for stream in streams])
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
                     raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
@@ -195,7 +200,7 @@ class Runner:
                 if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
                     self.evaluate(step=done)
         if logs_here(args, workers):
-            ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.size, "train"),
+            ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.replicas, "train"),
                                 "time_to_first_step_s": first_step_at})
         self._save(manager)
 
@@ -255,10 +260,11 @@ class Runner:
                 self._ensure_weights()
             return self._benchmark_predict()
         self._ensure_weights()
-        if not ctx.workers.is_chief:
+        source, workers = ctx.prediction_input, ctx.workers
+        mine = np.arange(workers.rank, len(source.slices), workers.size)  # every size-th slice is this worker's
+        masks = workers.gather_slices(self._full_resolution_masks(source.slices[mine]), mine, source.slices.shape)
+        if not workers.is_chief:
             return None
-        source = ctx.prediction_input
-        masks = self._full_resolution_masks(source.slices)
         path = Path(args.model_dir) / source.masks_file
         try:
             write_stack_atomically(path, masks)
@@ -291,7 +297,8 @@ class Runner:
             self._predict_step(images).numpy()
             timer.step_done()
             first_step_at = first_step_at or seconds_since_process_start()
-        if self.ctx.workers.is_chief:
-            self.ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size, "test"),
+        if self.ctx.workers.is_chief:  # every worker segments batches of its own meanwhile
+            images_per_step = args.batch_size * self.ctx.workers.size
+            self.ctx.logger.log((), {**performance_stats(timer.durations, images_per_step, "test"),
                                      "time_to_first_step_s": first_step_at})
         return None

@@ -37,8 +37,8 @@ def validate_bf16_config(path: str) -> None:
 def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Workers) -> None:
     """Threads, seeds, precision and debug dumps; to be called before the model is built."""
     validate_bf16_config(args.bf16_config_path)
-    if workers.local_size > 1 and not device.is_gaudi:
-        # Workers sharing a CPU split its cores instead of each taking them all.
+    if workers.local_size > 1 and not device.is_gaudi and "TF_NUM_INTRAOP_THREADS" not in os.environ:
+        # Workers sharing a CPU split its cores instead of each taking them all (the launcher sets them itself).
         tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // workers.local_size))
     compat.keras.utils.set_random_seed(args.seed)
     if args.deterministic:
@@ -61,7 +61,7 @@ def stream_options(args: argparse.Namespace, workers: Workers, device: Device) -
     """How this worker's input pipeline is built on this device."""
     return StreamOptions(
         batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-        rank=workers.rank, num_workers=workers.size,
+        rank=workers.replica_shards()[0], num_workers=workers.replicas,  # one input shard per replica
         parallel_map=device.is_gaudi2,  # as the recipe: parallel, deterministic mapping on Gaudi2
         prefetch_device=device.name if device.is_gaudi else None)
 

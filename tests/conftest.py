@@ -77,10 +77,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_isbi: the assertions need the real ISBI 2012 pixels")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say which data the suite runs on, first thing, even under -q (which hides report headers)."""
     folder, real = find_test_data()
     what = "the real ISBI 2012 data" if real else "synthetic EM data (tests marked real_isbi are skipped)"
-    return f"test data: {what} in {folder}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    line = f"test data: {what} in {folder}"
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ README_DEFAULTS = {
     "log_every": 100, "evaluate_every": 0, "warmup_steps": 200, "weight_decay": 0.0005,
     "learning_rate": 0.0001, "seed": 123, "dump_config": None, "augment": True, "benchmark": False,
     "xla": False, "resume_training": False, "no_hpu": False, "synth_data": False,
-    "disable_ckpt_saving": False, "use_horovod": False, "tensorboard_logging": False,
+    "disable_ckpt_saving": False, "use_horovod": False, "distribution": "none", "tensorboard_logging": False,
     "log_all_workers": False, "tf_verbosity": None,
 }
 
@@ -36,6 +36,8 @@ def test_defaults_are_the_readmes():
     (["--benchmark"], "benchmark", True),
     (["--benchmark", "--no-benchmark"], "benchmark", False),
     (["--tf_verbosity", "2"], "tf_verbosity", 2),
+    (["--use_horovod"], "distribution", "horovod"),
+    (["--distribution", "multi_worker"], "distribution", "multi_worker"),
 ])
 def test_aliases(argv, name, value):
     assert getattr(parse_args(["--synth_data", *argv]), name) == value

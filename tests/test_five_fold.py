@@ -43,11 +43,21 @@ def test_five_folds_one_worker(isbi_dir, tmp_path):
 
 
 def test_five_folds_two_workers(isbi_dir, tmp_path):
-    require_horovod()
+    """Horovod under mpirun on the TF 2.15 stack; TensorFlow's multi-worker engine through the launcher on 2.16+."""
+    import tensorflow as tf
+
+    horovod_stack = tuple(int(v) for v in tf.__version__.split(".")[:2]) < (2, 16)
+    if horovod_stack:
+        require_horovod()
     result = run_script(isbi_dir, tmp_path, 1, "bf16", 2, "--max_steps", "2", "--log_every", "1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     check_average(tmp_path, "bf16_2hpu", result.stdout)
-    assert "--use_horovod" in result.stdout and "mpirun" in result.stdout
+    if horovod_stack:
+        assert "--use_horovod" in result.stdout and "mpirun" in result.stdout
+    else:
+        assert "launch_workers.py -n 2" in result.stdout and "--distribution multi_worker" in result.stdout
+        setup = [line for line in (tmp_path / "bf16_2hpu_fold0.log").read_text().splitlines() if " SETUP " in line]
+        assert setup and "engine : multi_worker" in setup[0] and "replicas : 2" in setup[0], setup
 
 
 @pytest.mark.parametrize("args, message", [

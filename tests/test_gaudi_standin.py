@@ -49,6 +49,30 @@ def test_gaudi_is_selected_and_loaded_first(habana):
     assert device.is_gaudi2
 
 
+def test_multi_worker_on_gaudi_uses_habanas_strategy(habana, monkeypatch):
+    """HPUStrategy (habana_frameworks.tensorflow.distribute), asked with TF_CONFIG's cluster, after the module loads."""
+    from runtime.distribution import make_workers
+
+    class HPUStrategy:
+        num_replicas_in_sync = 2
+
+        def __init__(self):
+            habana.append("HPUStrategy")
+            self.extended = types.SimpleNamespace(worker_devices=("/job:worker/replica:0/task:1/device:HPU:0",))
+
+    distribute = types.ModuleType("habana_frameworks.tensorflow.distribute")
+    distribute.HPUStrategy = HPUStrategy
+    monkeypatch.setitem(sys.modules, "habana_frameworks.tensorflow.distribute", distribute)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    device = select_device(no_hpu=False)
+    workers = make_workers("multi_worker", device.kind)
+    assert habana == ["load_habana_module", "get_type", "HPUStrategy"]
+    assert (workers.rank, workers.size, workers.replicas, workers.is_chief) == (1, 2, 2, False)
+    assert workers.replica_shards() == [1] and workers.gradient_scale == 0.5
+    assert "HPUStrategy" in workers.engine
+
+
 def test_no_hpu_flag_skips_gaudi(habana):
     assert select_device(no_hpu=True).kind == "CPU"
     assert habana == []

@@ -63,7 +63,9 @@ def test_mpirun_ranks_stay_identical(horovod, isbi_dir, tmp_path):
         records = read_log(tmp_path / "logs" / f"worker_{rank}" / "log.json")
         steps = [r["step"] for r in records if isinstance(r.get("step"), list) and len(r["step"]) == 2]
         assert steps[-1] == [3, 3]  # max_steps 6 shared by 2 workers
-        assert merged_data(records, "SETUP")["workers"] == f"Horovod worker {rank} of 2"
+        setup = merged_data(records, "SETUP")
+        assert setup["distribution"] == f"Horovod worker {rank} of 2" and setup["engine"] == "horovod"
+        assert setup["workers"] == 2 and setup["replicas"] == 2
         assert merged_data(records, [])["throughput_train"] > 0
 
 
@@ -106,7 +108,7 @@ def test_a_failing_rank_fails_the_job(horovod, isbi_copy, tmp_path):
 @pytest.mark.skipif(horovod_available(), reason="checks the message for a missing Horovod")
 def test_use_horovod_without_horovod_says_how_to_install(tmp_path):
     result = run_cli("--synth_data", "--use_horovod", "--log_dir", str(tmp_path))
-    assert result.returncode == 2 and "--use_horovod needs Horovod" in result.stderr
+    assert result.returncode == 2 and "--distribution horovod needs Horovod" in result.stderr
     assert "pip install horovod" in result.stderr
 
 

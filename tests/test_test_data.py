@@ -55,5 +55,5 @@ def test_without_any_data_the_suite_runs_on_generated_data(tmp_path):
         in output
     skipped = re.search(r"(\d+) skipped", output)
     assert skipped and int(skipped.group(1)) == 6, output[-2000:]  # the six downloads of the published pixels
-    assert all(name in output for name in ("test_clean_download", "needs the real ISBI 2012 pixels"))
+    assert output.count("tests/test_download.py") >= 6 and "needs the real ISBI 2012 pixels" in output
     assert Path(conftest.synthetic_cache(), "train-labels.tif").is_file()
