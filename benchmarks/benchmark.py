@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
 from runtime.parse_results import merged_data, read_log  # noqa: E402
 
 STATS_MODE = {"train": "train", "predict": "test"}  # the key unet2d.py logs each mode's figures under
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
     parser.add_argument("--no_ceiling", action="store_true", help="skip the kernel-ceiling measurement")
     parser.add_argument("--no_pipeline", action="store_true", help="skip the input-pipeline measurement")
-    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "isbi2012",
+    parser.add_argument("--data_dir", type=Path, default=default_data_dir(),
                         help="ISBI 2012 data for the input-pipeline measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot_only", action="store_true",
@@ -167,6 +168,8 @@ def main() -> None:
         return
 
     # First: it needs the real data, and a missing folder should stop the run now, not after 20 minutes.
+    if not args.no_pipeline:
+        check_data_dir(args.data_dir)  # before 20 minutes of measuring, not after
     pipeline = [] if args.no_pipeline else run_json("input_pipeline.py", "--data_dir", str(args.data_dir))
     ceilings = {}
     if not args.no_ceiling:

@@ -51,13 +51,26 @@ def measure(data_dir: Path, batch_size: int = 8, batches: int = 20) -> list[dict
     return results
 
 
+def default_data_dir() -> Path:
+    """Where the ISBI files usually are: beside the clone (this project's machines), else ./data (the downloader's)."""
+    candidates = (ROOT.parent / "shared" / "data" / "isbi2012", ROOT / "data")
+    return next((c for c in candidates if (c / "train-volume.tif").is_file()), ROOT / "data")
+
+
+def check_data_dir(data_dir: Path) -> None:
+    if not all((data_dir / name).is_file() for name in ("train-volume.tif", "train-labels.tif")):
+        raise SystemExit(f"no ISBI training data in {data_dir}: pass --data_dir, or write it with "
+                         "'python download_dataset.py' (or '--synthetic')")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "isbi2012")
+    parser.add_argument("--data_dir", type=Path, default=default_data_dir())
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    check_data_dir(args.data_dir)
     results = measure(args.data_dir, args.batch_size, args.batches)
     if args.json:
         print(json.dumps(results))

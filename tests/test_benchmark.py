@@ -12,8 +12,9 @@ from PIL import Image
 from tests.conftest import ROOT
 
 
-def test_benchmark_script_runs_end_to_end(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--modes", "train", "predict",
+def test_benchmark_script_runs_end_to_end(isbi_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data_dir", str(isbi_dir),
+               "--modes", "train", "predict",
                "--dtypes", "bf16", "--batch_sizes", "1", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -115,10 +115,10 @@ def exported(trained):
     return model_dir / "export"
 
 
-def test_export_load_and_predict_give_the_same_masks(trained, exported, tmp_path):
+def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir, tmp_path):
     out, _ = trained
     model_dir, export = out / "model", exported
-    slices = np.asarray(tifffile.imread(ROOT.parent / "shared/data/isbi2012/test-volume.tif")[:2, :300, :450])
+    slices = np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :300, :450])
     folder = tmp_path / "my-slices"
     folder.mkdir()
     for index, image in enumerate(slices):

@@ -10,6 +10,7 @@ Every wait is bounded, and only processes started here are signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -220,25 +222,32 @@ def stop_all(process: subprocess.Popen, pids: dict[int, int]) -> None:
     process.wait(timeout=60)
 
 
-def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
-    flags = train_flags(isbi_dir, tmp_path, 2, "--dtype", "bf16", "--max_steps", "40")
+@contextlib.contextmanager
+def two_workers_at_step(flags: list[str], step: int, steps: int) -> Iterator[tuple[subprocess.Popen, dict[int, int]]]:
+    """Two workers under the launcher, once worker 0 has logged ``step``; everything started is ended after."""
     launcher = start_launcher(2, flags)
     pids: dict[int, int] = {}
     try:
-        read_until(launcher, r"^\[0\] DLL .* - \(2, 20\) ", 600)
-        launcher_err = launcher.stderr
-        pids = worker_pids([launcher_err.readline() for _ in range(2)])
-        os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
-        out, err = launcher.communicate(timeout=300)
+        read_until(launcher, rf"^\[0\] DLL .* - \({step}, {steps}\) ", 600)
+        pids.update(worker_pids([launcher.stderr.readline() for _ in range(2)]))
+        yield launcher, pids
     finally:
         stop_all(launcher, pids)
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
+    flags = train_flags(isbi_dir, tmp_path, 2, "--dtype", "bf16", "--max_steps", "40")
+    with two_workers_at_step(flags, 2, 20) as (launcher, pids):
+        os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
+        out, err = launcher.communicate(timeout=300)
     stops = re.findall(r"\[(\d)\] unet2d.py: stopped by SIGTERM after step (\d+)", out)
     assert sorted(rank for rank, _ in stops) == ["0", "1"] and len({step for _, step in stops}) == 1, out[-3000:]
     step = int(stops[0][1])
     assert launcher.returncode == 128 + signal.SIGTERM
     saved = tf.train.latest_checkpoint(str(tmp_path / "model" / "model_checkpoint"))
     assert saved.endswith(f"checkpoint-{step}")
-    result = ok(launch(2, [*flags, "--max_steps", str(2 * (step + 1)), "--resume_training"]))
+    # Resumed by one worker (another count than wrote it): from the chief's checkpoint, one step more.
+    result = ok(run_cli(*flags, "--max_steps", str(step + 1), "--resume_training", timeout=600))
     records = read_log(tmp_path / "logs" / "log.json")
     assert [r["data"]["step"] for r in records if "restored" in r.get("data", {})][-1] == step
     assert any(r.get("step") == [step + 1, step + 1] for r in records), result.stdout[-2000:]
@@ -246,17 +255,11 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
 
 def test_a_killed_worker_ends_the_job_and_leaves_no_process(isbi_dir, tmp_path):
     flags = train_flags(isbi_dir, tmp_path, 2, "--dtype", "bf16", "--max_steps", "200")
-    launcher = start_launcher(2, flags)
-    pids: dict[int, int] = {}
-    try:
-        read_until(launcher, r"^\[0\] DLL .* - \(1, 100\) ", 600)
-        pids = worker_pids([launcher.stderr.readline() for _ in range(2)])
+    with two_workers_at_step(flags, 1, 100) as (launcher, pids):
         os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
         launcher.communicate(timeout=180)
         assert time.monotonic() - killed_at < 120
-    finally:
-        stop_all(launcher, pids)
     assert launcher.returncode == 128 + signal.SIGKILL
     assert not any(alive(pid) for pid in pids.values())
 
