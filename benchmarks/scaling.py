@@ -103,11 +103,19 @@ def main() -> None:
             row = {"mode": mode, "dtype": dtype, "batch_size": args.batch_size, "threads_per_worker": args.threads,
                    "workers": args.workers, "one_worker": one, "multi_worker": many, "speedup": many / one}
             if args.horovod_python:
-                row["horovod_one_worker"] = horovod(mode, dtype, args, 1)
-                row["horovod"] = horovod(mode, dtype, args, args.workers)
-                row["horovod_speedup"] = row["horovod"] / row["horovod_one_worker"]
+                try:
+                    row["horovod_one_worker"] = horovod(mode, dtype, args, 1)
+                    row["horovod"] = horovod(mode, dtype, args, args.workers)
+                    row["horovod_speedup"] = row["horovod"] / row["horovod_one_worker"]
+                except SystemExit as failure:  # keep the tf.distribute figures; say why Horovod has none
+                    row["horovod_error"] = str(failure)[-500:]
             print(json.dumps(row), flush=True)
             rows.append(row)
+            write(args, rows)
+
+
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
+    """scaling.json and scaling.md of the rows measured so far (rewritten after each, so a long run keeps them)."""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     header = (f"| mode | dtype | 1 worker img/s | {args.workers} workers (multi_worker) img/s | speed-up |"
@@ -118,9 +126,10 @@ def main() -> None:
                 f"{r['speedup']:.2f}x |")
         if "horovod" in r:
             line += f" {r['horovod_one_worker']:.3f} / {r['horovod']:.3f} | {r['horovod_speedup']:.2f}x |"
+        elif args.horovod_python:
+            line += " failed | - |"
         lines.append(line)
     (args.out / "scaling.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
