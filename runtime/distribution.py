@@ -194,6 +194,8 @@ class StrategyWorkers(Workers):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
 
     def any(self, flag: bool) -> bool:
+        if self.size == 1:  # one process: its replicas share its signals
+            return flag
         with peers_alive():
             votes = self._sum(self._per_replica([tf.constant(1.0 if flag else 0.0)] * self.replicas_per_worker))
             return float(votes) > 0
