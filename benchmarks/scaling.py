@@ -49,8 +49,6 @@ def throughput(command: list[str], work: str, mode: str, env: dict[str, str] | N
 def single(mode: str, dtype: str, args: argparse.Namespace) -> float:
     """One worker on --threads cores: the launcher with -n 1 pins it the same way as the N workers."""
     with tempfile.TemporaryDirectory() as work:
-        # Training runs max_steps // replicas steps: N workers are given N times the steps, so each worker
-        # times as many steps as this one does.
         flags = benchmark_flags(mode, dtype, args.batch_size, args.steps, args.warmup, work)
         command = [sys.executable, str(ROOT / "scripts" / "launch_workers.py"), "-n", "1",
                    "--threads_per_worker", str(args.threads), "--", str(ROOT / "unet2d.py"), *flags]
@@ -58,6 +56,7 @@ def single(mode: str, dtype: str, args: argparse.Namespace) -> float:
 
 
 def scaled_steps(mode: str, args: argparse.Namespace) -> tuple[int, int]:
+    """Training runs max_steps // replicas steps: N workers get N times the steps, so each times as many as one."""
     factor = args.workers if mode == "train" else 1  # predict benchmarks run max_steps on every worker
     return args.steps * factor, args.warmup
 

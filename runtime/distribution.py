@@ -158,9 +158,7 @@ class StrategyWorkers(Workers):
     def __init__(self, strategy: tf.distribute.Strategy, engine: str, rank: int = 0, size: int = 1) -> None:
         self.strategy = strategy
         self.engine = engine
-        self.rank, self.size = rank, size
-        self.local_size = int(os.environ.get("UNET2D_LOCAL_WORKERS", "1")) if size > 1 else 1
-        self.local_rank = rank % self.local_size
+        self.rank, self.size = rank, size  # local workers size their threads from the launcher's environment
         self.replicas_per_worker = strategy.num_replicas_in_sync // size
         self.gradient_scale = 1.0 / strategy.num_replicas_in_sync
         self._sum = tf.function(self._replica_sum)

@@ -63,8 +63,7 @@ def worker_env(rank: int, ports: list[int], threads: int, gpu: bool) -> dict[str
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": rank}}),
            "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(min(2, threads)),
-           "OMP_NUM_THREADS": str(threads), "UNET2D_LOCAL_WORKERS": str(len(ports)),
-           "PYTHONUNBUFFERED": "1"}
+           "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = str(rank)
     return env
