@@ -3,6 +3,7 @@
 
     python download_dataset.py [--data_dir ./data] [--mirror URL_OR_FOLDER ...]
     python download_dataset.py --synthetic --data_dir ./demo_data [--seed 0]
+    python download_dataset.py --synthetic --classes 3 --size 1024 --data_dir ./demo3
 
 Downloads are verified against the published pixel hashes and written
 atomically; files already present and valid are not fetched again.
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     parser.add_argument("--slices", type=int, default=SHAPE[0], help="slices per synthetic stack")
     parser.add_argument("--size", type=int, default=SHAPE[1], help="height and width of synthetic slices")
+    parser.add_argument("--classes", type=int, choices=(2, 3), default=2,
+                        help="synthetic labels: 2 = the recipe's 0/255 membrane/cell; 3 = class ids "
+                             "0 membrane, 1 cell interior, 2 mitochondrion")
     args = parser.parse_args(argv)
     if args.synthetic and (args.slices < 1 or args.size < 32):
         parser.error("--slices must be at least 1 and --size at least 32")
@@ -44,11 +48,12 @@ def generate(args: argparse.Namespace) -> int:
     from data_loading.synthetic_em import generate_volume
     from data_loading.tiff_io import write_stack_atomically
 
-    images, labels = generate_volume(args.slices, args.size, args.seed)
-    test_images, _ = generate_volume(args.slices, args.size, args.seed + 10_000)
+    images, labels = generate_volume(args.slices, args.size, args.seed, args.classes)
+    test_images, _ = generate_volume(args.slices, args.size, args.seed + 10_000, args.classes)
     for name, stack in (("train-volume.tif", images), ("train-labels.tif", labels), ("test-volume.tif", test_images)):
         write_stack_atomically(args.data_dir / name, stack)
-    print(f"synthetic EM dataset (seed {args.seed}, {args.slices} slices of {args.size}x{args.size}) "
+    print(f"synthetic EM dataset (seed {args.seed}, {args.classes} classes, {args.slices} slices of "
+          f"{args.size}x{args.size}) "
           f"written to {args.data_dir}")
     return 0
 

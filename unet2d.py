@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""UNet2D medical image segmentation: train, evaluate and predict on the ISBI 2012 EM data.
+"""UNet2D medical image segmentation: train, evaluate and predict on the ISBI 2012 EM data, or your own.
 
     python unet2d.py --data_dir ./data --fold 0 --dtype bf16 --model_dir /tmp/unet2d
+    python unet2d.py --train_images 'vols/*.tif' --train_labels 'labels/*.tif' --num_classes 3 \
+        --input_mode tile --fold 0 --model_dir /tmp/mine
 
 See README.md for every mode and flag.
 """
@@ -49,7 +51,7 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
     from runtime.setup import (
         configure_tensorflow,
         load_dataset,
-        load_prediction_input,
+        load_prediction_inputs,
         make_logger,
         make_tensorboard,
         prepare_checkpoint_dir,
@@ -62,7 +64,7 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
         logger.log("LOCK", {"warning": lock.taken_over})
 
     dataset = load_dataset(args, stream_options(args, workers, device))
-    prediction_input = load_prediction_input(args, dataset) if "predict" in args.exec_mode else None
+    prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
     tensorboard = make_tensorboard(args, workers)
 
@@ -76,10 +78,10 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
     if tensorboard is not None:
         tensorboard.hyperparameters(vars(args))
 
-    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_input)
+    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
-    runner = Runner(context, lambda: build_unet(args.seed, matmul_filter_gradient=matmul_gradient))
+    runner = Runner(context, lambda: build_unet(args.seed, args.num_classes, matmul_filter_gradient=matmul_gradient))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:

@@ -29,7 +29,7 @@ from data_loading.data_loader import Dataset, StreamOptions  # noqa: E402
 def images_per_second(data_dir: Path, threads: int | None, parallel_map: bool, batch_size: int,
                       batches: int) -> float:
     options = StreamOptions(batch_size=batch_size, seed=123, augment=True, parallel_map=parallel_map)
-    stream = Dataset(data_dir, options, fold=0, need_test=False).train_fn()
+    stream = Dataset.isbi(data_dir, options, fold=0, need_test=False).train_fn()
     if threads is not None:
         limits = tf.data.Options()
         limits.threading.private_threadpool_size = threads

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import tensorflow as tf
 
 from data_loading import preprocessing as pre
 from data_loading.input_paths import check_input
-from data_loading.tiff_io import read_stack
+from data_loading.tiles import TileSampler, evaluation_tiles
+from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
 from runtime.errors import UserInputError
 
 TRAIN_IMAGES = "train-volume.tif"
@@ -40,19 +42,6 @@ def fold_indices(num_slices: int, fold: int | None, seed: int,
     order = np.roll(order, fold * int((1.0 - TRAIN_RATIO) * num_slices))
     split = int(TRAIN_RATIO * num_slices)
     return order[:split], order[split:]
-
-
-def binary_labels(labels: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Labels as 0 (membrane) / 255 (cell); 0/1 labels are accepted and scaled."""
-    values = np.unique(labels)
-    if set(values.tolist()) <= {0, 255}:
-        return labels
-    if set(values.tolist()) <= {0, 1}:
-        notes.append("labels hold 0/1: read 1 as cell (255)")
-        return labels * np.uint8(255)
-    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise UserInputError(f"{TRAIN_LABELS} must be two-valued (0 = membrane, 255 or 1 = cell); "
-                         f"it holds {len(values)} values: {shown}")
 
 
 @dataclass(frozen=True)
@@ -87,27 +76,78 @@ class _Streams:
         return dataset.map(function, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-class Dataset(_Streams):
-    """The ISBI 2012 stacks in ``data_dir`` split into one fold's training and validation slices."""
+def isbi_train(data_dir: str | Path) -> list[tuple[StackFile, StackFile]]:
+    """The recipe's training pair in ``data_dir``."""
+    data_dir = check_input(Path(data_dir), "data dir", "folder")
+    return plan_pairs([str(data_dir / TRAIN_IMAGES)], [str(data_dir / TRAIN_LABELS)], "data file", "data file")
 
-    def __init__(self, data_dir: Path, options: StreamOptions, fold: int | None,
-                 fold_scheme: str = "original", need_train: bool = True, need_test: bool = True) -> None:
+
+def isbi_test(data_dir: str | Path) -> list[StackFile]:
+    """The recipe's test volume in ``data_dir``."""
+    return plan_stacks([str(check_input(Path(data_dir), "data dir", "folder") / TEST_IMAGES)], "data file")
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """The stacks a run reads, planned and checked from their headers (see data_loading/volumes.py)."""
+
+    train: list[tuple[StackFile, StackFile]] = field(default_factory=list)  # (images, labels) per volume
+    val: list[tuple[StackFile, StackFile]] = field(default_factory=list)  # a fixed validation set, if given
+    test: list[StackFile] = field(default_factory=list)
+
+    def memory_needed(self, input_mode: str, num_classes: int) -> int:
+        """Bytes the stacks and the pipeline's copies of them take (an estimate, on the high side)."""
+        stacks = [stack for pair in self.train + self.val for stack in pair] + self.test
+        raw = sum(math.prod(stack.shape) for stack in stacks)
+        slices = [stack.shape[1:] for stack, _ in self.train + self.val for _ in range(stack.shape[0])]
+        if input_mode == "tile":
+            derived = 2 * TileSampler.canvas_bytes(slices)  # training canvases; evaluation tiles take no more
+        else:
+            derived = len(slices) * pre.INPUT_SIZE**2 * 4 * (1 + num_classes)  # float32 images and one-hot labels
+        return raw + 2 * derived  # TensorFlow holds a copy of what it is handed
+
+
+def _slices(volumes: list[Volume]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every volume's slices, in order: one global slice index over all volumes."""
+    return ([image for volume in volumes for image in volume.images],
+            [label for volume in volumes for label in volume.labels])
+
+
+class Dataset(_Streams):
+    """Labelled training stacks split into one fold's training and validation slices, and test stacks.
+
+    Folds split the slices of all training volumes together, numbered in the
+    order the volumes were given, as they split ISBI's 30. A fixed validation
+    set (``--val_images``) replaces the fold's. ``input_mode`` is how slices
+    become 572x572 inputs: ``resize`` (the recipe's) or ``tile`` (full
+    resolution crops, data_loading/tiles.py).
+    """
+
+    def __init__(self, sources: DataSources, options: StreamOptions, fold: int | None,
+                 fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = pre.NUM_CLASSES) -> None:
         super().__init__(options)
-        data_dir = check_input(Path(data_dir), "data dir", "folder")
-        self.train_indices = self.val_indices = np.array([], dtype=np.int64)
-        self._images = self._labels = self._test = None
-        self.notes: list[str] = []  # what the loader did to accept the data, for the log
-        if need_train:
-            self._images = read_stack(data_dir / TRAIN_IMAGES)
-            self._labels = binary_labels(read_stack(data_dir / TRAIN_LABELS), self.notes)
-            if self._images.shape != self._labels.shape:
-                raise UserInputError(
-                    f"{TRAIN_IMAGES} and {TRAIN_LABELS} differ: {self._images.shape} "
-                    f"vs {self._labels.shape} (slices, height, width)")
-            self.train_indices, self.val_indices = fold_indices(len(self._images), fold, options.seed,
-                                                                fold_scheme)
-        if need_test:
-            self._test = read_stack(data_dir / TEST_IMAGES)
+        self.input_mode, self.num_classes = input_mode, num_classes
+        self.train_volumes = read_labelled(sources.train, num_classes)
+        self.val_volumes = read_labelled(sources.val, num_classes)
+        self.test_volumes = read_unlabelled(sources.test)
+        self._images, self._labels = _slices(self.train_volumes)
+        self.train_indices, self.val_indices = fold_indices(len(self._images), None if sources.val else fold,
+                                                            options.seed, fold_scheme)
+        if not self._images:
+            self.train_indices = self.val_indices = np.array([], dtype=np.int64)
+        self._val_images, self._val_labels = self._images, self._labels
+        if sources.val:
+            self._val_images, self._val_labels = _slices(self.val_volumes)
+            self.val_indices = np.arange(len(self._val_images))
+        self.notes = [volume.note for volume in self.train_volumes + self.val_volumes if volume.note]
+
+    @classmethod
+    def isbi(cls, data_dir: str | Path, options: StreamOptions, fold: int | None, fold_scheme: str = "original",
+             need_train: bool = True, need_test: bool = True, **kwargs) -> Dataset:
+        """The recipe's three files in ``data_dir``."""
+        sources = DataSources(isbi_train(data_dir) if need_train else [], [],
+                              isbi_test(data_dir) if need_test else [])
+        return cls(sources, options, fold, fold_scheme, **kwargs)
 
     @property
     def train_size(self) -> int:
@@ -119,20 +159,11 @@ class Dataset(_Streams):
 
     @property
     def test_size(self) -> int:
-        return 0 if self._test is None else len(self._test)
+        return sum(len(volume.images) for volume in self.test_volumes)
 
-    @property
-    def test_images(self) -> np.ndarray:
-        """The test volume as read: uint8 (slices, height, width)."""
-        return self._test
-
-    def validation_slices(self) -> tuple[np.ndarray, np.ndarray]:
-        """The fold's validation images and 0/255 labels at full resolution, for the challenge scores."""
-        return self._images[self.val_indices], self._labels[self.val_indices]
-
-    def _normalized_pairs(self, indices: np.ndarray) -> tf.data.Dataset:
-        pairs = tf.data.Dataset.from_tensor_slices((self._images[indices], self._labels[indices]))
-        return pairs.map(lambda image, label: (pre.normalize_image(image), pre.normalize_label(label)))
+    def validation_slices(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The validation images and their class ids at full resolution, for the challenge scores."""
+        return ([self._val_images[i] for i in self.val_indices], [self._val_labels[i] for i in self.val_indices])
 
     def train_fn(self, start_step: int = 0, shard: int | None = None) -> tf.data.Dataset:
         """Endless, shuffled, augmented batches of one replica's shard, from batch ``start_step`` on.
@@ -142,49 +173,91 @@ class Dataset(_Streams):
         own augmentation stream.
 
         Sample i of the stream is slice ``order_e[i mod n]`` of epoch ``e = i div n``
-        (a fresh seeded permutation each epoch), augmented with the stateless
-        seed (run seed, i). Batch k is therefore a pure function of the seed and
-        k, and a resumed run replays exactly what an uninterrupted one would
-        have seen, without re-reading the batches before it.
+        (a fresh seeded permutation each epoch), cropped (tile mode) and
+        augmented with stateless draws keyed by (run seed, i). Batch k is
+        therefore a pure function of the seed and k, and a resumed run replays
+        exactly what an uninterrupted one would have seen, without re-reading
+        the batches before it.
         """
         opts = self.options
         shard = opts.rank if shard is None else shard
         indices = self.train_indices[shard::opts.num_workers]
-        images = tf.stack([pre.normalize_image(image) for image in self._images[indices]])
-        labels = tf.stack([pre.normalize_label(label) for label in self._labels[indices]])
         count = tf.constant(len(indices), tf.int64)
         seed = tf.constant(opts.seed + 7919 * shard, tf.int64)  # each replica its own draws
+        pick = self._tile_picker(indices) if self.input_mode == "tile" else self._resized_picker(indices)
 
         def sample(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             epoch, position = index // count, index % count
             order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([seed, -1 - epoch])))
-            chosen = order[position]
-            image, label = images[chosen], labels[chosen]
+            image, label, augment_seed = pick(order[position], tf.stack([seed, index]))
             if opts.augment:
-                image, label = pre.augment(image, label, tf.stack([seed, index]))
+                image, label = pre.augment(image, label, augment_seed)
             return image, pre.crop_label(label)
 
         first_sample = start_step * opts.batch_size
         dataset = self._map(tf.data.Dataset.range(first_sample, 2**62), sample)
         return self._prefetch(dataset.batch(opts.batch_size, drop_remainder=True))
 
+    def _resized_picker(self, indices: np.ndarray):
+        """The recipe's: whole slices, resized to 388 and padded to 572 once, up front."""
+        images = tf.stack([pre.normalize_image(self._images[i]) for i in indices])
+        labels = tf.stack([pre.normalize_label(self._labels[i], self.num_classes) for i in indices])
+        return lambda chosen, sample_seed: (images[chosen], labels[chosen], sample_seed)
+
+    def _tile_picker(self, indices: np.ndarray):
+        """A random full-resolution 572x572 crop of the slice, its label aligned, both with mirrored context."""
+        tiles = TileSampler([self._images[i] for i in indices], [self._labels[i] for i in indices])
+
+        def pick(chosen: tf.Tensor, sample_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(sample_seed, 2))
+            image, label = tiles.crop(tf.cast(chosen, tf.int32), tiles.offset(chosen, crop_seed))
+            return (*self._tile_pair(image, label), augment_seed)
+        return pick
+
+    def _tile_pair(self, image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """uint8 image and class-id tiles -> the network's normalised input and one-hot labels."""
+        return pre.scale_intensity(image)[..., tf.newaxis], tf.one_hot(tf.cast(label, tf.int32), self.num_classes)
+
     def eval_fn(self, count: int = 1) -> tf.data.Dataset:
+        """The validation slices (resize) or their full-resolution tiles (tile), with their 388x388 labels."""
         if self.eval_size == 0:
-            raise UserInputError("no validation slices: evaluation needs --fold")
-        dataset = self._normalized_pairs(self.val_indices).repeat(count)
-        dataset = self._map(dataset, lambda image, label: (image, pre.crop_label(label)))
+            raise UserInputError("no validation slices: evaluation needs --fold or --val_images")
+        images, labels = self.validation_slices()
+        if self.input_mode == "tile":
+            tiles = [evaluation_tiles(image, label) for image, label in zip(images, labels, strict=True)]
+            inputs = tf.constant(np.stack([tile for image_tiles, _ in tiles for tile in image_tiles]))
+            targets = tf.constant(np.stack([tile for _, label_tiles in tiles for tile in label_tiles]))
+            dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).repeat(count)
+            dataset = self._map(dataset, self._tile_pair)
+        else:
+            inputs = tf.stack([pre.normalize_image(image) for image in images])
+            targets = tf.stack([pre.normalize_label(label, self.num_classes) for label in labels])
+            dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).repeat(count)
+            dataset = self._map(dataset, lambda image, label: (image, pre.crop_label(label)))
         return self._prefetch(dataset.batch(self.options.batch_size))
 
     def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices(self._test).repeat(count)
-        dataset = self._map(dataset, pre.normalize_image)
+        """Network inputs of the test slices (whole resized slices, or tiles), for timing prediction."""
+        slices = [image for volume in self.test_volumes for image in volume.images]
+        if self.input_mode == "tile":
+            inputs = np.stack([tile for image in slices for tile in evaluation_tiles(image, image)[0]])
+            dataset = tf.data.Dataset.from_tensor_slices(inputs).repeat(count)
+            dataset = self._map(dataset, lambda image: pre.scale_intensity(image)[..., tf.newaxis])
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices(tf.stack([pre.normalize_image(image) for image in slices]))
+            dataset = dataset.repeat(count)
         return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=drop_remainder))
 
     def describe_split(self) -> dict[str, object]:
         described: dict[str, object] = {"train_slices": self.train_indices.tolist(),
-                                        "val_slices": self.val_indices.tolist()}
-        if self._images is not None:
-            described["slice_size"] = list(self._images.shape[1:])
+                                        "val_slices": self.val_indices.tolist(),
+                                        "input_mode": self.input_mode, "num_classes": self.num_classes}
+        if self._images:
+            described["slice_size"] = list(self._images[0].shape)
+        volumes = self.train_volumes + self.val_volumes + self.test_volumes
+        if len(volumes) > 2 or self.val_volumes:  # the recipe's own files need no list
+            described["volumes"] = [{"images": str(volume.source), "slices": len(volume.images),
+                                     "size": list(volume.images.shape[1:])} for volume in volumes]
         if self.notes:
             described["notes"] = "; ".join(self.notes)
         return described
@@ -201,13 +274,13 @@ class SyntheticDataset(_Streams):
     eval_size = 6
     test_size = 30
 
-    def __init__(self, options: StreamOptions) -> None:
+    def __init__(self, options: StreamOptions, num_classes: int = pre.NUM_CLASSES) -> None:
         super().__init__(options)
         seed = options.seed
         self._image = tf.random.stateless_truncated_normal(
             (pre.INPUT_SIZE, pre.INPUT_SIZE, 1), seed=[seed, 0], mean=127.5, stddev=1.0)
         self._mask = tf.random.stateless_truncated_normal(
-            (pre.OUTPUT_SIZE, pre.OUTPUT_SIZE, pre.NUM_CLASSES), seed=[seed, 1], mean=0.01, stddev=0.1)
+            (pre.OUTPUT_SIZE, pre.OUTPUT_SIZE, num_classes), seed=[seed, 1], mean=0.01, stddev=0.1)
         self.train_indices = np.array([], dtype=np.int64)
         self.val_indices = np.array([], dtype=np.int64)
 
@@ -220,9 +293,10 @@ class SyntheticDataset(_Streams):
         return self._prefetch(dataset.batch(self.options.batch_size))
 
     @property
-    def test_images(self) -> np.ndarray:
+    def test_volumes(self) -> list[Volume]:
         """A grey stand-in test volume, so predict runs end to end without data files."""
-        return np.full((self.test_size, 512, 512), 128, np.uint8)
+        images = np.full((self.test_size, 512, 512), 128, np.uint8)
+        return [Volume(images, None, Path("synthetic"), [f"test_{index:03d}" for index in range(self.test_size)])]
 
     def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
         repeats = None if count is None else self.test_size * count

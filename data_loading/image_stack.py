@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from data_loading.input_paths import check_input
-from data_loading.tiff_io import read_stack
+from data_loading.tiff_io import read_stack, tiff_shape
 from runtime.errors import UserInputError
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -24,21 +24,64 @@ class PredictionInput:
     masks_file: Path  # relative to --model_dir
 
 
-def _read_slice(path: Path) -> np.ndarray:
-    if path.suffix.lower() != ".png":
-        stack = read_stack(path)
-        if len(stack) != 1:
-            raise UserInputError(f"{path} holds {len(stack)} slices; a folder must hold one slice per file")
-        return stack[0]
+def _open_png(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            mode = image.mode
-            pixels = np.asarray(image)
+        image = Image.open(path)
     except (OSError, ValueError) as error:
         raise UserInputError(f"cannot read {path} as a PNG image: {error}") from None
-    if mode != "L":
-        raise UserInputError(f"{path} must be an 8-bit grey image; it is PNG mode {mode}")
-    return pixels
+    if image.mode != "L":
+        image.close()
+        raise UserInputError(f"{path} must be an 8-bit grey image; it is PNG mode {image.mode}")
+    return image
+
+
+def _slice_shape(path: Path) -> tuple[int, int]:
+    if path.suffix.lower() == ".png":
+        with _open_png(path) as image:
+            return image.height, image.width
+    count, height, width = tiff_shape(path)
+    if count != 1:
+        raise UserInputError(f"{path} holds {count} slices; a folder must hold one slice per file")
+    return height, width
+
+
+def _read_slice(path: Path) -> np.ndarray:
+    if path.suffix.lower() != ".png":
+        _slice_shape(path)
+        return read_stack(path)[0]
+    try:
+        with _open_png(path) as image:
+            return np.asarray(image)
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"cannot read {path} as a PNG image: {error}") from None
+
+
+def slice_files(folder: Path) -> list[Path]:
+    """The PNG/TIFF slices of a folder, in file-name order."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES)
+    if not files:
+        raise UserInputError(f"no PNG or TIFF slices in folder {folder}")
+    return files
+
+
+def _one_size(folder: Path, shapes: list[tuple[int, ...]]) -> None:
+    if len(set(shapes)) > 1:
+        raise UserInputError(f"the slices in {folder} differ in size: {sorted(set(shapes))}")
+
+
+def stack_shape(path: Path, what: str = "input") -> tuple[int, int, int]:
+    """(slices, height, width) of a TIFF stack or slice folder, from headers only (no pixels read).
+
+    Everything reading would refuse for its format, size or colour is refused
+    here already, so a run can check all its inputs (and their memory) first.
+    """
+    path = check_input(Path(path), what, "any")
+    if path.is_file():
+        return tiff_shape(path)
+    files = slice_files(path)
+    shapes = [_slice_shape(file) for file in files]
+    _one_size(path, shapes)
+    return (len(files), *shapes[0])
 
 
 def read_image_stack(path: Path, what: str = "input") -> tuple[np.ndarray, list[str]]:
@@ -50,11 +93,7 @@ def read_image_stack(path: Path, what: str = "input") -> tuple[np.ndarray, list[
     if path.is_file():
         stack = read_stack(path)
         return stack, [f"{path.stem}_{index:03d}" for index in range(len(stack))]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES)
-    if not files:
-        raise UserInputError(f"no PNG or TIFF slices in folder {path}")
+    files = slice_files(path)
     slices = [_read_slice(file) for file in files]
-    shapes = {image.shape for image in slices}
-    if len(shapes) > 1:
-        raise UserInputError(f"the slices in {path} differ in size: {sorted(shapes)}")
+    _one_size(path, [image.shape for image in slices])
     return np.stack(slices), [file.stem for file in files]

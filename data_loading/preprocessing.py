@@ -1,8 +1,11 @@
 """Per-sample tensor transforms of the recipe: normalise, augment, crop.
 
-Geometry: slices are resized to the 388x388 output size and zero-padded to
-the 572x572 input size, so that the valid convolutions of the UNet map the
-input back onto exactly the labelled 388x388 centre.
+Geometry (``--input_mode resize``, the recipe's): slices are resized to the
+388x388 output size and zero-padded to the 572x572 input size, so that the
+valid convolutions of the UNet map the input back onto exactly the labelled
+388x388 centre. Labels arrive as class ids (0..K-1) and leave one-hot.
+``--input_mode tile`` cuts full-resolution crops instead (data_loading/tiles.py)
+and shares the augmentation and label handling below.
 """
 
 from __future__ import annotations
@@ -30,18 +33,43 @@ def _binarize(label: tf.Tensor) -> tf.Tensor:
     return tf.where(label < 0.5, tf.zeros_like(label), tf.ones_like(label))
 
 
-def normalize_label(label: tf.Tensor) -> tf.Tensor:
-    """uint8 HxW label (255 = cell) -> one-hot float32 572x572x2 (channel 1 = cell)."""
-    label = tf.cast(label, tf.float32)[..., tf.newaxis] / 255.0
-    label = tf.image.resize(label, (OUTPUT_SIZE, OUTPUT_SIZE), method="bilinear")
-    label = tf.image.resize_with_crop_or_pad(label, INPUT_SIZE, INPUT_SIZE)
-    return tf.one_hot(tf.cast(_binarize(label)[..., 0], tf.int32), NUM_CLASSES)
+def hard_labels(label: tf.Tensor) -> tf.Tensor:
+    """Soft labels (after bilinear resampling) back to 0/1 channels.
+
+    Two classes keep the recipe's rule, each channel thresholded at 0.5; more
+    classes take each pixel's strongest class, so that every pixel has exactly
+    one (a threshold would leave pixels where three classes meet with none).
+    Ties go to the higher class id, as the 0.5 threshold does for two.
+    """
+    if label.shape[-1] == 2:
+        return _binarize(label)
+    classes = label.shape[-1]
+    strongest = classes - 1 - tf.argmax(tf.reverse(label, axis=[-1]), axis=-1, output_type=tf.int32)
+    return tf.one_hot(strongest, classes)
+
+
+def normalize_label(class_ids: tf.Tensor, num_classes: int = NUM_CLASSES) -> tf.Tensor:
+    """uint8 HxW class ids -> one-hot float32 572x572xK, content resized to 388 and padded with class 0.
+
+    For two classes this is the recipe's: the cell map is resized bilinearly
+    and thresholded at 0.5. For more, the one-hot channels are resized and each
+    pixel takes its strongest class.
+    """
+    ids = tf.cast(class_ids, tf.float32)[..., tf.newaxis]
+    if num_classes == 2:
+        resized = _binarize(tf.image.resize(ids, (OUTPUT_SIZE, OUTPUT_SIZE), method="bilinear"))
+        ids = tf.cast(resized[..., 0], tf.int32)
+    else:
+        one_hot = tf.one_hot(tf.cast(class_ids, tf.int32), num_classes)
+        resized = tf.image.resize(one_hot, (OUTPUT_SIZE, OUTPUT_SIZE), method="bilinear")
+        ids = tf.argmax(hard_labels(resized), axis=-1, output_type=tf.int32)
+    ids = tf.image.resize_with_crop_or_pad(ids[..., tf.newaxis], INPUT_SIZE, INPUT_SIZE)[..., 0]
+    return tf.one_hot(ids, num_classes)
 
 
 def crop_label(label: tf.Tensor) -> tf.Tensor:
-    """572x572x2 label -> the 388x388x2 centre the network predicts, binary again."""
-    label = tf.image.resize_with_crop_or_pad(label, OUTPUT_SIZE, OUTPUT_SIZE)
-    return _binarize(label)
+    """572x572xK label -> the 388x388xK centre the network predicts, hard 0/1 again."""
+    return hard_labels(tf.image.resize_with_crop_or_pad(label, OUTPUT_SIZE, OUTPUT_SIZE))
 
 
 def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -7,6 +7,13 @@ texture and dark vesicle-like blobs (which are *not* membrane, so the task
 is not just thresholding); then blur and noise. Labels come from the geometry
 before rendering, so they are exact: 255 = cell interior, 0 = membrane.
 Deterministic for a seed.
+
+With ``num_classes=3`` about half the cells also hold a mitochondrion: an
+elongated dark body with lighter cross-striped cristae, labelled 2, while
+labels become class ids (0 = membrane, 1 = cell interior, 2 = mitochondrion).
+The round vesicles stay interior, so the organelle class is told apart by
+shape and texture, not by darkness alone. The mitochondria come from their
+own random stream: the two-class stacks of a seed are the same as before.
 """
 
 from __future__ import annotations
@@ -65,9 +72,37 @@ def _nearest_two(points: np.ndarray, weights: np.ndarray, warp: np.ndarray,
     return owner, first, second
 
 
-def generate_volume(num_slices: int = 30, size: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels), each (num_slices, size, size) uint8."""
+def _mitochondria(rng: np.random.Generator, points: np.ndarray, owner: np.ndarray, membrane: np.ndarray,
+                  size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the mitochondria are (bool) and their grey values: ellipses around some cells' seeds."""
+    body = np.zeros((size, size), bool)
+    grey = np.zeros((size, size), np.float32)
+    for cell in np.flatnonzero(rng.uniform(size=len(points)) < 0.5):
+        long, short = rng.uniform(8, 17), rng.uniform(4, 7)
+        angle, base, period = rng.uniform(0, np.pi), rng.uniform(80, 105), rng.uniform(4.5, 6.5)
+        centre = points[cell] + rng.normal(0, 4, 2)
+        y0, x0 = (np.floor(centre - long - 1).astype(int)).clip(0, size)
+        y1, x1 = (np.ceil(centre + long + 2).astype(int)).clip(0, size)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        along = (ys - centre[0]) * np.cos(angle) + (xs - centre[1]) * np.sin(angle)
+        across = -(ys - centre[0]) * np.sin(angle) + (xs - centre[1]) * np.cos(angle)
+        inside = (along / long) ** 2 + (across / short) ** 2 <= 1.0
+        inside &= (owner[y0:y1, x0:x1] == cell) & ~membrane[y0:y1, x0:x1]
+        cristae = 30.0 * (np.sin(2 * np.pi * along / period) > 0.2)  # light stripes across the long axis
+        body[y0:y1, x0:x1] |= inside
+        grey[y0:y1, x0:x1] = np.where(inside, base + cristae, grey[y0:y1, x0:x1])
+    return body, grey
+
+
+def generate_volume(num_slices: int = 30, size: int = 512, seed: int = 0,
+                    num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels), each (num_slices, size, size) uint8; 2 or 3 classes (see the module's text)."""
+    if num_classes not in (2, 3):
+        raise ValueError(f"the synthetic EM data has 2 or 3 classes, not {num_classes}")
     rng = np.random.default_rng(seed)
+    organelle_rng = np.random.default_rng([seed, 3])  # its own stream: two-class stacks stay as they were
     num_cells = max(4, round(size * size / CELL_AREA))
     points = rng.uniform(0, size, (num_cells, 2)).astype(np.float32)
     drift = rng.normal(0, 1.2, (num_cells, 2)).astype(np.float32)
@@ -83,13 +118,18 @@ def generate_volume(num_slices: int = 30, size: int = 512, seed: int = 0) -> tup
         border_distance = (second - first) / 2
         half_width = 1.4 + 0.7 * np.clip(_smooth_noise(rng, size, 12) + 1.0, 0, 3)  # 1.4 .. 3.5 px
         membrane = border_distance < half_width
-        labels[index] = np.where(membrane, 0, 255)
-        images[index] = _render(rng, owner, membrane, cell_grey, size)
+        if num_classes == 2:
+            labels[index] = np.where(membrane, 0, 255)
+            images[index] = _render(rng, owner, membrane, cell_grey, size)
+            continue
+        organelles = _mitochondria(organelle_rng, points, owner, membrane, size)
+        labels[index] = np.where(membrane, 0, np.where(organelles[0], 2, 1))
+        images[index] = _render(rng, owner, membrane, cell_grey, size, organelles)
     return images, labels
 
 
 def _render(rng: np.random.Generator, owner: np.ndarray, membrane: np.ndarray, cell_grey: np.ndarray,
-            size: int) -> np.ndarray:
+            size: int, organelles: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     image = cell_grey[owner] + 14 * _smooth_noise(rng, size, 3) + 8 * _smooth_noise(rng, size, 1)
     # Vesicles and organelles: dark round blobs inside cells (label stays "cell").
     blobs = np.zeros((size, size))
@@ -103,6 +143,9 @@ def _render(rng: np.random.Generator, owner: np.ndarray, membrane: np.ndarray, c
         disk = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= radius**2
         blobs[y0:y1, x0:x1] = np.maximum(blobs[y0:y1, x0:x1], disk * rng.uniform(35, 75))
     image = image - blobs
+    if organelles is not None:  # painted before blur and noise, like everything else
+        body, grey = organelles
+        image = np.where(body, grey, image)
     image = np.where(membrane, rng.uniform(45, 75) + 10 * _smooth_noise(rng, size, 2), image)
     image = _blur(image, rng.uniform(0.8, 1.4)) + rng.normal(0, 9, (size, size))
     return np.clip(np.round(image), 0, 255).astype(np.uint8)

@@ -15,6 +15,8 @@ from typing import NoReturn
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
 PREDICT_STRATEGIES = ("resize", "tile")
+INPUT_MODES = ("resize", "tile")
+MAX_CLASSES = 255  # class ids are stored as uint8
 DISTRIBUTIONS = ("none", "horovod", "mirrored", "multi_worker")
 NUM_FOLDS = 5
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
@@ -44,6 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data_dir", default=None,
         help="folder holding train-volume.tif, train-labels.tif and test-volume.tif "
              "(not needed with --synth_data)")
+    add("--train_images", nargs="+", default=None, metavar="STACK",
+        help="your own training images instead of <data_dir>/train-volume.tif: one or more multipage grey "
+             "TIFFs or folders of PNG/TIFF slices, as paths or quoted globs; volumes may differ in size")
+    add("--train_labels", nargs="+", default=None, metavar="STACK",
+        help="labels of --train_images, volume by volume and slice by slice: class ids 0..K-1 "
+             "(for 2 classes also the recipe's 0/255)")
+    add("--val_images", nargs="+", default=None, metavar="STACK",
+        help="a fixed validation set (instead of --fold's slices), given like --train_images")
+    add("--val_labels", nargs="+", default=None, metavar="STACK", help="labels of --val_images")
+    add("--test_images", nargs="+", default=None, metavar="STACK",
+        help="stacks predict segments instead of <data_dir>/test-volume.tif; masks go to "
+             "<model_dir>/predictions/<name>-masks.tif")
+    add("--num_classes", type=int, default=2, metavar="K",
+        help="classes to segment; labels hold class ids 0..K-1. 2 is the recipe's membrane/cell, and its "
+             "masks are 0/255; for more, masks hold class ids")
+    add("--input_mode", choices=INPUT_MODES, default="resize",
+        help="resize: the recipe's (each slice resized to 388x388 and zero-padded to 572x572); tile: random "
+             "388x388 crops at full resolution with 92 pixels of mirrored context, evaluated on full-resolution "
+             "tiles, so a model trains and predicts at one scale")
     add("--log_dir", default="/tmp/unet2d", help="output folder for log.json and TensorBoard events")
     add("-b", "--batch_size", type=int, default=8, help="images per step on each worker")
     add("-d", "--dtype", choices=("fp32", "bf16"), default="bf16",
@@ -108,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict on this grey image stack instead of <data_dir>/test-volume.tif: one multipage "
              "TIFF or a folder of PNG/TIFF slices, any size; masks go to "
              "<model_dir>/predictions/<name>-masks.tif")
-    add("--predict_strategy", choices=PREDICT_STRATEGIES, default="resize",
+    add("--predict_strategy", choices=PREDICT_STRATEGIES, default=None,
         help="resize: the recipe's (slice resized to 388x388, prediction resized back); tile: the UNet "
              "paper's overlap-tile (mirror-padded 572x572 tiles, stitched at full resolution); "
-             "used by predict and by the challenge metrics of evaluate")
+             "used by predict and by the full-resolution metrics of evaluate [default: --input_mode's]")
     add("--overlays", type=int, default=3, metavar="N",
         help="PNG pictures of the first N slices written by predict (predictions/overlays/) and "
              "evaluate (<log_dir>/overlays/); 0: none")
@@ -153,12 +174,34 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"({args.warmup_steps}) in benchmark mode")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
-    needs_data = args.exec_mode != "export" and not (args.exec_mode == "predict" and args.predict_input)
-    if args.data_dir is None and not args.synth_data and needs_data:
-        parser.error("--data_dir is required (or use --synth_data)")
-    if "evaluate" in args.exec_mode and args.fold is None and not args.synth_data:
-        parser.error(f"--exec_mode {args.exec_mode} needs --fold 0..{NUM_FOLDS - 1}: "
-                     "without a fold there are no validation slices")
+    _check_data(parser, args)
+
+
+def _check_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every stack the mode needs comes from a flag or from --data_dir."""
+    if not 2 <= args.num_classes <= MAX_CLASSES:
+        parser.error(f"--num_classes must be in 2..{MAX_CLASSES}, got {args.num_classes}")
+    args.predict_strategy = args.predict_strategy or args.input_mode
+    for images, labels in (("train_images", "train_labels"), ("val_images", "val_labels")):
+        if bool(getattr(args, images)) != bool(getattr(args, labels)):
+            parser.error(f"--{images} and --{labels} go together")
+    if args.predict_input and args.test_images:
+        parser.error("--predict_input and --test_images both name what predict segments; give one")
+    if args.val_images and args.fold is not None:
+        parser.error("--val_images is the validation set; --fold would choose another, give one of them")
+    if args.synth_data or args.exec_mode == "export":
+        return
+    mode, isbi = args.exec_mode, "--data_dir (the recipe's three files)"
+    if "train" in mode and not (args.train_images or args.data_dir):
+        parser.error(f"--exec_mode {mode} needs --train_images/--train_labels or {isbi} (or use --synth_data)")
+    if "evaluate" in mode and not args.val_images:
+        if args.fold is None:
+            parser.error(f"--exec_mode {mode} needs --fold 0..{NUM_FOLDS - 1} or --val_images/--val_labels: "
+                         "without them there are no validation slices")
+        if not (args.train_images or args.data_dir):
+            parser.error(f"--fold takes its validation slices from --train_images or {isbi}")
+    if "predict" in mode and not (args.predict_input or args.test_images or args.data_dir):
+        parser.error(f"--exec_mode {mode} needs --test_images, --predict_input or {isbi}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -2,12 +2,15 @@
 
 An export folder holds two forms of the same float32 weights:
 
-- ``unet2d.keras``: the Keras model (572x572x1 normalised input -> 388x388x2 logits);
-- ``saved_model/``: a TensorFlow SavedModel with two signatures,
+- ``unet2d.keras``: the Keras model (572x572x1 normalised input -> 388x388xK logits);
+- ``saved_model/``: a TensorFlow SavedModel with these signatures:
   ``serving_default`` (uint8 slices [count, height, width], any count and
-  size -> 0/255 ``masks`` and cell ``probabilities`` at the same size, by the
-  recipe's resize strategy) and ``cell_probabilities`` (normalised 572x572
-  tiles -> 388x388 P(cell)), which the overlap-tile strategy needs.
+  size -> ``masks`` at the same size by the recipe's resize strategy: 0/255
+  for two classes, class ids for more; and ``probabilities``, P(cell) for two
+  classes, [count, height, width, K] for more); ``class_probabilities``
+  (normalised 572x572 tiles -> 388x388xK), which the overlap-tile strategy
+  needs; and, for two-class models, ``cell_probabilities`` (tiles -> 388x388
+  P(cell)), as exports before K classes had it.
 
 ``load_probability_fn`` accepts either form and returns what
 ``runtime.inference`` predicts with.
@@ -34,8 +37,8 @@ TILE_SPEC = tf.TensorSpec([None, pre.INPUT_SIZE, pre.INPUT_SIZE, 1], tf.float32,
 SLICES_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="slices")
 
 
-def cell_probability(logits: tf.Tensor) -> tf.Tensor:
-    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1]
+def class_probabilities(logits: tf.Tensor) -> tf.Tensor:
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
 
 class ServingModule(tf.Module):
@@ -44,19 +47,33 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model) -> None:
         super().__init__(name="unet2d")
         self.model = model
+        self.num_classes = int(model.output_shape[-1])
+
+    @tf.function(input_signature=[TILE_SPEC])
+    def class_probabilities(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": class_probabilities(self.model(inputs, training=False))}
 
     @tf.function(input_signature=[TILE_SPEC])
     def cell_probabilities(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probabilities": cell_probability(self.model(inputs, training=False))}
+        return {"probabilities": self.class_probabilities(inputs)["probabilities"][..., 1]}
 
     @tf.function(input_signature=[SLICES_SPEC])
     def segment(self, slices: tf.Tensor) -> dict[str, tf.Tensor]:
         size = tf.shape(slices)[1:3]
         inputs = pre.normalize_image(slices)  # works on a batch as on one slice
-        probabilities = self.cell_probabilities(inputs)["probabilities"][..., tf.newaxis]
-        probabilities = tf.image.resize(probabilities, size, method="bilinear")[..., 0]
-        masks = tf.where(probabilities >= 0.5, tf.constant(255, tf.uint8), tf.constant(0, tf.uint8))
-        return {"masks": masks, "probabilities": probabilities}
+        probabilities = tf.image.resize(self.class_probabilities(inputs)["probabilities"], size, method="bilinear")
+        if self.num_classes == 2:
+            cell = probabilities[..., 1]
+            masks = tf.where(cell >= 0.5, tf.constant(255, tf.uint8), tf.constant(0, tf.uint8))
+            return {"masks": masks, "probabilities": cell}
+        strongest = self.num_classes - 1 - tf.argmax(tf.reverse(probabilities, axis=[-1]), axis=-1)
+        return {"masks": tf.cast(strongest, tf.uint8), "probabilities": probabilities}
+
+    def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
+        signatures = {"serving_default": self.segment, "class_probabilities": self.class_probabilities}
+        if self.num_classes == 2:
+            signatures["cell_probabilities"] = self.cell_probabilities
+        return signatures
 
 
 def _replace_dir(staged: Path, target: Path) -> None:
@@ -78,8 +95,7 @@ def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
     try:
         model.save(staging / KERAS_FILE)
         module = ServingModule(model)
-        tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures={
-            "serving_default": module.segment, "cell_probabilities": module.cell_probabilities})
+        tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures=module.signatures())
         os.replace(staging / KERAS_FILE, folder / KERAS_FILE)
         _replace_dir(staging / SAVED_MODEL_DIR, folder / SAVED_MODEL_DIR)
     finally:
@@ -88,17 +104,29 @@ def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
 
 
 def load_probability_fn(path: Path) -> ProbabilityFn:
-    """Normalised 572x572 tiles -> P(cell), from a .keras file, a SavedModel or an export folder."""
+    """Normalised 572x572 tiles -> class probabilities, from a .keras file, a SavedModel or an export folder.
+
+    SavedModels exported before K classes have only ``cell_probabilities``;
+    their P(cell) is taken as the two-class probabilities [1 - P, P].
+    """
     path = Path(path)
     if path.is_dir() and (path / KERAS_FILE).is_file() and not (path / "saved_model.pb").exists():
         path = path / KERAS_FILE  # an export folder: the Keras file is the quicker to load
     try:
         if path.is_file() and path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False)
-            return tf.function(lambda inputs: cell_probability(model(inputs, training=False)))
+            return tf.function(lambda inputs: class_probabilities(model(inputs, training=False)))
         if (path / "saved_model.pb").is_file():
-            signature = tf.saved_model.load(str(path)).signatures["cell_probabilities"]
-            return lambda inputs: signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
+            signatures = tf.saved_model.load(str(path)).signatures
+            if "class_probabilities" in signatures:
+                signature = signatures["class_probabilities"]
+                return lambda inputs: signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
+            signature = signatures["cell_probabilities"]
+
+            def two_classes(inputs: tf.Tensor) -> tf.Tensor:
+                cell = signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
+                return tf.stack([1.0 - cell, cell], axis=-1)
+            return two_classes
     except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
         raise UserInputError(f"cannot load the model {path}: {str(error).strip().splitlines()[0]}") from None
     raise UserInputError(f"not an exported model: {path} (expected a .keras file, a SavedModel folder "

@@ -1,30 +1,35 @@
-"""From grey slices of any size to full-resolution cell probabilities, by two strategies.
+"""From grey slices of any size to full-resolution class ids, by two strategies.
 
 ``resize`` is the recipe's: each slice is resized to the network's 388x388
-output size, zero-padded to its 572x572 input, and the prediction resized
-back. ``tile`` is the overlap-tile strategy of the UNet paper: the slice is
-mirror-padded by the 92-pixel context the valid convolutions consume, cut
-into 572x572 tiles whose 388x388 centres cover it, and the centres are
-stitched at full resolution, with no resizing of the image at all.
+output size, zero-padded to its 572x572 input, and the class probabilities
+resized back. ``tile`` is the overlap-tile strategy of the UNet paper: the
+slice is mirror-padded by the 92-pixel context the valid convolutions consume
+(data_loading/tiles.py, shared with tile training), cut into 572x572 tiles
+whose 388x388 centres cover it, and the centres are stitched at full
+resolution, with no resizing of the image at all.
 
-Both take a ``ProbabilityFn``: normalised 572x572x1 inputs -> 388x388 cell
+Both take a ``ProbabilityFn``: normalised 572x572x1 inputs -> 388x388xK class
 probabilities, which is all they need of a model (a trained Runner, or an
-exported model loaded without the training flags).
+exported model loaded without the training flags). Slices are processed a
+few at a time, so a large stack never holds more than a batch of float
+probability maps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from data_loading import preprocessing as pre
+from data_loading.tiles import CONTEXT, mirror_pad
 
-ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388] P(cell)
-CONTEXT = (pre.INPUT_SIZE - pre.OUTPUT_SIZE) // 2  # 92 pixels on each side
+ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")
+__all__ = ["CONTEXT", "STRATEGIES", "ProbabilityFn", "class_ids", "mask_values", "predict_class_ids",
+           "predict_probabilities", "tile_grid"]
 
 
 def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -32,14 +37,15 @@ def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
         yield np.stack(items[start:start + batch_size])
 
 
-def predict_resized(probabilities: ProbabilityFn, slices: np.ndarray, batch_size: int) -> np.ndarray:
-    height, width = slices.shape[1:]
-    outputs = []
-    for batch in _batches(list(slices), batch_size):
-        inputs = pre.normalize_image(batch)  # works on a batch as on one slice
-        predicted = probabilities(inputs)[..., tf.newaxis]
-        outputs.append(tf.image.resize(predicted, (height, width), method="bilinear")[..., 0].numpy())
-    return np.concatenate(outputs)
+def _outputs(probabilities: ProbabilityFn, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(probabilities(tf.constant(batch))) for batch in _batches(inputs, batch_size)])
+
+
+def _resized(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    inputs = [pre.normalize_image(image).numpy() for image in slices]
+    outputs = _outputs(probabilities, inputs, batch_size)
+    return [tf.image.resize(output, image.shape, method="bilinear").numpy()
+            for image, output in zip(slices, outputs, strict=True)]
 
 
 def tile_grid(height: int, width: int) -> tuple[int, int]:
@@ -48,34 +54,54 @@ def tile_grid(height: int, width: int) -> tuple[int, int]:
 
 
 def _tiles(image: np.ndarray) -> list[np.ndarray]:
-    """572x572 mirror-padded input tiles of one normalised slice, row by row."""
-    height, width = image.shape
-    rows, cols = tile_grid(height, width)
+    """572x572x1 mirror-padded, normalised input tiles of one uint8 slice, row by row."""
+    rows, cols = tile_grid(*image.shape)
     size, step = pre.INPUT_SIZE, pre.OUTPUT_SIZE
-    padding = ((CONTEXT, CONTEXT + rows * step - height), (CONTEXT, CONTEXT + cols * step - width))
-    padded = np.pad(image, padding, mode="reflect")  # numpy reflects repeatedly for pads wider than the slice
+    padded = pre.scale_intensity(mirror_pad(image, rows * step, cols * step)).numpy()
     return [padded[r * step:r * step + size, c * step:c * step + size, np.newaxis]
             for r in range(rows) for c in range(cols)]
 
 
-def predict_tiled(probabilities: ProbabilityFn, slices: np.ndarray, batch_size: int) -> np.ndarray:
-    count, height, width = slices.shape
-    rows, cols = tile_grid(height, width)
-    tiles = [tile for image in slices for tile in _tiles(pre.scale_intensity(image).numpy())]
-    centres = np.concatenate([probabilities(tf.constant(batch)).numpy() for batch in _batches(tiles, batch_size)])
-    step = pre.OUTPUT_SIZE
-    stitched = centres.reshape(count, rows, cols, step, step).transpose(0, 1, 3, 2, 4)
-    return stitched.reshape(count, rows * step, cols * step)[:, :height, :width]
+def _tiled(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    tiles = [_tiles(image) for image in slices]
+    outputs = iter(_outputs(probabilities, [tile for image_tiles in tiles for tile in image_tiles], batch_size))
+    step, stitched = pre.OUTPUT_SIZE, []
+    for image in slices:
+        rows, cols = tile_grid(*image.shape)
+        centres = np.stack([next(outputs) for _ in range(rows * cols)])
+        classes = centres.shape[-1]
+        whole = centres.reshape(rows, cols, step, step, classes).transpose(0, 2, 1, 3, 4)
+        stitched.append(whole.reshape(rows * step, cols * step, classes)[:image.shape[0], :image.shape[1]])
+    return stitched
 
 
-def predict_probabilities(probabilities: ProbabilityFn, slices: np.ndarray, batch_size: int,
-                          strategy: str = "resize") -> np.ndarray:
-    """P(cell) for every pixel of a uint8 (slices, height, width) stack."""
+def predict_probabilities(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+                          strategy: str = "resize") -> list[np.ndarray]:
+    """Class probabilities (height x width x K) for every pixel of each uint8 slice."""
     if strategy == "tile":
-        return predict_tiled(probabilities, slices, batch_size)
-    return predict_resized(probabilities, slices, batch_size)
+        return _tiled(probabilities, slices, batch_size)
+    return _resized(probabilities, slices, batch_size)
 
 
-def to_masks(probabilities: np.ndarray) -> np.ndarray:
-    """0 = membrane, 255 = cell: thresholded after any resizing, so strictly binary."""
-    return np.where(probabilities >= 0.5, 255, 0).astype(np.uint8)
+def class_ids(probabilities: np.ndarray) -> np.ndarray:
+    """Each pixel's class: for two classes the recipe's P(cell) >= 0.5, for more the most probable
+    (ties to the higher id, as the threshold gives them to cell). Taken after any resizing, so exact ids."""
+    classes = probabilities.shape[-1]
+    if classes == 2:
+        return (probabilities[..., 1] >= 0.5).astype(np.uint8)
+    return (classes - 1 - np.argmax(probabilities[..., ::-1], axis=-1)).astype(np.uint8)
+
+
+def predict_class_ids(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+                      strategy: str = "resize") -> list[np.ndarray]:
+    """uint8 class ids at each slice's own size; ``batch_size`` slices at a time to bound memory."""
+    ids = []
+    for start in range(0, len(slices), batch_size):
+        chunk = slices[start:start + batch_size]
+        ids.extend(class_ids(p) for p in predict_probabilities(probabilities, chunk, batch_size, strategy))
+    return ids
+
+
+def mask_values(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """What a masks file holds: the recipe's 0 = membrane / 255 = cell for two classes, class ids for more."""
+    return (ids * np.uint8(255)).astype(np.uint8) if num_classes == 2 else ids.astype(np.uint8)

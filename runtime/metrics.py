@@ -8,6 +8,11 @@ membrane pixels inside a true cell count as one extra region of the
 prediction, so thick or spurious predicted membranes lower both scores.
 1.0 is a perfect segmentation.
 
+Masks here are class ids (0 = membrane). With more than two classes, every
+class but 0 is inside a cell (interior, mitochondria, ...), so the cell
+regions are the connected components of the non-membrane pixels; for two
+classes that is the recipe's cell class. ``class_dice`` scores every class.
+
 The contingency table and the Rand F-score come from scikit-image
 (``skimage.metrics``); V_Info, the F-score of the information-theoretic split
 and merge scores I(S;T)/H(S) and I(S;T)/H(T), is computed from the same table.
@@ -15,16 +20,18 @@ and merge scores I(S;T)/H(S) and I(S;T)/H(T), is computed from the same table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from skimage.measure import label as connected_components
 from skimage.metrics import adapted_rand_error, contingency_table
 
-CELL = 255
+MEMBRANE = 0
 
 
 def cell_regions(mask: np.ndarray) -> np.ndarray:
-    """Label image of a 0/255 mask: 0 on membranes, 1..n on the 4-connected cell regions."""
-    return connected_components(mask == CELL, connectivity=1, background=0)
+    """Label image of a class-id mask: 0 on membranes, 1..n on the 4-connected cell regions."""
+    return connected_components(mask != MEMBRANE, connectivity=1, background=0)
 
 
 def _entropy(probabilities: np.ndarray) -> float:
@@ -56,18 +63,36 @@ def v_rand(true_regions: np.ndarray, predicted_regions: np.ndarray) -> float:
     return 1.0 - float(error)
 
 
-def challenge_scores(true_masks: np.ndarray, predicted_masks: np.ndarray) -> dict[str, float]:
-    """V_Rand and V_Info per slice of two 0/255 stacks, averaged; plus the Dice of the cell masks."""
+def challenge_scores(true_masks: Sequence[np.ndarray], predicted_masks: Sequence[np.ndarray]) -> dict[str, float]:
+    """V_Rand and V_Info per slice of two class-id stacks, averaged; plus the Dice of the cell masks."""
     rand, info, dice = [], [], []
     for truth, prediction in zip(true_masks, predicted_masks, strict=True):
-        if not np.any(truth == CELL):
+        true_cell, predicted_cell = truth != MEMBRANE, prediction != MEMBRANE
+        if not np.any(true_cell):
             continue  # a slice without cells has no foreground to score
         true_regions, predicted_regions = cell_regions(truth), cell_regions(prediction)
         rand.append(v_rand(true_regions, predicted_regions))
         info.append(v_info(true_regions, predicted_regions))
-        both = np.count_nonzero((truth == CELL) & (prediction == CELL))
-        dice.append(2.0 * both / (np.count_nonzero(truth == CELL) + np.count_nonzero(prediction == CELL)))
+        dice.append(2.0 * np.count_nonzero(true_cell & predicted_cell)
+                    / (np.count_nonzero(true_cell) + np.count_nonzero(predicted_cell)))
     if not rand:
         return {}
     return {"eval_v_rand": float(np.mean(rand)), "eval_v_info": float(np.mean(info)),
             "eval_mask_dice": float(np.mean(dice))}
+
+
+def class_dice(true_masks: Sequence[np.ndarray], predicted_masks: Sequence[np.ndarray],
+               num_classes: int) -> dict[str, float]:
+    """Dice of each class's pixels over all slices together, as ``eval_dice_class_<k>``.
+
+    Pooled over the slices rather than averaged per slice, so that a class
+    present in only a few slices (organelles) is not scored by its emptiest
+    slice. A class absent from both truth and prediction scores 1.
+    """
+    overlap, sizes = np.zeros(num_classes), np.zeros(num_classes)
+    for truth, prediction in zip(true_masks, predicted_masks, strict=True):
+        overlap += np.bincount(truth[truth == prediction].ravel(), minlength=num_classes)[:num_classes]
+        sizes += np.bincount(truth.ravel(), minlength=num_classes)[:num_classes]
+        sizes += np.bincount(prediction.ravel(), minlength=num_classes)[:num_classes]
+    scores = np.where(sizes > 0, 2.0 * overlap / np.maximum(sizes, 1), 1.0)
+    return {f"eval_dice_class_{k}": float(scores[k]) for k in range(num_classes)}

@@ -1,4 +1,10 @@
-"""PNG pictures of a segmentation: the EM slice with predicted and true membranes drawn over it."""
+"""PNG pictures of a segmentation.
+
+Two classes (the recipe's): the EM slice with predicted and true membranes
+drawn over it in one picture. More classes: the slice tinted by predicted
+class, and beside it, when the labels are known, tinted by true class.
+Masks are class ids (0 = membrane).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ PREDICTED = np.array([255, 40, 40], np.float32)  # red: membranes the model pred
 TRUE = np.array([40, 220, 40], np.float32)  # green: membranes of the label
 BOTH = np.array([255, 220, 0], np.float32)  # yellow: predicted and true
 OPACITY = 0.55
+CLASS_COLOURS = np.array([[255, 40, 40], [40, 220, 40], [40, 90, 255], [255, 220, 0], [230, 40, 230],
+                          [0, 220, 220], [255, 140, 0], [150, 90, 40]], np.float32)  # cycled beyond 8 classes
+CLASS_OPACITY = 0.4
 
 
 def overlay(image: np.ndarray, predicted_mask: np.ndarray, true_mask: np.ndarray | None = None) -> np.ndarray:
@@ -29,14 +38,30 @@ def overlay(image: np.ndarray, predicted_mask: np.ndarray, true_mask: np.ndarray
     return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_overlays(folder: Path, names: list[str], images: np.ndarray, predicted_masks: np.ndarray,
-                   true_masks: np.ndarray | None = None, count: int = 3) -> list[Path]:
+def tinted(image: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """An RGB picture: grey slice, each pixel tinted by its class's colour."""
+    grey = np.repeat(image.astype(np.float32)[..., np.newaxis], 3, axis=-1)
+    colours = CLASS_COLOURS[class_ids.astype(np.int64) % len(CLASS_COLOURS)]
+    return np.clip((1 - CLASS_OPACITY) * grey + CLASS_OPACITY * colours + 0.5, 0, 255).astype(np.uint8)
+
+
+def class_overlay(image: np.ndarray, predicted_ids: np.ndarray, true_ids: np.ndarray | None = None) -> np.ndarray:
+    """Predicted classes, and the true ones to their right when known, separated by a white gap."""
+    pictures = [tinted(image, predicted_ids)]
+    if true_ids is not None:
+        pictures += [np.full((image.shape[0], 8, 3), 255, np.uint8), tinted(image, true_ids)]
+    return np.concatenate(pictures, axis=1)
+
+
+def write_overlays(folder: Path, names: list[str], images: list[np.ndarray], predicted_ids: list[np.ndarray],
+                   true_ids: list[np.ndarray] | None = None, count: int = 3, num_classes: int = 2) -> list[Path]:
     """The first ``count`` slices as <folder>/<name>.png, each written atomically."""
+    draw = overlay if num_classes == 2 else class_overlay
     written = []
     for index in range(min(count, len(images))):
-        truth = None if true_masks is None else true_masks[index]
+        truth = None if true_ids is None else true_ids[index]
         path = Path(folder) / f"{names[index]}.png"
         with atomic_output(path) as temporary:
-            Image.fromarray(overlay(images[index], predicted_masks[index], truth)).save(temporary, format="PNG")
+            Image.fromarray(draw(images[index], predicted_ids[index], truth)).save(temporary, format="PNG")
         written.append(path)
     return written

@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,9 @@ from runtime.compat import keras, optimizer_variables, rng_state_variables
 from runtime.distribution import Workers
 from runtime.dllog import Logger
 from runtime.errors import TrainingDiverged, UserInputError
-from runtime.export import cell_probability, export_model
+from runtime.export import class_probabilities, export_model
 from runtime.losses import partial_losses, weight_decay
-from runtime.metrics import challenge_scores
+from runtime.metrics import challenge_scores, class_dice
 from runtime.optimizer import FusedAdam
 from runtime.overlays import write_overlays
 from runtime.progress import ProgressBar
@@ -41,7 +41,7 @@ class RunContext:
     dataset: object  # data_loading.data_loader.Dataset or SyntheticDataset
     checkpoint_dir: Path | None
     tensorboard: TensorBoardWriters | None = None
-    prediction_input: PredictionInput | None = None
+    prediction_inputs: list[PredictionInput] = field(default_factory=list)
 
 
 class Runner:
@@ -80,14 +80,12 @@ class Runner:
         return partial_losses(self.model(images, training=False), labels)
 
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
-        return cell_probability(self.model(images, training=False))
+        return class_probabilities(self.model(images, training=False))
 
-    def _full_resolution_masks(self, slices: np.ndarray) -> np.ndarray:
-        if len(slices) == 0:  # a worker of a job with more workers than slices
-            return np.zeros(slices.shape, np.uint8)
-        probabilities = inference.predict_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
-                                                        self.ctx.args.predict_strategy)
-        return inference.to_masks(probabilities)
+    def _full_resolution_ids(self, slices: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Each slice's class ids at its own size, by --predict_strategy."""
+        return inference.predict_class_ids(self._predict_step, slices, self.ctx.args.batch_size,
+                                           self.ctx.args.predict_strategy)
 
     # Training ---------------------------------------------------------------
 
@@ -240,39 +238,51 @@ class Runner:
         return data
 
     def _challenge_scores(self, step: int) -> dict[str, float]:
-        """V_Rand, V_Info and mask Dice at the labels' full resolution; pictures of the first slices."""
+        """V_Rand, V_Info, mask Dice and each class's Dice at the labels' full resolution; pictures."""
         validation = getattr(self.ctx.dataset, "validation_slices", None)
         if validation is None:  # synthetic data has no cell regions to score
             return {}
+        args = self.ctx.args
         images, labels = validation()
-        masks = self._full_resolution_masks(images)
-        if self.ctx.args.overlays:
+        predicted = self._full_resolution_ids(images)
+        if args.overlays:
             names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
-            write_overlays(worker_log_dir(self.ctx.args, self.ctx.workers) / "overlays", names, images, masks,
-                           labels, self.ctx.args.overlays)
-        return challenge_scores(labels, masks)
+            write_overlays(worker_log_dir(args, self.ctx.workers) / "overlays", names, images, predicted,
+                           labels, args.overlays, args.num_classes)
+        return {**challenge_scores(labels, predicted), **class_dice(labels, predicted, args.num_classes)}
 
-    def predict(self) -> Path | None:
-        """Masks (0 = membrane, 255 = cell) of the test volume or --predict_input, under <model_dir>/predictions."""
+    def predict(self) -> list[Path]:
+        """Masks of each test stack (0/255 for two classes, class ids for more), under <model_dir>/predictions."""
         ctx, args = self.ctx, self.ctx.args
         if args.benchmark:
             if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir or Path(args.model_dir)):
                 self._ensure_weights()
-            return self._benchmark_predict()
+            self._benchmark_predict()
+            return []
         self._ensure_weights()
-        source, workers = ctx.prediction_input, ctx.workers
+        return [path for source in ctx.prediction_inputs if (path := self._predict_stack(source)) is not None]
+
+    def _predict_stack(self, source: PredictionInput) -> Path | None:
+        """One stack: every worker segments its share of the slices, the chief writes the masks."""
+        args, workers, classes = self.ctx.args, self.ctx.workers, self.ctx.args.num_classes
         mine = np.arange(workers.rank, len(source.slices), workers.size)  # every size-th slice is this worker's
-        masks = workers.gather_slices(self._full_resolution_masks(source.slices[mine]), mine, source.slices.shape)
+        ids = self._full_resolution_ids(source.slices[mine])
+        ids = np.stack(ids) if ids else np.zeros((0, *source.slices.shape[1:]), np.uint8)
+        ids = workers.gather_slices(ids, mine, source.slices.shape)
         if not workers.is_chief:
             return None
         path = Path(args.model_dir) / source.masks_file
         try:
-            write_stack_atomically(path, masks)
-            write_overlays(path.parent / "overlays", source.names, source.slices, masks, count=args.overlays)
+            write_stack_atomically(path, inference.mask_values(ids, classes))
+            write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=args.overlays,
+                           num_classes=classes)
         except OSError as error:
             raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
-        ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(masks), "strategy": args.predict_strategy,
-                                   "cell_fraction": float(np.mean(masks == 255))})
+        fractions = np.bincount(ids.ravel(), minlength=classes)[:classes] / ids.size
+        summary = ({"cell_fraction": float(fractions[1])} if classes == 2
+                   else {"class_fractions": [round(float(f), 6) for f in fractions]})
+        self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(ids),
+                                        "strategy": args.predict_strategy, **summary})
         return path
 
     def export(self) -> None:

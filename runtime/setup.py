@@ -9,9 +9,19 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
-from data_loading.image_stack import PredictionInput, read_image_stack
+from data_loading.data_loader import (
+    TEST_IMAGES,
+    Dataset,
+    DataSources,
+    StreamOptions,
+    SyntheticDataset,
+    isbi_test,
+    isbi_train,
+)
+from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input
+from data_loading.memory import check_fits
+from data_loading.volumes import plan_pairs, plan_stacks
 from runtime import compat
 from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
 from runtime.device import Device
@@ -130,26 +140,51 @@ def saves_checkpoints(args: argparse.Namespace, workers: Workers) -> bool:
     return not (args.benchmark or args.disable_ckpt_saving) and logs_here(args, workers)
 
 
+def plan_data(args: argparse.Namespace) -> DataSources:
+    """The stacks this mode reads, from their flags or --data_dir, checked from their headers."""
+    mode = args.exec_mode
+    need_train = "train" in mode or ("evaluate" in mode and not args.val_images)
+    sources = DataSources()
+    if need_train:
+        sources.train.extend(plan_pairs(args.train_images, args.train_labels, "--train_images", "--train_labels")
+                             if args.train_images else isbi_train(args.data_dir))
+    if args.val_images and ("train" in mode or "evaluate" in mode):
+        sources.val.extend(plan_pairs(args.val_images, args.val_labels, "--val_images", "--val_labels"))
+    if "predict" in mode:
+        if args.predict_input:
+            sources.test.extend(plan_stacks([args.predict_input], "--predict_input"))
+        else:
+            sources.test.extend(plan_stacks(args.test_images, "--test_images") if args.test_images
+                                else isbi_test(args.data_dir))
+    return sources
+
+
 def load_dataset(args: argparse.Namespace, options: StreamOptions) -> Dataset | SyntheticDataset | None:
-    """The stacks this mode needs, read and checked up front (None for export, which needs none)."""
+    """The stacks this mode needs, checked and read up front (None for export, which needs none).
+
+    All of them are planned from their headers first, and refused if they
+    would not fit in memory, before the first pixel is read.
+    """
     if args.exec_mode == "export":
         return None
     if args.synth_data:
-        return SyntheticDataset(options)
-    mode = args.exec_mode
-    if mode == "predict" and args.predict_input:
-        return None
-    return Dataset(args.data_dir, options, args.fold, args.fold_scheme,
-                   need_train="train" in mode or "evaluate" in mode,
-                   need_test="predict" in mode and not args.predict_input)
+        return SyntheticDataset(options, args.num_classes)
+    sources = plan_data(args)
+    check_fits(sources.memory_needed(args.input_mode, args.num_classes), "the image and label stacks")
+    return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes)
 
 
-def load_prediction_input(args: argparse.Namespace, dataset: Dataset | SyntheticDataset | None) -> PredictionInput:
-    """What predict segments: --predict_input if given, else the test volume; read before any training."""
-    if args.predict_input:
-        slices, names = read_image_stack(Path(args.predict_input), "--predict_input")
-        stem = Path(args.predict_input).stem or "input"
-        return PredictionInput(slices, names, Path("predictions") / f"{stem}-masks.tif")
-    slices = dataset.test_images
-    return PredictionInput(slices, [f"test_{index:03d}" for index in range(len(slices))],
-                           Path("predictions") / "test-masks.tif")
+def load_prediction_inputs(args: argparse.Namespace, dataset: Dataset | SyntheticDataset) -> list[PredictionInput]:
+    """What predict segments, one entry per stack, each with the masks file it writes."""
+    inputs, files = [], set()
+    for volume in dataset.test_volumes:
+        if volume.source.name == TEST_IMAGES and not (args.test_images or args.predict_input):  # the recipe's names
+            names, masks_file = [f"test_{i:03d}" for i in range(len(volume.images))], "test-masks.tif"
+        else:
+            names, masks_file = volume.names, f"{volume.source.stem or 'input'}-masks.tif"
+        if masks_file in files:
+            raise UserInputError(f"two test stacks are named {volume.source.stem}; their masks would overwrite "
+                                 "each other in <model_dir>/predictions (rename one)")
+        files.add(masks_file)
+        inputs.append(PredictionInput(volume.images, names, Path("predictions") / masks_file))
+    return inputs

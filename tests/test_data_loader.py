@@ -11,7 +11,7 @@ from runtime.errors import UserInputError
 
 
 def test_streams_on_real_data(isbi_dir):
-    data = Dataset(isbi_dir, StreamOptions(batch_size=2, seed=123), fold=0)
+    data = Dataset.isbi(isbi_dir, StreamOptions(batch_size=2, seed=123), fold=0)
     assert (data.train_size, data.eval_size, data.test_size) == (24, 6, 30)
     images, labels = next(iter(data.train_fn()))
     assert images.shape == (2, 572, 572, 1) and labels.shape == (2, 388, 388, 2)
@@ -20,12 +20,12 @@ def test_streams_on_real_data(isbi_dir):
     assert [int(b[0].shape[0]) for b in eval_batches] == [2, 2, 2]
     test_batches = list(data.test_fn(count=1))
     assert sum(int(b.shape[0]) for b in test_batches) == 30
-    assert data.test_images.shape[1:] == (512, 512)
+    assert [volume.images.shape[1:] for volume in data.test_volumes] == [(512, 512)]
 
 
 def test_training_stream_is_reproducible(isbi_dir):
     def first_batches(seed):
-        data = Dataset(isbi_dir, StreamOptions(batch_size=1, seed=seed), fold=1, need_test=False)
+        data = Dataset.isbi(isbi_dir, StreamOptions(batch_size=1, seed=seed), fold=1, need_test=False)
         return [b[0].numpy() for b in data.train_fn().take(3)]
     a, b, c = first_batches(7), first_batches(7), first_batches(8)
     for x, y in zip(a, b):
@@ -35,8 +35,8 @@ def test_training_stream_is_reproducible(isbi_dir):
 
 def test_workers_get_disjoint_shards(isbi_dir):
     def slices_seen(rank):
-        data = Dataset(isbi_dir, StreamOptions(batch_size=1, seed=3, augment=False, rank=rank, num_workers=2),
-                       fold=None, need_test=False)
+        data = Dataset.isbi(isbi_dir, StreamOptions(batch_size=1, seed=3, augment=False, rank=rank, num_workers=2),
+                            fold=None, need_test=False)
         return {float(np.sum(b[0].numpy())) for b in data.train_fn().take(60)}
     first, second = slices_seen(0), slices_seen(1)
     assert len(first) == 15 and len(second) == 15 and not first & second
@@ -58,15 +58,15 @@ def test_synthetic_streams():
 def test_bad_stacks_are_named(isbi_copy, name, stack, message):
     tifffile.imwrite(isbi_copy / name, stack)
     with pytest.raises(UserInputError, match=message):
-        Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
+        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
 
 
 def test_missing_and_garbage_files(isbi_copy, tmp_path):
     (isbi_copy / "test-volume.tif").unlink()
     with pytest.raises(UserInputError, match="data file not found: .*test-volume.tif"):
-        Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
+        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
     (isbi_copy / "train-volume.tif").write_bytes(b"II*\x00 not really a tiff")
     with pytest.raises(UserInputError, match="cannot read"):
-        Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
+        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
     with pytest.raises(UserInputError, match="data dir not found"):
-        Dataset(tmp_path / "nowhere", StreamOptions(batch_size=1, seed=0), fold=0)
+        Dataset.isbi(tmp_path / "nowhere", StreamOptions(batch_size=1, seed=0), fold=0)

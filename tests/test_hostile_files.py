@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from data_loading import tiff_io
-from data_loading.data_loader import TRAIN_LABELS, Dataset, StreamOptions, binary_labels
+from data_loading.data_loader import TRAIN_LABELS, Dataset, StreamOptions
 from data_loading.tiff_io import read_stack, write_stack_atomically
+from data_loading.volumes import class_ids
 from runtime.errors import UserInputError
 
 
@@ -72,23 +73,27 @@ def test_colour_and_16_bit_stacks(tmp_path, stack, message):
 
 
 def test_labels_must_be_two_valued_and_may_be_zero_one(isbi_copy):
-    notes: list[str] = []
-    np.testing.assert_array_equal(binary_labels(np.array([[0, 1]], np.uint8), notes), [[0, 255]])
-    assert notes == ["labels hold 0/1: read 1 as cell (255)"]
+    ids, note = class_ids(np.array([[[0, 1]]], np.uint8), Path("x.tif"), ["x_000"], 2)
+    np.testing.assert_array_equal(ids, [[[0, 1]]])
+    assert note == "x.tif: labels hold 0/1, read as class ids (1 = cell)"
+    ids, note = class_ids(np.array([[[0, 255]]], np.uint8), Path("x.tif"), ["x_000"], 2)
+    np.testing.assert_array_equal(ids, [[[0, 1]]])
+    assert note is None
     labels = tifffile.imread(isbi_copy / TRAIN_LABELS)
     tifffile.imwrite(isbi_copy / TRAIN_LABELS, (labels // 255).astype(np.uint8))
-    data = Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
+    data = Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
     assert "0/1" in data.describe_split()["notes"]
-    labels[0, 0, :3] = [7, 8, 9]
+    labels[4, 0, :3] = [7, 8, 9]
     tifffile.imwrite(isbi_copy / TRAIN_LABELS, labels)
-    with pytest.raises(UserInputError, match="must be two-valued .* 5 values"):
-        Dataset(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
+    with pytest.raises(UserInputError, match=r"label value 9 in slice 4 \(train-labels_004\) of .*train-labels.tif: "
+                                             "with --num_classes 2 labels must be two-valued"):
+        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
 
 
 def test_data_dir_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserInputError, match="not a folder"):
-        Dataset(tmp_path / "file", StreamOptions(batch_size=1, seed=0), fold=0)
+        Dataset.isbi(tmp_path / "file", StreamOptions(batch_size=1, seed=0), fold=0)
 
 
 def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
@@ -115,7 +120,8 @@ def _hostile(folder, case):
     elif case == "16-bit stack":
         tifffile.imwrite(volume, np.zeros((30, 64, 64), np.uint16))
     elif case == "labels not two-valued":
-        tifffile.imwrite(labels, np.arange(30 * 64 * 64, dtype=np.uint32).reshape(30, 64, 64).astype(np.uint8))
+        values = np.arange(30 * 512 * 512, dtype=np.uint32) % 7
+        tifffile.imwrite(labels, values.reshape(30, 512, 512).astype(np.uint8))
     elif case == "empty stack":
         volume.write_bytes(b"")
     elif case == "data dir is a file":

@@ -10,14 +10,23 @@ from PIL import Image
 
 from data_loading.image_stack import read_image_stack
 from runtime.errors import UserInputError
-from runtime.inference import CONTEXT, predict_resized, predict_tiled, tile_grid, to_masks
+from runtime.inference import CONTEXT, class_ids, mask_values, predict_class_ids, predict_probabilities, tile_grid
 
 OUT = 388
 
 
 def centre_as_probability(inputs: tf.Tensor) -> tf.Tensor:
-    """A stand-in network: the 388x388 centre of each input, mapped from [-1, 1] to [0, 1]."""
-    return (inputs[:, CONTEXT:CONTEXT + OUT, CONTEXT:CONTEXT + OUT, 0] + 1.0) / 2.0
+    """A stand-in two-class network: P(cell) is the 388x388 centre of each input, mapped from [-1, 1] to [0, 1]."""
+    cell = (inputs[:, CONTEXT:CONTEXT + OUT, CONTEXT:CONTEXT + OUT, 0] + 1.0) / 2.0
+    return tf.stack([1.0 - cell, cell], axis=-1)
+
+
+def predict_tiled(probabilities, slices, batch_size):
+    return np.stack(predict_probabilities(probabilities, slices, batch_size, "tile"))[..., 1]
+
+
+def predict_resized(probabilities, slices, batch_size):
+    return np.stack(predict_probabilities(probabilities, slices, batch_size, "resize"))[..., 1]
 
 
 def seen_tiles(record: list) -> callable:
@@ -61,8 +70,37 @@ def test_resize_strategy_returns_the_input_size():
     slices = np.full((3, 300, 450), 200, np.uint8)
     probabilities = predict_resized(centre_as_probability, slices, batch_size=2)
     assert probabilities.shape == (3, 300, 450)
-    masks = to_masks(probabilities)
+    masks = mask_values(class_ids(np.stack([1 - probabilities, probabilities], axis=-1)), 2)
     assert set(np.unique(masks)) <= {0, 255}
+
+
+def test_class_ids_threshold_two_classes_and_take_the_strongest_of_more():
+    two = np.array([[0.5, 0.5], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    np.testing.assert_array_equal(class_ids(two), [1, 0, 1])  # the recipe's P(cell) >= 0.5
+    three = np.array([[0.2, 0.5, 0.3], [0.4, 0.2, 0.4], [0.1, 0.1, 0.8]], np.float32)
+    np.testing.assert_array_equal(class_ids(three), [1, 2, 2])  # a tie goes to the higher id
+    np.testing.assert_array_equal(mask_values(np.array([0, 1], np.uint8), 2), [0, 255])
+    np.testing.assert_array_equal(mask_values(np.array([0, 2], np.uint8), 3), [0, 2])
+
+
+@pytest.mark.parametrize("strategy", ["resize", "tile"])
+def test_class_ids_of_slices_of_different_sizes_in_small_chunks(strategy):
+    """Three classes from grey bands; slices of two sizes mixed; each comes back at its own size."""
+    def bands(inputs):
+        centre = inputs[:, CONTEXT:CONTEXT + OUT, CONTEXT:CONTEXT + OUT, 0]
+        return tf.one_hot(tf.cast(tf.clip_by_value((centre + 1.0) * 1.5, 0, 2.999), tf.int32), 3)
+
+    rng = np.random.default_rng(2)
+    def striped(height, width):  # vertical bands 25 pixels wide, of three grey levels
+        levels = np.repeat(rng.choice([20, 128, 240], width // 25 + 1), 25)[:width].astype(np.uint8)
+        return np.repeat(levels[np.newaxis], height, axis=0)
+
+    slices = [striped(420, 600), striped(90, 150), striped(420, 600), striped(90, 150)]
+    ids = predict_class_ids(bands, slices, batch_size=1, strategy=strategy)
+    assert [i.shape for i in ids] == [s.shape for s in slices]
+    expected = [np.select([s < 64, s < 192], [0, 1], 2) for s in slices]
+    agreement = np.mean(np.concatenate([(i == e).ravel() for i, e in zip(ids, expected)]))
+    assert agreement == 1.0 if strategy == "tile" else agreement > 0.9
 
 
 def test_stack_from_a_folder_of_png_and_tiff_slices(tmp_path):

@@ -62,3 +62,40 @@ def test_weight_decay_is_half_sum_of_squares_without_batch_norm():
     norm = tf.Variable([100.0], name="batch_normalization/gamma")
     expected = 0.1 * (np.sum(np.arange(6) ** 2) + 1 + 4) / 2
     np.testing.assert_allclose(float(weight_decay([kernel, bias, norm], 0.1)), expected, rtol=1e-6)
+
+
+def test_k_class_losses_match_numpy():
+    for classes in (3, 5):
+        rng = np.random.default_rng(classes)
+        logits = rng.normal(0, 3, (2, 6, 5, classes)).astype(np.float32)
+        labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, (2, 6, 5))]
+        expected_ce, expected_dice = numpy_losses(logits, labels)
+        np.testing.assert_allclose(float(cross_entropy(logits, labels)), expected_ce, rtol=1e-5)
+        np.testing.assert_allclose(float(dice_loss(logits, labels)), expected_dice, rtol=1e-5)
+
+
+def recipe_label(label_0_255: np.ndarray) -> tf.Tensor:
+    """The recipe's own label path, written out: 0/255 -> [0, 1], resize, threshold, pad, one-hot, centre."""
+    label = tf.cast(label_0_255, tf.float32)[..., None] / 255.0
+    label = tf.image.resize(label, (388, 388), method="bilinear")
+    label = tf.where(label < 0.5, 0.0, 1.0)
+    label = tf.image.resize_with_crop_or_pad(label, 572, 572)
+    label = tf.one_hot(tf.cast(label[..., 0], tf.int32), 2)
+    label = tf.image.resize_with_crop_or_pad(label, 388, 388)
+    return tf.where(label < 0.5, 0.0, 1.0)
+
+
+def test_two_class_ids_give_the_recipes_labels_and_loss():
+    """--num_classes 2 from class ids is the recipe, label for label and loss for loss, on the same logits."""
+    from data_loading import preprocessing as pre
+
+    rng = np.random.default_rng(9)
+    blocks = np.kron(rng.integers(0, 2, (16, 16)), np.ones((32, 32))).astype(np.uint8)  # 512x512
+    noisy = np.where(rng.uniform(size=blocks.shape) < 0.05, 1 - blocks, blocks)
+    ours = pre.crop_label(pre.normalize_label(noisy, 2))
+    theirs = recipe_label(noisy * 255)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    logits = rng.normal(0, 2, (1, 388, 388, 2)).astype(np.float32)
+    for ours_loss, recipe_loss in zip((cross_entropy(logits, ours[None]), dice_loss(logits, ours[None])),
+                                      (cross_entropy(logits, theirs[None]), dice_loss(logits, theirs[None]))):
+        assert float(ours_loss) == float(recipe_loss)

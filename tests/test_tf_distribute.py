@@ -67,7 +67,7 @@ def reference(data_dir: Path, replicas: int):
     model = build_unet(123, matmul_filter_gradient=True)
     optimizer = FusedAdam(learning_rate=1e-4)
     optimizer.build(model.trainable_variables)
-    data = Dataset(data_dir, StreamOptions(batch_size=1, seed=123, augment=False, num_workers=replicas), fold=0,
+    data = Dataset.isbi(data_dir, StreamOptions(batch_size=1, seed=123, augment=False, num_workers=replicas), fold=0,
                    need_test=False)
     streams = [iter(data.train_fn(shard=shard)) for shard in range(replicas)]
     rng = compat.rng_state_variables(model)

@@ -1,0 +1,106 @@
+"""Full-resolution tiles: the geometry ``--input_mode tile`` trains and evaluates with.
+
+The UNet's valid convolutions turn a 572x572 input into the 388x388 centre,
+so every 388x388 piece of a slice needs 92 pixels of context on each side.
+At the slice's border that context is the slice's mirror image, as in the
+overlap-tile strategy of the UNet paper and ``--predict_strategy tile``;
+slices smaller than 388 in a dimension are mirrored out to 388 first. One
+padding function serves training, evaluation and prediction, so a model
+sees the same borders in all three.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from data_loading.preprocessing import INPUT_SIZE, OUTPUT_SIZE
+
+CONTEXT = (INPUT_SIZE - OUTPUT_SIZE) // 2  # 92 pixels on each side
+
+
+def mirror_pad(image: np.ndarray, height: int, width: int, context: int = CONTEXT) -> np.ndarray:
+    """``image`` (h x w) mirrored out to (height + 2 context) x (width + 2 context), the slice at (context, context).
+
+    NumPy's ``reflect`` mode mirrors without repeating the edge pixel, and
+    reflects again where a pad is wider than the slice.
+    """
+    rows, cols = image.shape[:2]
+    padding = ((context, context + height - rows), (context, context + width - cols))
+    return np.pad(image, padding, mode="reflect")
+
+
+def covered_size(image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The area tiles are cut from: the slice, mirrored out to at least 388 in each dimension."""
+    return max(image_shape[0], OUTPUT_SIZE), max(image_shape[1], OUTPUT_SIZE)
+
+
+def tile_offsets(length: int) -> list[int]:
+    """Starts of 388-long windows that cover ``length`` (>= 388): every 388, the last one flush with the end.
+
+    Evaluation cuts its tiles here, so every labelled pixel it scores is a
+    real one (the last window overlaps the one before it instead of running
+    into the mirror).
+    """
+    starts = list(range(0, length - OUTPUT_SIZE + 1, OUTPUT_SIZE))
+    if starts[-1] != length - OUTPUT_SIZE:
+        starts.append(length - OUTPUT_SIZE)
+    return starts
+
+
+def evaluation_tiles(image: np.ndarray, label: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """572x572 image tiles of one slice and the 388x388 label centres they predict, pixel for pixel."""
+    height, width = covered_size(image.shape)
+    padded_image = mirror_pad(image, height, width)
+    padded_label = mirror_pad(label, height, width, context=0)
+    images, labels = [], []
+    for top in tile_offsets(height):
+        for left in tile_offsets(width):
+            images.append(padded_image[top:top + INPUT_SIZE, left:left + INPUT_SIZE])
+            labels.append(padded_label[top:top + OUTPUT_SIZE, left:left + OUTPUT_SIZE])
+    return images, labels
+
+
+class TileSampler:
+    """Random 572x572 crops of mirror-padded training slices, with their labels at the same place.
+
+    The padded slices (uint8 images and class ids) are laid into one canvas
+    each, zero beyond a slice's own extent, so slices of different sizes share
+    one tensor; ``sizes`` keeps each one's covered size so no crop reaches the
+    zeros.
+    """
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]) -> None:
+        covered = [covered_size(image.shape) for image in images]
+        canvas_height = max(height for height, _ in covered) + 2 * CONTEXT
+        canvas_width = max(width for _, width in covered) + 2 * CONTEXT
+        image_canvas = np.zeros((len(images), canvas_height, canvas_width), np.uint8)
+        label_canvas = np.zeros_like(image_canvas)
+        for index, (image, label, (height, width)) in enumerate(zip(images, labels, covered, strict=True)):
+            image_canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(image, height, width)
+            label_canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(label, height, width)
+        self.images = tf.constant(image_canvas)
+        self.labels = tf.constant(label_canvas)
+        self.sizes = tf.constant(covered, tf.int32)
+
+    @staticmethod
+    def canvas_bytes(shapes: list[tuple[int, int]]) -> int:
+        """Memory the two canvases of slices of these shapes take."""
+        if not shapes:
+            return 0
+        covered = [covered_size(shape) for shape in shapes]
+        height = max(h for h, _ in covered) + 2 * CONTEXT
+        width = max(w for _, w in covered) + 2 * CONTEXT
+        return 2 * len(shapes) * height * width
+
+    def offset(self, chosen: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """Top-left corner [y, x] of the 388x388 window, uniform over the covered area of slice ``chosen``."""
+        limits = self.sizes[chosen] - OUTPUT_SIZE + 1
+        draws = tf.random.stateless_uniform([2], seed, minval=0, maxval=2**31 - 1, dtype=tf.int32)
+        return draws % limits
+
+    def crop(self, chosen: tf.Tensor, corner: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """uint8 572x572 image and label crops whose centres are the window at ``corner``."""
+        begin = tf.stack([chosen, corner[0], corner[1]])
+        size = [1, INPUT_SIZE, INPUT_SIZE]
+        return tf.slice(self.images, begin, size)[0], tf.slice(self.labels, begin, size)[0]
