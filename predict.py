@@ -5,8 +5,9 @@
 
 MODEL is what ``unet2d.py --exec_mode export`` wrote: the export folder, its
 ``unet2d.keras`` or its ``saved_model/``. INPUT is one multipage grey TIFF or a
-folder of PNG/TIFF slices, of any size. The masks (0 = membrane, 255 = cell)
-are written as one multipage TIFF at the input's size.
+folder of PNG/TIFF slices, of any size. The masks (0 = membrane, 255 = cell
+for a two-class model; class ids for more) are written as one multipage TIFF
+at the input's size.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from runtime.arguments import PREDICT_STRATEGIES, OneLineErrorParser
 from runtime.errors import UserInputError, exit_status
@@ -44,18 +47,20 @@ def run(argv: list[str] | None = None) -> Path:
     from data_loading.image_stack import read_image_stack
     from data_loading.tiff_io import write_stack_atomically
     from runtime.export import load_probability_fn
-    from runtime.inference import predict_probabilities, to_masks
+    from runtime.inference import mask_values, predict_class_ids
     from runtime.overlays import write_overlays
 
     source = Path(args.input)
     slices, names = read_image_stack(source)
-    probability_fn = load_probability_fn(Path(args.model))
-    masks = to_masks(predict_probabilities(probability_fn, slices, args.batch_size, args.strategy))
+    probability_fn, num_classes = load_probability_fn(Path(args.model))
+    ids = np.stack(predict_class_ids(probability_fn, slices, args.batch_size, args.strategy))
+    masks = mask_values(ids, num_classes)
     output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
     try:
         write_stack_atomically(output, masks)
         if args.overlays:
-            write_overlays(output.parent / f"{output.stem}-overlays", names, slices, masks, count=args.overlays)
+            write_overlays(output.parent / f"{output.stem}-overlays", names, slices, ids, count=args.overlays,
+                           num_classes=num_classes)
     except OSError as error:
         raise UserInputError(f"cannot write {output}: {error.strerror or error}") from None
     print(f"predict.py: wrote {len(masks)} masks of {masks.shape[1]}x{masks.shape[2]} to {output}")

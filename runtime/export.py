@@ -103,8 +103,9 @@ def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
     return folder / KERAS_FILE, folder / SAVED_MODEL_DIR
 
 
-def load_probability_fn(path: Path) -> ProbabilityFn:
-    """Normalised 572x572 tiles -> class probabilities, from a .keras file, a SavedModel or an export folder.
+def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
+    """Normalised 572x572 tiles -> class probabilities, and the number of classes, from a .keras file, a
+    SavedModel or an export folder.
 
     SavedModels exported before K classes have only ``cell_probabilities``;
     their P(cell) is taken as the two-class probabilities [1 - P, P].
@@ -115,19 +116,24 @@ def load_probability_fn(path: Path) -> ProbabilityFn:
     try:
         if path.is_file() and path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False)
-            return tf.function(lambda inputs: class_probabilities(model(inputs, training=False)))
+            return tf.function(lambda inputs: class_probabilities(model(inputs, training=False))), \
+                int(model.output_shape[-1])
         if (path / "saved_model.pb").is_file():
-            signatures = tf.saved_model.load(str(path)).signatures
-            if "class_probabilities" in signatures:
-                signature = signatures["class_probabilities"]
-                return lambda inputs: signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
-            signature = signatures["cell_probabilities"]
-
-            def two_classes(inputs: tf.Tensor) -> tf.Tensor:
-                cell = signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
-                return tf.stack([1.0 - cell, cell], axis=-1)
-            return two_classes
+            return _saved_model_probabilities(tf.saved_model.load(str(path)).signatures)
     except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
         raise UserInputError(f"cannot load the model {path}: {str(error).strip().splitlines()[0]}") from None
     raise UserInputError(f"not an exported model: {path} (expected a .keras file, a SavedModel folder "
                          f"or an export folder holding {KERAS_FILE})")
+
+
+def _saved_model_probabilities(signatures) -> tuple[ProbabilityFn, int]:
+    if "class_probabilities" in signatures:
+        signature = signatures["class_probabilities"]
+        classes = int(signature.structured_outputs["probabilities"].shape[-1])
+        return lambda inputs: signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"], classes
+    signature = signatures["cell_probabilities"]
+
+    def two_classes(inputs: tf.Tensor) -> tf.Tensor:
+        cell = signature(inputs=tf.convert_to_tensor(inputs, tf.float32))["probabilities"]
+        return tf.stack([1.0 - cell, cell], axis=-1)
+    return two_classes, 2

@@ -13,6 +13,8 @@ import shutil
 
 import pytest
 
+MPIRUN = ["mpirun", "--allow-run-as-root", "--bind-to", "none", "--oversubscribe", "-np", "2"]  # two local ranks
+
 
 def horovod_available() -> bool:
     return importlib.util.find_spec("horovod") is not None and shutil.which("mpirun") is not None

@@ -16,9 +16,7 @@ import pytest
 
 from runtime.parse_results import merged_data, read_log
 from tests.conftest import ROOT, run_cli
-from tests.horovod_support import horovod_available, require_horovod
-
-MPIRUN = ["mpirun", "--allow-run-as-root", "--bind-to", "none", "--oversubscribe", "-np", "2"]
+from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
 
 def launch(launcher, args, extra_env=None, timeout=600):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +16,13 @@ from PIL import Image
 
 from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices
 from data_loading.synthetic_em import generate_volume
+from data_loading.tiff_io import read_stack
 from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, tile_offsets
 from data_loading.volumes import plan_pairs
 from runtime.errors import UserInputError
 from runtime.parse_results import final_eval, read_log
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
+from tests.horovod_support import MPIRUN, require_horovod
 
 CLASSES = 3
 
@@ -227,15 +232,47 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     assert [len(r["class_fractions"]) for r in predict_records] == [3, 3]
     assert all(abs(sum(r["class_fractions"]) - 1.0) < 1e-4 for r in predict_records)
 
-
-def test_tile_mode_on_two_mirrored_replicas(own_data, tmp_path):
-    """tf.distribute: each replica draws its own crops; the run completes and checkpoints."""
-    result = run_cli("--exec_mode", "train", "--distribution", "mirrored", "--max_steps", "2", "-b", "1",
-                     "--num_classes", "3", "--input_mode", "tile", "--dtype", "bf16", "--warmup_steps", "0",
-                     *flags(own_data, "train_images", "train_labels"),
-                     "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l"),
-                     env={"UNET2D_CPU_REPLICAS": "2"})
+    # The export serves the three classes the same way: predict.py on its SavedModel (tile) and on its Keras
+    # file (resize), and the SavedModel's own serving signature (resize, in the graph).
+    export = tmp_path / "export"
+    result = run_cli("--exec_mode", "export", "--num_classes", "3", "--model_dir", str(model),
+                     "--log_dir", str(logs), "--export_dir", str(export))
     assert result.returncode == 0, result.stderr[-2000:]
+    stack = Path(own_data["root"][0]) / "test" / "a.tif"
+    for model_form, strategy in ((export / "saved_model", "tile"), (export, "resize")):
+        output = tmp_path / f"{strategy}.tif"
+        done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(model_form), str(stack), "-o",
+                               str(output), "--strategy", strategy], capture_output=True, text=True, cwd=ROOT,
+                              timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert done.returncode == 0, done.stderr[-2000:]
+    # The checkpoint predicted in bf16, the export in float32: an all but untrained model's near-ties differ.
+    ours = tifffile.imread(model / "predictions" / "a-masks.tif")
+    agreement = np.mean(tifffile.imread(tmp_path / "tile.tif") == ours)
+    assert agreement > 0.99, agreement
+    served = tf.saved_model.load(str(export / "saved_model")).signatures["serving_default"]
+    answer = served(slices=tf.constant(read_stack(stack)))
+    assert answer["probabilities"].shape == (1, 200, 300, 3)
+    np.testing.assert_array_equal(answer["masks"].numpy(), read_stack(tmp_path / "resize.tif"))
+
+
+@pytest.mark.parametrize("engine", ["mirrored", "horovod"])
+def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
+    """Each replica draws its own crops; the run completes and checkpoints (tf.distribute now, Horovod on TF 2.15)."""
+    from runtime.compat import KERAS_MAJOR
+
+    flags_ = ["--exec_mode", "train", "--max_steps", "2", "-b", "1", "--num_classes", "3", "--input_mode", "tile",
+              "--dtype", "bf16", "--warmup_steps", "0", *flags(own_data, "train_images", "train_labels"),
+              "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l")]
+    if engine == "mirrored":
+        if KERAS_MAJOR < 3:
+            pytest.skip("the tf.distribute engines are the current stack's (TF 2.15 scales with Horovod)")
+        result = run_cli("--distribution", "mirrored", *flags_, env={"UNET2D_CPU_REPLICAS": "2"})
+    else:
+        require_horovod()
+        command = [*MPIRUN, sys.executable, str(ROOT / "unet2d.py"), "--distribution", "horovod", *flags_]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     setup = next(r["data"] for r in read_log(tmp_path / "l" / "log.json") if r.get("step") == "SETUP")
     assert setup["replicas"] == 2
     assert (tmp_path / "m" / "model_checkpoint" / "checkpoint-1.index").is_file()
