@@ -11,6 +11,7 @@ See README.md for every mode and flag.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -95,12 +96,20 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
     logger.close()
 
 
+def _quiet_tensorflow() -> None:
+    """After a user error, TensorFlow's clean-up warnings (e.g. about a checkpoint that did not fit) would
+    bury the one line that says what is wrong."""
+    if "tensorflow" in sys.modules:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     from runtime.signals import TrainingInterrupted
 
     try:
         run(argv)
     except UserInputError as error:
+        _quiet_tensorflow()
         print(f"unet2d.py: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:

@@ -190,12 +190,16 @@ def write_state(folder: Path, newest: str) -> None:
 
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
     """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line."""
+    status = None
     try:  # Keras 2 may fail in restore() itself, Keras 3 in the assertion
         status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
+        if status is not None:
+            status.expect_partial()  # no second report of the same mismatch when the checkpoint is collected
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"checkpoint {path} does not fit this model: {first_line}") from None
+        hint = " (trained with another --num_classes?)" if "output_logits" in first_line else ""
+        raise UserInputError(f"checkpoint {path} does not fit this model{hint}: {first_line}") from None
 
 
 def restore_model(model: tf.keras.Model, folder: Path, warn: Callable[[str], None],

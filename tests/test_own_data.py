@@ -254,6 +254,12 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     assert answer["probabilities"].shape == (1, 200, 300, 3)
     np.testing.assert_array_equal(answer["masks"].numpy(), read_stack(tmp_path / "resize.tif"))
 
+    # A checkpoint of three classes asked for two: one line that names the likely cause, nothing else after it.
+    result = run_cli("--exec_mode", "predict", "--num_classes", "2", *flags(own_data, "test_images"),
+                     "--model_dir", str(model), "--log_dir", str(tmp_path / "logs2"))
+    assert result.returncode == 2
+    assert "another --num_classes" in result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
+
 
 @pytest.mark.parametrize("engine", ["mirrored", "horovod"])
 def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
