@@ -255,7 +255,7 @@ class Dataset(_Streams):
         if self._images:
             described["slice_size"] = list(self._images[0].shape)
         volumes = self.train_volumes + self.val_volumes + self.test_volumes
-        if len(volumes) > 2 or self.val_volumes:  # the recipe's own files need no list
+        if any(volume.source.name not in (TRAIN_IMAGES, TEST_IMAGES) for volume in volumes):  # the recipe's need none
             described["volumes"] = [{"images": str(volume.source), "slices": len(volume.images),
                                      "size": list(volume.images.shape[1:])} for volume in volumes]
         if self.notes:

@@ -148,7 +148,7 @@ def plan_data(args: argparse.Namespace) -> DataSources:
     if need_train:
         sources.train.extend(plan_pairs(args.train_images, args.train_labels, "--train_images", "--train_labels")
                              if args.train_images else isbi_train(args.data_dir))
-    if args.val_images and ("train" in mode or "evaluate" in mode):
+    if args.val_images and ("evaluate" in mode or ("train" in mode and args.evaluate_every)):
         sources.val.extend(plan_pairs(args.val_images, args.val_labels, "--val_images", "--val_labels"))
     if "predict" in mode:
         if args.predict_input:

@@ -62,7 +62,7 @@ def test_help_explains_every_flag():
     (["--synth_data", "--batch_size", "0"], "--batch_size must be at least 1"),
     (["--synth_data", "--benchmark", "--max_steps", "10", "--warmup_steps", "10"],
      "must be greater than --warmup_steps"),
-    (["--exec_mode", "train"], "--data_dir is required"),
+    (["--exec_mode", "train"], "needs --train_images/--train_labels or --data_dir"),
     (["--data_dir", "x", "--exec_mode", "evaluate"], "needs --fold"),
     (["--synth_data", "--dtype", "fp16"], "invalid choice"),
     *[(["--synth_data", f"--learning_rate={rate}"], "--learning_rate must be a finite number above 0")
