@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,25 +15,40 @@ import tifffile
 from data_loading.input_paths import check_input
 from runtime.errors import UserInputError
 
-_COLOUR = {2: "colour (RGB)", 3: "palette colour", 5: "colour (CMYK)", 6: "colour (YCbCr)"}
+# Damaged files are reported by us, in one line; tifffile's own log lines about them would only add noise.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
+    """Why the file's pixel data cannot all be there, from the page headers alone; None if it can."""
+    size = os.path.getsize(path)
+    for index, page in enumerate(tiff.pages):
+        ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            return f"it is truncated (slice {index}'s data ends at byte {max(ends)}, the file at {size})"
+    return None
 
 
 def tiff_shape(path: Path) -> tuple[int, int, int]:
-    """(slices, height, width) of a grey uint8 TIFF stack from its header, without reading the pixels.
+    """(slices, height, width) of a grey uint8 TIFF stack from its headers, without decoding the pixels.
 
-    Refuses, in one line, what ``read_stack`` would refuse: colour, more than
-    one channel, or pixels that are not 8-bit.
+    Refuses, in one line, what ``read_stack`` would refuse: a truncated file,
+    colour (several samples per pixel, interleaved), or pixels that are not
+    8-bit. A 3- or 4-slice stack that a writer tagged as planar RGB (tifffile
+    does so by default for such shapes) is read as the slices it holds.
     """
     check_input(path, "data file")
     try:
         with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            page = tiff.pages[0]
-            shape, dtype, photometric, samples = series.shape, series.dtype, int(page.photometric), page.samplesperpixel
+            problem = _truncated(tiff, path)
+            series, page = tiff.series[0], tiff.pages[0]
+            shape, dtype, samples = series.shape, series.dtype, page.samplesperpixel
+            interleaved = samples > 1 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
     except Exception as error:  # tifffile raises many types for broken files
         raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
-    if photometric in _COLOUR or samples > 1:
-        kind = _COLOUR.get(photometric, f"a {samples}-channel image")
+    if problem:
+        raise UserInputError(f"cannot read {path} as a TIFF stack: {problem}")
+    if interleaved:
+        kind = "colour (RGB)" if samples in (3, 4) else f"a {samples}-channel image"
         raise UserInputError(f"{path} is {kind}, not a stack of grey slices (one channel per pixel)")
     if dtype != np.uint8:
         raise UserInputError(f"{path} holds {dtype.itemsize * 8}-bit ({dtype}) pixels; images and labels "
