@@ -188,6 +188,16 @@ def write_state(folder: Path, newest: str) -> None:
     os.replace(temporary, folder / STATE_FILE)
 
 
+def _last_dimension_differs(message: str) -> bool:
+    """Whether a restore error is about two shapes that differ only in the last dimension: this model's
+    output layer (the only one whose shape a flag changes) against one with another number of classes."""
+    found = re.search(r"shape \(([\d, ]*)\) when attempting to restore variable with shape \(([\d, ]*)\)", message)
+    if not found:
+        return False
+    saved, wanted = ([int(size) for size in group.split(",") if size.strip()] for group in found.groups())
+    return len(saved) == len(wanted) and saved[:-1] == wanted[:-1] and saved[-1] != wanted[-1]
+
+
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
     """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line."""
     status = None
@@ -198,7 +208,7 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         if status is not None:
             status.expect_partial()  # no second report of the same mismatch when the checkpoint is collected
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = " (trained with another --num_classes?)" if "output_logits" in first_line else ""
+        hint = " (trained with another --num_classes?)" if _last_dimension_differs(first_line) else ""
         raise UserInputError(f"checkpoint {path} does not fit this model{hint}: {first_line}") from None
 
 
