@@ -44,3 +44,15 @@ def test_cli_writes_files_the_training_cli_accepts(tmp_path):
                      "--log_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "eval_dice_score" in merged_data(read_log(tmp_path / "log.json"), [])
+
+
+def test_three_classes_add_mitochondria_and_leave_two_class_stacks_as_they_were():
+    two_images, two_labels = generate_volume(2, 256, 3)
+    images, labels = generate_volume(2, 256, 3, num_classes=3)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    np.testing.assert_array_equal(labels == 0, two_labels == 0)  # the same membranes
+    assert 0.01 < np.mean(labels == 2) < 0.08  # organelles are a small class, as in real EM
+    mitochondria, interior = images[labels == 2].astype(float), images[labels == 1].astype(float)
+    assert interior.mean() - mitochondria.mean() > 30  # darker than the cell around them
+    np.testing.assert_array_equal(generate_volume(2, 256, 3)[0], two_images)  # two classes: unchanged
+    np.testing.assert_array_equal(generate_volume(2, 256, 3, num_classes=3)[1], labels)  # deterministic
