@@ -182,6 +182,9 @@ class Dataset(_Streams):
         opts = self.options
         shard = opts.rank if shard is None else shard
         indices = self.train_indices[shard::opts.num_workers]
+        if len(indices) == 0:
+            raise UserInputError(f"{self.train_size} training slice(s) cannot feed {opts.num_workers} replicas: "
+                                 "every replica needs at least one")
         count = tf.constant(len(indices), tf.int64)
         seed = tf.constant(opts.seed + 7919 * shard, tf.int64)  # each replica its own draws
         pick = self._tile_picker(indices) if self.input_mode == "tile" else self._resized_picker(indices)

@@ -359,3 +359,13 @@ def test_predict_strategy_follows_the_input_mode():
     assert parse_args(["--synth_data", "--input_mode", "tile", "--predict_strategy", "resize"]).predict_strategy \
         == "resize"
     assert json.dumps(vars(parse_args(["--synth_data"])))  # still loggable
+
+
+def test_more_replicas_than_training_slices_is_a_one_line_error(tmp_path):
+    write_stack(tmp_path / "i.tif", np.zeros((1, 40, 40), np.uint8))
+    write_stack(tmp_path / "l.tif", np.zeros((1, 40, 40), np.uint8))
+    sources = DataSources(plan_pairs([str(tmp_path / "i.tif")], [str(tmp_path / "l.tif")], "-i", "-l"))
+    data = Dataset(sources, StreamOptions(batch_size=1, seed=0, rank=1, num_workers=2), None, input_mode="tile",
+                   num_classes=CLASSES)
+    with pytest.raises(UserInputError, match="1 training slice.s. cannot feed 2 replicas"):
+        data.train_fn()
