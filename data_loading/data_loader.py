@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from data_loading import preprocessing as pre
 from data_loading.input_paths import check_input
-from data_loading.tiles import TileSampler, evaluation_tiles
+from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
 from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
 from runtime.errors import UserInputError
 
@@ -243,7 +243,7 @@ class Dataset(_Streams):
         """Network inputs of the test slices (whole resized slices, or tiles), for timing prediction."""
         slices = [image for volume in self.test_volumes for image in volume.images]
         if self.input_mode == "tile":
-            inputs = np.stack([tile for image in slices for tile in evaluation_tiles(image, image)[0]])
+            inputs = np.stack([tile for image in slices for tile in input_tiles(image)])
             dataset = tf.data.Dataset.from_tensor_slices(inputs).repeat(count)
             dataset = self._map(dataset, lambda image: pre.scale_intensity(image)[..., tf.newaxis])
         else:

@@ -35,20 +35,25 @@ def _open_png(path: Path) -> Image.Image:
     return image
 
 
+def _one_slice(path: Path, count: int) -> None:
+    if count != 1:
+        raise UserInputError(f"{path} holds {count} slices; a folder must hold one slice per file")
+
+
 def _slice_shape(path: Path) -> tuple[int, int]:
     if path.suffix.lower() == ".png":
         with _open_png(path) as image:
             return image.height, image.width
     count, height, width = tiff_shape(path)
-    if count != 1:
-        raise UserInputError(f"{path} holds {count} slices; a folder must hold one slice per file")
+    _one_slice(path, count)
     return height, width
 
 
 def _read_slice(path: Path) -> np.ndarray:
     if path.suffix.lower() != ".png":
-        _slice_shape(path)
-        return read_stack(path)[0]
+        stack = read_stack(path)
+        _one_slice(path, len(stack))
+        return stack[0]
     try:
         with _open_png(path) as image:
             return np.asarray(image)

@@ -11,6 +11,8 @@ sees the same borders in all three.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -48,17 +50,23 @@ def tile_offsets(length: int) -> list[int]:
     return starts
 
 
+def _corners(height: int, width: int) -> list[tuple[int, int]]:
+    return [(top, left) for top in tile_offsets(height) for left in tile_offsets(width)]
+
+
+def input_tiles(image: np.ndarray) -> list[np.ndarray]:
+    """The 572x572 network inputs whose 388x388 centres cover one slice (evaluation's grid)."""
+    height, width = covered_size(image.shape)
+    padded = mirror_pad(image, height, width)
+    return [padded[top:top + INPUT_SIZE, left:left + INPUT_SIZE] for top, left in _corners(height, width)]
+
+
 def evaluation_tiles(image: np.ndarray, label: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """572x572 image tiles of one slice and the 388x388 label centres they predict, pixel for pixel."""
     height, width = covered_size(image.shape)
-    padded_image = mirror_pad(image, height, width)
     padded_label = mirror_pad(label, height, width, context=0)
-    images, labels = [], []
-    for top in tile_offsets(height):
-        for left in tile_offsets(width):
-            images.append(padded_image[top:top + INPUT_SIZE, left:left + INPUT_SIZE])
-            labels.append(padded_label[top:top + OUTPUT_SIZE, left:left + OUTPUT_SIZE])
-    return images, labels
+    labels = [padded_label[top:top + OUTPUT_SIZE, left:left + OUTPUT_SIZE] for top, left in _corners(height, width)]
+    return input_tiles(image), labels
 
 
 class TileSampler:
@@ -72,9 +80,7 @@ class TileSampler:
 
     def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]) -> None:
         covered = [covered_size(image.shape) for image in images]
-        canvas_height = max(height for height, _ in covered) + 2 * CONTEXT
-        canvas_width = max(width for _, width in covered) + 2 * CONTEXT
-        image_canvas = np.zeros((len(images), canvas_height, canvas_width), np.uint8)
+        image_canvas = np.zeros(self._canvas_shape([image.shape for image in images]), np.uint8)
         label_canvas = np.zeros_like(image_canvas)
         for index, (image, label, (height, width)) in enumerate(zip(images, labels, covered, strict=True)):
             image_canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(image, height, width)
@@ -84,14 +90,15 @@ class TileSampler:
         self.sizes = tf.constant(covered, tf.int32)
 
     @staticmethod
-    def canvas_bytes(shapes: list[tuple[int, int]]) -> int:
-        """Memory the two canvases of slices of these shapes take."""
-        if not shapes:
-            return 0
+    def _canvas_shape(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
+        """(slices, height, width) of a canvas that holds every padded slice of these shapes."""
         covered = [covered_size(shape) for shape in shapes]
-        height = max(h for h, _ in covered) + 2 * CONTEXT
-        width = max(w for _, w in covered) + 2 * CONTEXT
-        return 2 * len(shapes) * height * width
+        return (len(shapes), max(h for h, _ in covered) + 2 * CONTEXT, max(w for _, w in covered) + 2 * CONTEXT)
+
+    @staticmethod
+    def canvas_bytes(shapes: list[tuple[int, ...]]) -> int:
+        """Memory the two canvases (images, labels) of slices of these shapes take."""
+        return 2 * math.prod(TileSampler._canvas_shape(shapes)) if shapes else 0
 
     def offset(self, chosen: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Top-left corner [y, x] of the 388x388 window, uniform over the covered area of slice ``chosen``."""
