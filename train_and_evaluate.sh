@@ -2,8 +2,10 @@
 # 5-fold cross-validation: train and evaluate folds 0..4, then average the
 # evaluation Dice and cross-entropy over the folds (read from the JSON logs).
 #
-#   bash train_and_evaluate.sh <data_dir> <results_dir> <batch_size> <fp32|bf16> <workers> [unet2d.py flags...]
+#   bash train_and_evaluate.sh <data_dir> <results_dir> <batch_size> <auto|fp32|bf16> <workers> [unet2d.py flags...]
 #
+# auto runs bf16 where the hardware computes it natively and fp32 elsewhere
+# (python -m runtime.device says which); the run names carry what it ran as.
 # Fold k logs to <results_dir>/<precision>_<workers>hpu_fold<k>.log and keeps its
 # checkpoint and log.json in <results_dir>/<precision>_<workers>hpu_fold<k>/.
 # More than one worker runs, on the TF 2.15 stack (the interpreter's TensorFlow
@@ -15,7 +17,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 <data_dir> <results_dir> <batch_size> <fp32|bf16> <workers> [unet2d.py flags...]" >&2
+  echo "usage: $0 <data_dir> <results_dir> <batch_size> <auto|fp32|bf16> <workers> [unet2d.py flags...]" >&2
   echo "error: $1" >&2
   exit 2
 }
@@ -24,7 +26,8 @@ data_dir=$1 results_dir=$2 batch_size=$3 precision=$4 workers=$5
 shift 5
 [ -d "$data_dir" ] || usage "data_dir is not a folder: $data_dir"
 [[ $batch_size =~ ^[1-9][0-9]*$ ]] || usage "batch_size must be a positive integer, got '$batch_size'"
-[[ $precision == fp32 || $precision == bf16 ]] || usage "precision must be fp32 or bf16, got '$precision'"
+[[ $precision == auto || $precision == fp32 || $precision == bf16 ]] \
+  || usage "precision must be auto, fp32 or bf16, got '$precision'"
 [[ $workers =~ ^[1-9][0-9]*$ ]] || usage "workers must be a positive integer, got '$workers'"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +40,10 @@ if [ "$workers" -gt 1 ]; then
   engine=$("$python" -c 'import sys, tensorflow as tf
 major, minor = (int(v) for v in tf.__version__.split(".")[:2])
 sys.stdout.write("horovod" if (major, minor) < (2, 16) else "multi_worker")' 2>/dev/null) \
+    || usage "cannot import TensorFlow with $python"
+fi
+if [ "$precision" = auto ]; then
+  precision=$(cd "$here" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -m runtime.device --dtype_only 2>/dev/null | tail -n 1) \
     || usage "cannot import TensorFlow with $python"
 fi
 env_name="${precision}_${workers}hpu"

@@ -20,7 +20,7 @@ from runtime.arguments import parse_args
 from runtime.errors import TrainingDiverged, UserInputError, WorkerLost
 
 if TYPE_CHECKING:
-    from runtime.device import Device
+    from runtime.device import Device, Precision
     from runtime.distribution import Workers
     from runtime.model_dir_lock import ModelDirLock
 
@@ -31,21 +31,23 @@ def run(argv: list[str] | None = None) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
 
     # Imported here so that --help and flag errors never wait for TensorFlow.
-    from runtime.device import select_device
+    from runtime.device import choose_precision, select_device
     from runtime.distribution import make_workers
     from runtime.setup import lock_model_dir
 
     device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
+    precision = choose_precision(args.dtype, device)
     workers = make_workers(args.distribution, device.kind)  # tf.distribute must set the runtime up first
     lock = lock_model_dir(args, workers)  # before anything is read or written there
     try:
-        run_modes(args, device, workers, lock)
+        run_modes(args, device, precision, workers, lock)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: ModelDirLock | None) -> None:
+def run_modes(args: argparse.Namespace, device: Device, precision: Precision, workers: Workers,
+              lock: ModelDirLock | None) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
     from runtime.run import RunContext, Runner
@@ -59,10 +61,13 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
         stream_options,
     )
 
-    configure_tensorflow(args, device, workers)
+    exporting = args.exec_mode == "export"
+    configure_tensorflow(args, device, workers, bf16=precision.bf16 and not exporting)
     logger = make_logger(args, workers)
     if lock is not None and lock.taken_over:
         logger.log("LOCK", {"warning": lock.taken_over})
+    if precision.warning and not exporting and workers.is_chief:
+        print(f"unet2d.py: warning: {precision.warning}", file=sys.stderr, flush=True)
 
     dataset = load_dataset(args, stream_options(args, workers, device))
     prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
@@ -72,7 +77,7 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
     logger.log("PARAMETER", vars(args))
     logger.log("SETUP", {"device": device.describe(), "engine": workers.engine, "workers": workers.size,
                          "replicas": workers.replicas, "distribution": workers.describe(),
-                         "precision": "fp32" if args.exec_mode == "export" else args.dtype,
+                         "precision": "fp32 (exports are float32)" if exporting else precision.describe(),
                          "synthetic_data": args.synth_data})
     if dataset is not None:
         logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
@@ -82,7 +87,8 @@ def run_modes(args: argparse.Namespace, device: Device, workers: Workers, lock: 
     context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
-    runner = Runner(context, lambda: build_unet(args.seed, args.num_classes, matmul_filter_gradient=matmul_gradient))
+    runner = Runner(context, lambda: build_unet(args.seed, args.num_classes, matmul_filter_gradient=matmul_gradient,
+                                                base_filters=args.base_filters))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:

@@ -46,35 +46,37 @@ def run_json(script: str, *flags: str) -> object:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_config(mode: str, dtype: str, batch_size: int, steps: int, warmup: int, extra: list[str]) -> dict:
+def run_config(mode: str, dtype: str, batch_size: int, steps: int, warmup: int, extra: list[str],
+               env: dict[str, str] | None = None) -> dict:
+    """One unet2d.py --benchmark run on synthetic data; ``env`` adds variables (e.g. ONEDNN_MAX_CPU_ISA)."""
     with tempfile.TemporaryDirectory() as work:
         command = [sys.executable, str(ROOT / "unet2d.py"), "--synth_data", "--benchmark",
                    "--exec_mode", mode, "--dtype", dtype, "--batch_size", str(batch_size),
                    "--max_steps", str(steps), "--warmup_steps", str(warmup),
                    "--model_dir", f"{work}/model", "--log_dir", work, *extra]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         output = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"benchmark run failed: {' '.join(command)}\n{output[-3000:]}")
-        stats = merged_data(read_log(Path(work) / "log.json"), [])
+        log = read_log(Path(work) / "log.json")
+        stats = merged_data(log, [])
+        setup = merged_data(log, "SETUP")
     key = STATS_MODE[mode]
-    return {"mode": mode, "dtype": dtype, "batch_size": batch_size, "steps": steps, "warmup_steps": warmup,
+    return {"mode": mode, "dtype": dtype, "precision": setup.get("precision", dtype), "batch_size": batch_size,
+            "steps": steps, "warmup_steps": warmup,
             "images_per_s": stats[f"throughput_{key}"], "latency_ms_mean": stats[f"latency_{key}_mean"],
             "latency_ms_90": stats[f"latency_{key}_90"], "latency_ms_99": stats[f"latency_{key}_99"],
             "time_to_first_step_s": stats.get("time_to_first_step_s"), "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def machine_record() -> dict:
+    """What a result was measured on: the CPU, its ISA flags that decide bf16, and the software."""
+    from runtime.device import describe_cpu
+    return {"platform": platform.platform(), **describe_cpu(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "tensorflow": tensorflow_version()}
 
 
 def tensorflow_version() -> str:
@@ -146,8 +148,9 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", choices=sorted(STATS_MODE), default=["train", "predict"])
-    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "auto"], default=["fp32", "bf16"])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--base_filters", type=int, default=64, help="the UNet's width (64: the recipe's)")
     parser.add_argument("--steps", type=int, default=8, help="steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
     parser.add_argument("--no_ceiling", action="store_true", help="skip the kernel-ceiling measurement")
@@ -176,7 +179,8 @@ def main() -> None:
         for dtype in args.dtypes:
             for batch_size in args.batch_sizes:
                 ceilings[dtype, batch_size] = run_json("kernel_ceiling.py", "--dtype", dtype,
-                                                       "--batch_size", str(batch_size))
+                                                       "--batch_size", str(batch_size),
+                                                       "--base_filters", str(args.base_filters))
                 print(f"kernel ceiling {dtype} batch {batch_size}: "
                       f"train {ceilings[dtype, batch_size]['train_images_per_s']:.3f} images/s "
                       f"(own kernels {ceilings[dtype, batch_size]['own_train_images_per_s']:.3f}), "
@@ -185,7 +189,8 @@ def main() -> None:
     for mode in args.modes:
         for batch_size in args.batch_sizes:
             for dtype in args.dtypes:
-                result = run_config(mode, dtype, batch_size, args.steps, args.warmup, args.extra)
+                result = run_config(mode, dtype, batch_size, args.steps, args.warmup,
+                                    ["--base_filters", str(args.base_filters), *args.extra])
                 if (dtype, batch_size) in ceilings:
                     ceiling = ceilings[dtype, batch_size]
                     result["ceiling_images_per_s"] = ceiling.get(CEILING_KEY[mode], ceiling[TF_CEILING_KEY[mode]])
@@ -194,8 +199,7 @@ def main() -> None:
                 print(f"{mode:8s} {dtype} batch {batch_size}: {result['images_per_s']:.3f} images/s, "
                       f"peak RSS {result['peak_rss_gib']:.2f} GiB", flush=True)
                 results.append(result)
-    machine = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-               "python": platform.python_version(), "tensorflow": tensorflow_version()}
+    machine = machine_record()
     args.out.mkdir(parents=True, exist_ok=True)
     ceiling_summary = [{key: value for key, value in c.items() if key != "layers"} for c in ceilings.values()]
     (args.out / "results.json").write_text(json.dumps(

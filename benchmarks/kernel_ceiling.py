@@ -14,7 +14,12 @@ products (on CPUs, layers of 128+ channels: model/matmul_conv.py), that
 form is timed too, and the ceiling of the kernels the model really runs
 ("own") is reported beside TensorFlow's.
 
-    python benchmarks/kernel_ceiling.py --dtype bf16 --batch_size 2
+    python benchmarks/kernel_ceiling.py --batch_size 2             # fp32 and bf16, on whichever CPU runs it
+    python benchmarks/kernel_ceiling.py --dtype auto --base_filters 8
+
+On a CPU without native bfloat16 the bf16 ceiling is that of the emulated
+kernels; where bf16 cannot run at all (an AVX-512 CPU with oneDNN capped
+below it, see runtime/device.py) it is reported as such, not measured.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import tensorflow as tf  # noqa: E402
 from model.matmul_conv import MatmulGradConv2D, filter_gradient  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 from runtime.compat import keras  # noqa: E402
-from runtime.device import select_device  # noqa: E402
+from runtime.device import choose_precision, describe_cpu, select_device  # noqa: E402
+from runtime.errors import UserInputError  # noqa: E402
 
 DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}
 
@@ -61,9 +67,9 @@ class ConvShape:
         return 2.0 * small[0] * small[1] * kh * kw * large[2] * small[2]
 
 
-def model_convolutions(matmul_filter_gradient: bool) -> list[ConvShape]:
+def model_convolutions(matmul_filter_gradient: bool, base_filters: int = 64) -> list[ConvShape]:
     shapes = []
-    for layer in build_unet(0, matmul_filter_gradient=matmul_filter_gradient).layers:
+    for layer in build_unet(0, matmul_filter_gradient=matmul_filter_gradient, base_filters=base_filters).layers:
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             continue
         transposed = isinstance(layer, keras.layers.Conv2DTranspose)
@@ -115,10 +121,11 @@ def best_seconds(function, repeats: int) -> float:
     return min(times)
 
 
-def measure(batch_size: int, dtype: str, repeats: int = 3) -> dict:
+def measure(batch_size: int, dtype: str, repeats: int = 3, base_filters: int = 64) -> dict:
     tf.get_logger().setLevel("ERROR")  # one small function per kernel: TensorFlow warns about "retracing"
     layers = []
-    for conv in model_convolutions(select_device(no_hpu=False).prefers_matmul_filter_gradient):
+    matmul = select_device(no_hpu=False).prefers_matmul_filter_gradient
+    for conv in model_convolutions(matmul, base_filters):
         seconds = {name: best_seconds(op, repeats) for name, op in _kernels(conv, batch_size, DTYPES[dtype]).items()}
         flops = conv.flops_per_image * batch_size
         layers.append({**asdict(conv), "seconds": seconds,
@@ -129,7 +136,8 @@ def measure(batch_size: int, dtype: str, repeats: int = 3) -> dict:
                      for layer in layers)
     train_step = sum(totals.values())
     own_train_step = train_step - totals["backward_filter"] + own_filter
-    return {"dtype": dtype, "batch_size": batch_size, "seconds": {**totals, "backward_filter_own": own_filter},
+    return {"dtype": dtype, "batch_size": batch_size, "base_filters": base_filters, "machine": describe_cpu(),
+            "seconds": {**totals, "backward_filter_own": own_filter},
             "train_step_s": train_step, "predict_step_s": totals["forward"],
             "train_images_per_s": batch_size / train_step, "predict_images_per_s": batch_size / totals["forward"],
             "own_train_step_s": own_train_step, "own_train_images_per_s": batch_size / own_train_step,
@@ -138,22 +146,38 @@ def measure(batch_size: int, dtype: str, repeats: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=("both", "auto", *sorted(DTYPES)), default="both",
+                        help="both: the fp32 and the bf16 ceiling; auto: what --dtype auto runs here")
     parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--base_filters", type=int, default=64, help="the UNet's width, as unet2d.py takes it")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per kernel; the best counts")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (one dtype only)")
     args = parser.parse_args()
-    result = measure(args.batch_size, args.dtype, args.repeats)
-    if args.json:
-        print(json.dumps(result))
-        return
-    for layer in result["layers"]:
-        rates = "  ".join(f"{k} {v:6.0f}" for k, v in layer["gflops_per_s"].items())
-        print(f"{layer['name']:24s} GFLOP/s: {rates}")
-    print(f"{args.dtype} batch {args.batch_size}: TensorFlow's kernels alone {result['train_step_s']:.3f} s per "
-          f"training step ({result['train_images_per_s']:.3f} images/s); the model's own "
-          f"{result['own_train_step_s']:.3f} s ({result['own_train_images_per_s']:.3f} images/s); "
-          f"{result['predict_step_s']:.3f} s per inference step ({result['predict_images_per_s']:.3f} images/s)")
+    device = select_device(no_hpu=False)
+    if args.dtype == "auto":
+        args.dtype = choose_precision("auto", device).dtype
+    if args.json and args.dtype == "both":
+        parser.error("--json takes one --dtype")
+    cpu = describe_cpu()
+    print(f"# {cpu['cpu']} ({cpu['isa']}; native bf16: {cpu['native_bf16']}), base_filters {args.base_filters}",
+          file=sys.stderr if args.json else sys.stdout)
+    for dtype in ("fp32", "bf16") if args.dtype == "both" else (args.dtype,):
+        try:
+            choose_precision(dtype, device)
+        except UserInputError as error:
+            print(f"{dtype}: not measured: {error}")
+            continue
+        result = measure(args.batch_size, dtype, args.repeats, args.base_filters)
+        if args.json:
+            print(json.dumps(result))
+            return
+        for layer in result["layers"]:
+            rates = "  ".join(f"{k} {v:6.0f}" for k, v in layer["gflops_per_s"].items())
+            print(f"{layer['name']:24s} GFLOP/s: {rates}")
+        print(f"{dtype} batch {args.batch_size}: TensorFlow's kernels alone {result['train_step_s']:.3f} s per "
+              f"training step ({result['train_images_per_s']:.3f} images/s); the model's own "
+              f"{result['own_train_step_s']:.3f} s ({result['own_train_images_per_s']:.3f} images/s); "
+              f"{result['predict_step_s']:.3f} s per inference step ({result['predict_images_per_s']:.3f} images/s)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""The UNet of Ronneberger et al. (2015) as the recipe builds it.
+"""The UNet of Ronneberger et al. (2015) as the recipe builds it, at any width.
 
-572x572x1 in, 388x388x2 logits out, 34,512,258 parameters. With a Keras
-mixed-precision policy set, the layers compute in bfloat16 while the weights
-stay float32; the logits are returned in the compute dtype and the losses cast
-them to float32.
+572x572x1 in, 388x388xK logits out. At the recipe's width (``base_filters``
+64: 64, 128, 256 and 512 channels down, 1024 in the bottleneck) it has
+34,512,258 parameters for two classes. Narrower models keep every layer and
+shape but the channel counts: the tests run the same code paths on them at a
+few hundredths of the cost, and small data or small machines may train them.
+With a Keras mixed-precision policy set, the layers compute in bfloat16 while
+the weights stay float32; the logits are returned in the compute dtype and
+the losses cast them to float32.
 """
 
 from __future__ import annotations
@@ -12,20 +16,27 @@ from data_loading.preprocessing import INPUT_SIZE, NUM_CLASSES
 from model.layers import LayerFactory, bottleneck_block, down_block, output_block, up_block
 from runtime.compat import keras
 
-FILTERS = (64, 128, 256, 512)
-BOTTLENECK_FILTERS = 1024
+BASE_FILTERS = 64  # the recipe's width
+DEPTH = 4  # down blocks; the bottleneck sits below them
 
 
-def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False) -> keras.Model:
+def encoder_filters(base_filters: int) -> tuple[int, ...]:
+    """Channels of the down blocks: base, 2x, 4x, 8x (the bottleneck has 16x)."""
+    return tuple(base_filters * 2**depth for depth in range(DEPTH))
+
+
+def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False,
+               base_filters: int = BASE_FILTERS) -> keras.Model:
     """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py)."""
     make = LayerFactory(seed, matmul_filter_gradient)
+    filters = encoder_filters(base_filters)
     images = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="images")
     x, skips = images, []
-    for depth, filters in enumerate(FILTERS):
-        x, skip = down_block(x, filters, "input" if depth == 0 else f"down{depth}", make)
+    for depth, width in enumerate(filters):
+        x, skip = down_block(x, width, "input" if depth == 0 else f"down{depth}", make)
         skips.append(skip)
-    x = bottleneck_block(x, BOTTLENECK_FILTERS, seed, make)
-    for depth, filters in reversed(list(enumerate(FILTERS))[1:]):
-        x = up_block(x, skips[depth], filters, f"up{depth}", make)
-    logits = output_block(x, skips[0], FILTERS[0], num_classes, make)
+    x = bottleneck_block(x, 2 * filters[-1], seed, make)
+    for depth, width in reversed(list(enumerate(filters))[1:]):
+        x = up_block(x, skips[depth], width, f"up{depth}", make)
+    logits = output_block(x, skips[0], filters[0], num_classes, make)
     return keras.Model(images, logits, name="unet2d")

@@ -19,6 +19,9 @@ INPUT_MODES = ("resize", "tile")
 MAX_CLASSES = 255  # class ids are stored as uint8
 DISTRIBUTIONS = ("none", "horovod", "mirrored", "multi_worker")
 NUM_FOLDS = 5
+DTYPES = ("auto", "fp32", "bf16")
+BASE_FILTERS = 64  # the recipe's UNet width
+MAX_BASE_FILTERS = 1024
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
 
 
@@ -67,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
              "tiles, so a model trains and predicts at one scale")
     add("--log_dir", default="/tmp/unet2d", help="output folder for log.json and TensorBoard events")
     add("-b", "--batch_size", type=int, default=8, help="images per step on each worker")
-    add("-d", "--dtype", choices=("fp32", "bf16"), default="bf16",
+    add("-d", "--dtype", choices=DTYPES, default="auto",
         help="precision: bf16 = bfloat16 compute with float32 weights (TF_BF16_CONVERSION on Gaudi, "
-             "Keras mixed_bfloat16 elsewhere); fp32 = float32 throughout")
+             "Keras mixed_bfloat16 elsewhere); fp32 = float32 throughout; auto = bf16 where the device "
+             "computes it natively (Gaudi, GPUs of compute capability 8.0+, CPUs with AVX512_BF16 or "
+             "AMX-BF16, within ONEDNN_MAX_CPU_ISA), fp32 elsewhere")
+    add("--base_filters", type=int, default=BASE_FILTERS, metavar="N",
+        help="UNet width: N, 2N, 4N and 8N channels down the encoder, 16N in the bottleneck. 64 is the "
+             "recipe's (34,512,258 parameters); checkpoints and exports keep the width they were trained with")
     add("--fold", type=int, default=None,
         help=f"cross-validation fold 0..{NUM_FOLDS - 1} held out for evaluation; "
              "without it every training slice is used for training")
@@ -157,6 +165,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.fold is not None and not 0 <= args.fold < NUM_FOLDS:
         parser.error(f"--fold must be in 0..{NUM_FOLDS - 1}, got {args.fold}")
+    if not 1 <= args.base_filters <= MAX_BASE_FILTERS:
+        parser.error(f"--base_filters must be in 1..{MAX_BASE_FILTERS}, got {args.base_filters}")
     if args.max_steps < 1:
         parser.error(f"--max_steps must be at least 1, got {args.max_steps}")
     if args.log_every < 1:

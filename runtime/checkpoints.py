@@ -188,14 +188,36 @@ def write_state(folder: Path, newest: str) -> None:
     os.replace(temporary, folder / STATE_FILE)
 
 
-def _last_dimension_differs(message: str) -> bool:
-    """Whether a restore error is about two shapes that differ only in the last dimension: this model's
-    output layer (the only one whose shape a flag changes) against one with another number of classes."""
-    found = re.search(r"shape \(([\d, ]*)\) when attempting to restore variable with shape \(([\d, ]*)\)", message)
-    if not found:
-        return False
-    saved, wanted = ([int(size) for size in group.split(",") if size.strip()] for group in found.groups())
-    return len(saved) == len(wanted) and saved[:-1] == wanted[:-1] and saved[-1] != wanted[-1]
+def model_geometry(shapes: list[list[int]]) -> dict[str, int]:
+    """The two flags that change a UNet's variable shapes, read off its variables' shapes.
+
+    The first 3x3 convolution is the only kernel with one input channel, so its
+    output channels are --base_filters; the 1x1 output convolution's output
+    channels are --num_classes.
+    """
+    found = {}
+    for shape in shapes:
+        if len(shape) == 4 and list(shape[:3]) == [3, 3, 1]:
+            found.setdefault("--base_filters", int(shape[3]))
+        elif len(shape) == 4 and list(shape[:2]) == [1, 1]:
+            found.setdefault("--num_classes", int(shape[3]))
+    return found
+
+
+def _flag_hint(path: str, model: tf.keras.Model | None) -> str:
+    """Which flag the checkpoint was trained with another value of, e.g. ' (trained with another
+    --base_filters: 64, this run 8)'; empty when neither differs or either side cannot be read."""
+    if model is None:
+        return ""
+    try:
+        saved = model_geometry([list(shape) for shape in tf.train.load_checkpoint(path)
+                                .get_variable_to_shape_map().values()])
+    except (ValueError, tf.errors.OpError):
+        return ""
+    wanted = model_geometry([[int(size) for size in variable.shape] for variable in model.variables])
+    differ = [f"another {flag}: {saved[flag]}, this run {wanted[flag]}" for flag in ("--base_filters", "--num_classes")
+              if flag in saved and flag in wanted and saved[flag] != wanted[flag]]
+    return f" (trained with {'; '.join(differ)})" if differ else ""
 
 
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
@@ -208,7 +230,7 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         if status is not None:
             status.expect_partial()  # no second report of the same mismatch when the checkpoint is collected
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = " (trained with another --num_classes?)" if _last_dimension_differs(first_line) else ""
+        hint = _flag_hint(path, getattr(checkpoint, "model", None))
         raise UserInputError(f"checkpoint {path} does not fit this model{hint}: {first_line}") from None
 
 

@@ -44,8 +44,9 @@ def validate_bf16_config(path: str) -> None:
         raise UserInputError(f"--bf16_config_path {path} is not valid JSON: {error}") from None
 
 
-def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Workers) -> None:
-    """Threads, seeds, precision and debug dumps; to be called before the model is built."""
+def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Workers, bf16: bool) -> None:
+    """Threads, seeds, precision (bf16 compute or not, resolved from --dtype) and debug dumps; to be called
+    before the model is built."""
     validate_bf16_config(args.bf16_config_path)
     if workers.local_size > 1 and not device.is_gaudi and "TF_NUM_INTRAOP_THREADS" not in os.environ:
         # Workers sharing a CPU split its cores instead of each taking them all (the launcher sets them itself).
@@ -53,7 +54,6 @@ def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Work
     compat.keras.utils.set_random_seed(args.seed)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
-    bf16 = args.dtype == "bf16" and args.exec_mode != "export"  # exports are float32, to serve anywhere
     if device.is_gaudi:
         # Gaudi's graph compiler converts the listed ops itself; Keras stays float32.
         if bf16:

@@ -6,14 +6,23 @@
 # Environments are built once and cached (scripts/setup_env.sh); the first TF 2.15
 # build compiles Horovod (3 to 10 minutes on 2 cores).
 #
-#   bash scripts/run_tests.sh                # both stacks
+#   bash scripts/run_tests.sh                # both stacks, every test
+#   bash scripts/run_tests.sh -m "not slow"  # the quick tier (no subprocess training runs, few workers)
 #   UNET2D_STACKS=current bash scripts/run_tests.sh -k fold   # one stack, extra pytest arguments
+#
+# The first line names the machine's CPU kind and what --dtype auto runs there, so a
+# log shows which kind of machine produced it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stacks=${UNET2D_STACKS:-current tf2.15}
 status=0
+first=true
 for stack in $stacks; do
   python=$(scripts/setup_env.sh "$stack" | tail -n 1)
+  if $first; then
+    echo "=== machine: $(TF_CPP_MIN_LOG_LEVEL=3 "$python" -m runtime.device 2>/dev/null | tail -n 1)"
+    first=false
+  fi
   echo "=== $stack stack: $("$python" -c 'import sys, tensorflow as tf; print(f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}")' 2>/dev/null)"
   if [ "$stack" = current ]; then
     "$python" -m ruff check .

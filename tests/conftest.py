@@ -26,6 +26,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests of behaviour (resume, signals, locks, distribution, errors...) run the UNet's code paths at this width:
+# about 1/60 of the recipe's FLOPs, with its bottleneck (16 x 8 = 128 channels) still on the CPU's matmul
+# weight gradient. The few tests about the recipe's model itself pass --base_filters 64.
+TEST_BASE_FILTERS = 8
+TEST_WIDTH = ("--base_filters", str(TEST_BASE_FILTERS))
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 SYNTHETIC_SEED = 0  # the cache folder's name carries it, so a new seed never reuses an old folder
 
@@ -75,6 +80,17 @@ def find_test_data() -> tuple[Path, bool]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_isbi: the assertions need the real ISBI 2012 pixels")
+    config.addinivalue_line("markers", "slow: over about 20 s (subprocess training runs, several workers, the "
+                                       "full-width model); -m 'not slow' is the quick tier")
+
+
+@cache
+def machine_line() -> str:
+    """The CPU kind and what --dtype auto picks on it: which kind of machine a test log came from."""
+    done = subprocess.run([sys.executable, "-m", "runtime.device", "--no_hpu"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = done.stdout.strip().splitlines()
+    return f"machine: {lines[-1]}" if done.returncode == 0 and lines else f"machine: unknown ({done.stderr[-300:]})"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -82,11 +98,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     folder, real = find_test_data()
     what = "the real ISBI 2012 data" if real else "synthetic EM data (tests marked real_isbi are skipped)"
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"test data: {what} in {folder}"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    for line in (machine_line(), f"test data: {what} in {folder}"):
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -114,18 +130,25 @@ def isbi_copy(isbi_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
+def unet2d_command(*args: str) -> list[str]:
+    """The command line of unet2d.py with ``args``, at the tests' width unless ``args`` name one."""
+    width = () if "--base_filters" in args else TEST_WIDTH
+    return [sys.executable, str(ROOT / "unet2d.py"), *args, *width]
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
             file_size_limit: int | None = None) -> subprocess.CompletedProcess:
-    """Run unet2d.py in a subprocess, as a user would.
+    """Run unet2d.py in a subprocess, as a user would (at the tests' width: ``unet2d_command``).
 
     ``file_size_limit`` (bytes) caps every file the process writes, as a full disk
-    would: Python ignores SIGXFSZ, so the write fails with EFBIG instead.
+    would: Python ignores SIGXFSZ, so the write fails with EFBIG instead. The
+    timeout bounds a hang; it is no speed assertion.
     """
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
 
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return subprocess.run([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=full_env,
+    return subprocess.run(unet2d_command(*args), cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout,
                           preexec_fn=limit_file_size if file_size_limit else None)

@@ -7,9 +7,10 @@ import pytest
 from runtime.arguments import parse_args
 from tests.conftest import run_cli
 
+# The recipe README's defaults; dtype is the one deliberate change (its bf16 is auto's choice where bf16 is native).
 README_DEFAULTS = {
     "exec_mode": "train_and_evaluate", "model_dir": "/tmp/unet2d", "data_dir": None,
-    "log_dir": "/tmp/unet2d", "batch_size": 8, "dtype": "bf16", "fold": None, "max_steps": 6400,
+    "log_dir": "/tmp/unet2d", "batch_size": 8, "dtype": "auto", "fold": None, "max_steps": 6400,
     "log_every": 100, "evaluate_every": 0, "warmup_steps": 200, "weight_decay": 0.0005,
     "learning_rate": 0.0001, "seed": 123, "dump_config": None, "augment": True, "benchmark": False,
     "xla": False, "resume_training": False, "no_hpu": False, "synth_data": False,
@@ -29,6 +30,9 @@ def test_defaults_are_the_readmes():
 @pytest.mark.parametrize("argv, name, value", [
     (["-b", "2"], "batch_size", 2),
     (["-d", "fp32"], "dtype", "fp32"),
+    (["--dtype", "bf16"], "dtype", "bf16"),
+    ([], "base_filters", 64),
+    (["--base_filters", "8"], "base_filters", 8),
     (["--xla"], "xla", True),
     (["--use_xla"], "xla", True),
     (["--no-augment"], "augment", False),
@@ -43,9 +47,18 @@ def test_aliases(argv, name, value):
     assert getattr(parse_args(["--synth_data", *argv]), name) == value
 
 
-def test_every_mode_is_accepted():
-    for mode in ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict"):
-        assert parse_args(["--data_dir", "x", "--fold", "0", "--exec_mode", mode]).exec_mode == mode
+def test_every_recipe_mode_runs_with_what_it_needs_and_no_other_mode_is_taken(capsys):
+    """The recipe's five modes (plus export) parse with the inputs each needs; anything else is exit 2."""
+    from runtime.arguments import EXEC_MODES
+
+    assert set(EXEC_MODES) == {"train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export"}
+    for mode in EXEC_MODES:
+        parse_args(["--data_dir", "x", "--fold", "0", "--exec_mode", mode])  # SystemExit if refused
+    for argv in (["--exec_mode", "training", "--data_dir", "x"], ["--exec_mode", "evaluate", "--data_dir", "x"]):
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(argv)
+        assert stopped.value.code == 2
+    assert "needs --fold" in capsys.readouterr().err  # evaluate without a fold has no validation slices
 
 
 def test_help_explains_every_flag():
@@ -65,6 +78,7 @@ def test_help_explains_every_flag():
     (["--exec_mode", "train"], "needs --train_images/--train_labels or --data_dir"),
     (["--data_dir", "x", "--exec_mode", "evaluate"], "needs --fold"),
     (["--synth_data", "--dtype", "fp16"], "invalid choice"),
+    (["--synth_data", "--base_filters", "0"], "--base_filters must be in 1..1024"),
     *[(["--synth_data", f"--learning_rate={rate}"], "--learning_rate must be a finite number above 0")
       for rate in ("nan", "inf", "0", "-1")],
     *[(["--synth_data", f"--weight_decay={decay}"], "--weight_decay must be a finite number of 0 or more")

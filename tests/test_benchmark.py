@@ -15,20 +15,23 @@ from tests.conftest import ROOT
 def test_benchmark_script_runs_end_to_end(isbi_dir, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data_dir", str(isbi_dir),
                "--modes", "train", "predict",
-               "--dtypes", "bf16", "--batch_sizes", "1", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
+               "--dtypes", "auto", "--base_filters", "8", "--batch_sizes", "1", "--steps", "2", "--warmup", "1",
+               "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
     assert [(r["mode"], r["dtype"], r["batch_size"]) for r in report["results"]] == [
-        ("train", "bf16", 1), ("predict", "bf16", 1)]
+        ("train", "auto", 1), ("predict", "auto", 1)]
     for result in report["results"]:
         assert result["images_per_s"] > 0 and result["peak_rss_gib"] > 0.3
+        assert result["precision"].startswith(("bf16 (auto: ", "fp32 (auto: "))
         assert 0 < result["time_to_first_step_s"] < 600
         assert 0 < result["of_ceiling"] < 2  # a step cannot beat its own kernels by much
     (ceiling,) = report["kernel_ceiling"]
     assert ceiling["seconds"]["backward_filter"] > 0 and len(report["kernel_ceiling_layers"][0]["layers"]) == 23
     assert {p["threads"] for p in report["input_pipeline"]} >= {1}
-    assert "| train | bf16 | 1 |" in (tmp_path / "results.md").read_text()
+    assert "| train | auto | 1 |" in (tmp_path / "results.md").read_text()
+    assert {"cpu", "isa", "native_bf16", "tensorflow"} <= report["machine"].keys()
     with Image.open(tmp_path / "results.png") as picture:
         assert picture.size == (1200, 400)

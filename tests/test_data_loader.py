@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -49,24 +51,52 @@ def test_synthetic_streams():
     assert abs(float(np.mean(images)) - 127.5) < 0.1
 
 
-@pytest.mark.parametrize("name, stack, message", [
-    ("train-volume.tif", np.zeros((4, 8, 8, 3), np.uint8), "stack of grey slices"),
-    ("train-volume.tif", np.zeros((30, 64, 64), np.uint16), "8-bit"),
-    ("train-labels.tif", np.zeros((29, 512, 512), np.uint8), "differ"),
-    ("train-labels.tif", np.zeros((30, 256, 256), np.uint8), "differ"),
-])
-def test_bad_stacks_are_named(isbi_copy, name, stack, message):
-    tifffile.imwrite(isbi_copy / name, stack)
-    with pytest.raises(UserInputError, match=message):
-        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
+def break_isbi(folder: Path, case: str) -> Path:
+    """Spoil a copy of the ISBI files one way; the data dir to hand the loader."""
+    volume, labels = folder / "train-volume.tif", folder / "train-labels.tif"
+    if case == "truncated TIFF":
+        volume.write_bytes(volume.read_bytes()[:5000])
+    elif case == "garbage TIFF":
+        volume.write_bytes(b"II*\x00 not really a tiff")
+    elif case == "empty stack":
+        volume.write_bytes(b"")
+    elif case == "colour stack":
+        tifffile.imwrite(volume, np.zeros((30, 64, 64, 3), np.uint8), photometric="rgb")
+    elif case == "16-bit stack":
+        tifffile.imwrite(volume, np.zeros((30, 64, 64), np.uint16))
+    elif case == "float stack":
+        tifffile.imwrite(volume, np.zeros((30, 512, 512), np.float32))
+    elif case == "labels not two-valued":
+        values = np.arange(30 * 512 * 512, dtype=np.uint32) % 7
+        tifffile.imwrite(labels, values.reshape(30, 512, 512).astype(np.uint8))
+    elif case == "count differs":
+        tifffile.imwrite(labels, np.zeros((29, 512, 512), np.uint8))
+    elif case == "size differs":
+        tifffile.imwrite(labels, np.zeros((30, 256, 256), np.uint8))
+    elif case == "missing file":
+        (folder / "test-volume.tif").unlink()
+    elif case == "data dir is a file":
+        return volume
+    elif case == "missing data dir":
+        return folder / "nowhere"
+    else:
+        raise AssertionError(case)
+    return folder
 
 
-def test_missing_and_garbage_files(isbi_copy, tmp_path):
-    (isbi_copy / "test-volume.tif").unlink()
-    with pytest.raises(UserInputError, match="data file not found: .*test-volume.tif"):
-        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0)
-    (isbi_copy / "train-volume.tif").write_bytes(b"II*\x00 not really a tiff")
-    with pytest.raises(UserInputError, match="cannot read"):
-        Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
-    with pytest.raises(UserInputError, match="data dir not found"):
-        Dataset.isbi(tmp_path / "nowhere", StreamOptions(batch_size=1, seed=0), fold=0)
+BAD_ISBI = {
+    "truncated TIFF": "cannot read", "garbage TIFF": "cannot read", "empty stack": "cannot read",
+    "colour stack": "stack of grey slices", "16-bit stack": "8-bit", "float stack": "8-bit",
+    "labels not two-valued": "must be two-valued", "count differs": "differ", "size differs": "differ",
+    "missing file": "data file not found: .*test-volume.tif", "data dir is a file": "not a folder",
+    "missing data dir": "data dir not found",
+}
+
+
+@pytest.mark.parametrize("case", BAD_ISBI)
+def test_bad_stacks_are_named_in_one_line(isbi_copy, case):
+    """Every way the recipe's files can be bad, at the loader; tests/test_cli.py shows one of them through the CLI."""
+    data_dir = break_isbi(isbi_copy, case)
+    with pytest.raises(UserInputError, match=BAD_ISBI[case]) as error:
+        Dataset.isbi(data_dir, StreamOptions(batch_size=1, seed=0), fold=0)
+    assert "\n" not in str(error.value)

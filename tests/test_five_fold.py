@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from runtime.parse_results import final_eval, read_log
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_WIDTH
 from tests.horovod_support import require_horovod
 
 SCRIPT = ROOT / "train_and_evaluate.sh"
@@ -36,10 +36,17 @@ def check_average(results, env_name, stdout):
         assert printed == pytest.approx(sum(fold[key] for fold in folds) / 5, rel=1e-9), key
 
 
+def auto_dtype() -> str:
+    """What --dtype auto runs as on this machine: the 5-fold script names its runs after it."""
+    done = subprocess.run([sys.executable, "-m", "runtime.device", "--dtype_only"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_five_folds_one_worker(isbi_dir, tmp_path):
-    result = run_script(isbi_dir, tmp_path, 1, "bf16", 1, "--max_steps", "1", "--log_every", "1")
+    result = run_script(isbi_dir, tmp_path, 1, "auto", 1, "--max_steps", "1", "--log_every", "1", *TEST_WIDTH)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    check_average(tmp_path, "bf16_1hpu", result.stdout)
+    check_average(tmp_path, f"{auto_dtype()}_1hpu", result.stdout)
 
 
 def test_five_folds_two_workers(isbi_dir, tmp_path):
@@ -49,20 +56,20 @@ def test_five_folds_two_workers(isbi_dir, tmp_path):
     horovod_stack = tuple(int(v) for v in tf.__version__.split(".")[:2]) < (2, 16)
     if horovod_stack:
         require_horovod()
-    result = run_script(isbi_dir, tmp_path, 1, "bf16", 2, "--max_steps", "2", "--log_every", "1")
+    result = run_script(isbi_dir, tmp_path, 1, "fp32", 2, "--max_steps", "2", "--log_every", "1", *TEST_WIDTH)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    check_average(tmp_path, "bf16_2hpu", result.stdout)
+    check_average(tmp_path, "fp32_2hpu", result.stdout)
     if horovod_stack:
         assert "--use_horovod" in result.stdout and "mpirun" in result.stdout
     else:
         assert "launch_workers.py -n 2" in result.stdout and "--distribution multi_worker" in result.stdout
-        setup = [line for line in (tmp_path / "bf16_2hpu_fold0.log").read_text().splitlines() if " SETUP " in line]
+        setup = [line for line in (tmp_path / "fp32_2hpu_fold0.log").read_text().splitlines() if " SETUP " in line]
         assert setup and "engine : multi_worker" in setup[0] and "replicas : 2" in setup[0], setup
 
 
 @pytest.mark.parametrize("args, message", [
     ((), "expected at least 5 arguments"),
-    (("DATA", "out", "8", "fp16", "1"), "precision must be fp32 or bf16"),
+    (("DATA", "out", "8", "fp16", "1"), "precision must be auto, fp32 or bf16"),
     (("DATA", "out", "0", "bf16", "1"), "batch_size must be a positive integer"),
     (("DATA", "out", "8", "bf16", "two"), "workers must be a positive integer"),
     (("/nonexistent", "out", "8", "bf16", "1"), "data_dir is not a folder"),
@@ -75,7 +82,7 @@ def test_usage_errors(isbi_dir, tmp_path, args, message):
 
 def test_stops_at_the_first_failed_fold(isbi_copy, tmp_path):
     (isbi_copy / "train-labels.tif").write_bytes(b"broken")
-    result = run_script(isbi_copy, tmp_path / "out", 1, "bf16", 1, "--max_steps", "1")
+    result = run_script(isbi_copy, tmp_path / "out", 1, "fp32", 1, "--max_steps", "1", *TEST_WIDTH)
     assert result.returncode == 1
-    assert "fold 0 failed" in result.stderr and "bf16_1hpu_fold0.log" in result.stderr
-    assert not (tmp_path / "out" / "bf16_1hpu_fold1.log").exists()
+    assert "fold 0 failed" in result.stderr and "fp32_1hpu_fold0.log" in result.stderr
+    assert not (tmp_path / "out" / "fp32_1hpu_fold1.log").exists()

@@ -86,7 +86,7 @@ def test_without_habana_software_the_cpu_is_used(monkeypatch):
 def test_bf16_on_gaudi_sets_the_conversion_config_not_keras_policy(habana, monkeypatch):
     monkeypatch.setenv("TF_BF16_CONVERSION", "unset")  # restored (to absent) after the test
     args = parse_args(["--synth_data", "--dtype", "bf16"])
-    configure_tensorflow(args, select_device(no_hpu=False), Workers())
+    configure_tensorflow(args, select_device(no_hpu=False), Workers(), bf16=True)
     import os
     assert os.environ["TF_BF16_CONVERSION"] == str(DEFAULT_BF16_CONFIG)
     assert compat.compute_dtype() == "float32"
@@ -98,10 +98,24 @@ def test_gaudi2_input_pipeline_is_parallel_and_prefetches_to_the_hpu(habana):
     assert options.parallel_map and options.prefetch_device == "/device:HPU:0"
 
 
-def test_prefetch_to_device_path_runs():
-    """The same prefetch_to_device code path, pointed at the CPU (the only device here)."""
-    data = SyntheticDataset(StreamOptions(batch_size=1, seed=0, prefetch_device="/device:CPU:0"))
-    images, masks = next(iter(data.train_fn()))
+def copy_targets(dataset) -> list[str]:
+    """The devices a tf.data pipeline copies its elements to (prefetch_to_device's copy stage), last stage first."""
+    targets = []
+    while dataset is not None:
+        if type(dataset).__name__ == "_CopyToDeviceDataset":
+            targets.append(dataset._target_device)
+        dataset = getattr(dataset, "_input_dataset", None)
+    return targets
+
+
+def test_streams_prefetch_to_the_device_they_are_given():
+    """The Gaudi pipeline's prefetch_to_device stage, pointed at the CPU (the only device here), and still fed."""
+    options = StreamOptions(batch_size=1, seed=0, prefetch_device="/device:CPU:0")
+    data = SyntheticDataset(options)
+    for stream in (data.train_fn(), data.eval_fn(count=1), data.test_fn(count=1)):
+        assert copy_targets(stream) == ["/device:CPU:0"]
+    assert copy_targets(SyntheticDataset(StreamOptions(batch_size=1, seed=0)).train_fn()) == []
+    images, _ = next(iter(data.train_fn()))
     assert images.shape == (1, 572, 572, 1)
 
 

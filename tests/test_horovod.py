@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from runtime.parse_results import merged_data, read_log
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
 
 def launch(launcher, args, extra_env=None, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
-    command = [*launcher, sys.executable, str(ROOT / "unet2d.py"), *args]
+    command = [*launcher, *unet2d_command(*args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
@@ -94,7 +94,7 @@ def test_a_failing_rank_fails_the_job(horovod, isbi_copy, tmp_path):
     broken.mkdir()
     common = ["--exec_mode", "train", "--fold", "0", "--batch_size", "1", "--max_steps", "20", "--use_horovod",
               "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l")]
-    program = [sys.executable, str(ROOT / "unet2d.py"), *common]
+    program = unet2d_command(*common)
     command = [*MPIRUN[:-2], "-np", "1", *program, "--data_dir", str(isbi_copy),
                ":", "-np", "1", *program, "--data_dir", str(broken)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -118,7 +118,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(horovod, isbi_dir
             "--checkpoint_every", "0", "--checkpoint_minutes", "0",
             "--model_dir", str(tmp_path), "--log_dir", str(tmp_path / "logs")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([*MPIRUN, sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+    process = subprocess.Popen([*MPIRUN, *unet2d_command(*args)], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if "- (2, 30) " in line:

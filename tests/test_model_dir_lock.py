@@ -18,7 +18,7 @@ import pytest
 
 from runtime.errors import UserInputError
 from runtime.model_dir_lock import LOCK_FILE, ModelDirLock
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, unet2d_command
 
 HOLDER = """
 import sys
@@ -86,13 +86,13 @@ def test_a_cleanly_ended_holder_leaves_no_warning(tmp_path, holder):
 
 def train_args(data_dir: Path, root: Path, steps: int, *extra: str) -> list[str]:
     return ["--data_dir", str(data_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
-            "--dtype", "bf16", "--max_steps", str(steps), "--log_every", "1", "--checkpoint_every", "2",
+            "--max_steps", str(steps), "--log_every", "1", "--checkpoint_every", "2",
             "--model_dir", str(root / "model"), "--log_dir", str(root / "logs"), *extra]
 
 
 def start_training(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+    return subprocess.Popen(unet2d_command(*args), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -106,12 +106,14 @@ def wait_for_step(process: subprocess.Popen, step: int, steps: int, timeout: flo
 
 
 def test_a_second_run_on_a_training_dir_is_refused_and_the_first_completes(isbi_dir, tmp_path):
-    first = start_training(train_args(isbi_dir, tmp_path / "first", 8))
+    # Long enough (over 20 s even at the tests' width) to be running while two more processes start.
+    steps = 200
+    first = start_training(train_args(isbi_dir, tmp_path / "first", steps, "--checkpoint_every", "10"))
     try:
-        wait_for_step(first, 1, 8)
+        wait_for_step(first, 1, steps)
         begun = time.monotonic()
         same_dir = ["--model_dir", str(tmp_path / "first" / "model")]
-        second = run_cli(*train_args(isbi_dir, tmp_path / "second", 8, *same_dir), timeout=120)
+        second = run_cli(*train_args(isbi_dir, tmp_path / "second", steps, *same_dir), timeout=120)
         assert time.monotonic() - begun < 60
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2 and f"in use by process {first.pid}" in lines[-1] and "Traceback" not in \
@@ -121,6 +123,7 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_completes(isbi_
                          "--model_dir", str(tmp_path / "first" / "model"), "--log_dir", str(tmp_path / "r"),
                          timeout=120)
         assert reader.returncode == 2 and f"in use by process {first.pid}" in reader.stderr
+        assert first.poll() is None, "the first run ended before the others were refused: the test proves nothing"
         out, err = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
@@ -128,7 +131,7 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_completes(isbi_
             first.wait(timeout=30)
     assert first.returncode == 0, err[-2000:]
     folder = tmp_path / "first" / "model" / "model_checkpoint"
-    assert sorted(p.name for p in folder.glob("*.index")) == [f"checkpoint-{s}.index" for s in (4, 6, 8)]
+    assert sorted(p.name for p in folder.glob("*.index")) == [f"checkpoint-{s}.index" for s in (180, 190, 200)]
 
 
 def test_a_sigkilled_runs_lock_is_taken_over_by_the_resumed_run(isbi_dir, tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from runtime.parse_results import final_eval, read_log
 from runtime.plot_curves import main as plot_main
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, unet2d_command
 
 STEPS = 3
 
@@ -26,7 +26,7 @@ def run_on_terminal(*args: str) -> tuple[int, str]:
     """unet2d.py with its stdout on a pseudo-terminal, as in an interactive shell."""
     leader, follower = pty.openpty()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "160"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+    process = subprocess.Popen(unet2d_command(*args), cwd=ROOT, env=env,
                                stdout=follower, stderr=subprocess.DEVNULL)
     os.close(follower)
     chunks = []

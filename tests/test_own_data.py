@@ -21,7 +21,7 @@ from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirr
 from data_loading.volumes import plan_pairs
 from runtime.errors import UserInputError
 from runtime.parse_results import final_eval, read_log
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, require_horovod
 
 CLASSES = 3
@@ -206,7 +206,7 @@ def test_memory_estimate_counts_the_stacks_and_the_pipeline_copies(own_data):
 
 def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(own_data, tmp_path):
     model, logs = tmp_path / "model", tmp_path / "logs"
-    common = ["--num_classes", "3", "--input_mode", "tile", "-b", "1", "--dtype", "bf16", "--model_dir", str(model),
+    common = ["--num_classes", "3", "--input_mode", "tile", "-b", "1", "--model_dir", str(model),
               "--log_dir", str(logs), "--warmup_steps", "0", "--overlays", "1"]
     result = run_cli("--exec_mode", "train_and_evaluate", "--max_steps", "2",
                      *flags(own_data, "train_images", "train_labels", "val_images", "val_labels"), *common)
@@ -267,7 +267,7 @@ def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
     from runtime.compat import KERAS_MAJOR
 
     flags_ = ["--exec_mode", "train", "--max_steps", "2", "-b", "1", "--num_classes", "3", "--input_mode", "tile",
-              "--dtype", "bf16", "--warmup_steps", "0", *flags(own_data, "train_images", "train_labels"),
+              "--warmup_steps", "0", *flags(own_data, "train_images", "train_labels"),
               "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l")]
     if engine == "mirrored":
         if KERAS_MAJOR < 3:
@@ -275,7 +275,7 @@ def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
         result = run_cli("--distribution", "mirrored", *flags_, env={"UNET2D_CPU_REPLICAS": "2"})
     else:
         require_horovod()
-        command = [*MPIRUN, sys.executable, str(ROOT / "unet2d.py"), "--distribution", "horovod", *flags_]
+        command = [*MPIRUN, *unet2d_command("--distribution", "horovod", *flags_)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -322,11 +322,27 @@ def _bad_input(root: Path, case: str) -> tuple[list[str], str, dict[str, str]]:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["count of stacks", "count of slices", "size", "glob matches nothing",
-                                  "16-bit labels", "colour images", "colour slice in a folder",
-                                  "label out of range", "too big for memory"])
-def test_bad_own_data_is_one_line_and_status_2_before_training(tmp_path, case):
+BAD_OWN_DATA = ["count of stacks", "count of slices", "size", "glob matches nothing", "16-bit labels", "colour images",
+                "colour slice in a folder", "label out of range", "too big for memory"]
+
+
+@pytest.mark.parametrize("case", BAD_OWN_DATA)
+def test_bad_own_data_is_refused_in_one_line_before_reading_on(tmp_path, monkeypatch, case):
+    """Every kind, through the set-up unet2d.py runs (flags, plan, memory check, read); one goes through the CLI."""
+    from runtime.arguments import parse_args
+    from runtime.setup import load_dataset
+
     data_flags, message, env = _bad_input(tmp_path, case)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = parse_args(["--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags])
+    with pytest.raises(UserInputError) as error:
+        load_dataset(args, StreamOptions(batch_size=1, seed=0))
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_bad_own_data_through_the_cli_is_status_2_and_no_checkpoint(tmp_path):
+    data_flags, message, env = _bad_input(tmp_path, "label out of range")
     result = run_cli("--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags,
                      "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "logs"), env=env)
     assert result.returncode == 2, result.stderr[-1500:]
@@ -358,7 +374,8 @@ def test_predict_strategy_follows_the_input_mode():
     assert parse_args(["--synth_data", "--input_mode", "tile"]).predict_strategy == "tile"
     assert parse_args(["--synth_data", "--input_mode", "tile", "--predict_strategy", "resize"]).predict_strategy \
         == "resize"
-    assert json.dumps(vars(parse_args(["--synth_data"])))  # still loggable
+    logged = vars(parse_args(["--synth_data", "--input_mode", "tile"]))  # PARAMETER logs them: JSON through and back
+    assert json.loads(json.dumps(logged)) == logged
 
 
 def test_more_replicas_than_training_slices_is_a_one_line_error(tmp_path):

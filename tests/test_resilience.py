@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,14 +17,14 @@ import tensorflow as tf
 
 from runtime.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, unet2d_command
 
 STEPS = 6
 
 
 def train_args(isbi_dir, out, *extra):
     return ["--data_dir", str(isbi_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
-            "--dtype", "bf16", "--max_steps", str(STEPS), "--log_every", "1", "--deterministic",
+            "--max_steps", str(STEPS), "--log_every", "1", "--deterministic",
             "--checkpoint_every", "2", "--model_dir", str(out / "model"), "--log_dir", str(out / "logs"), *extra]
 
 
@@ -37,7 +36,7 @@ def step_losses(log_json):
 def interrupt(args, signum, after_step):
     """Start training, send ``signum`` once step ``after_step`` is logged, return the finished process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+    process = subprocess.Popen(unet2d_command(*args), cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if f"- ({after_step}, {STEPS}) " in line:
@@ -112,7 +111,7 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(i
     """Two SIGTERMs within one step: no waiting for the step, no half-written checkpoint."""
     args = train_args(isbi_dir, tmp_path, "--max_steps", "40", "--checkpoint_every", "1", "--dtype", "fp32")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "unet2d.py"), *args], cwd=ROOT, env=env,
+    process = subprocess.Popen(unet2d_command(*args), cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if "(2, 40) " in line:

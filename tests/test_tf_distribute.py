@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from runtime.compat import KERAS_MAJOR
 from runtime.parse_results import merged_data, read_log
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 
 LAUNCHER = ROOT / "scripts" / "launch_workers.py"
 GLOBAL_STEPS = 2
@@ -46,7 +46,7 @@ def train_flags(data_dir: Path, root: Path, replicas: int, *extra: str) -> list[
 def launch(n: int, flags: list[str], *launcher_flags: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(LAUNCHER), "-n", str(n), *launcher_flags, "--",
-                           str(ROOT / "unet2d.py"), *flags, "--distribution", "multi_worker"],
+                           *unet2d_command(*flags, "--distribution", "multi_worker")[1:]],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -64,7 +64,7 @@ def reference(data_dir: Path, replicas: int):
     from runtime.optimizer import FusedAdam
 
     compat.set_mixed_bfloat16(False)
-    model = build_unet(123, matmul_filter_gradient=True)
+    model = build_unet(123, matmul_filter_gradient=True, base_filters=TEST_BASE_FILTERS)
     optimizer = FusedAdam(learning_rate=1e-4)
     optimizer.build(model.trainable_variables)
     data = Dataset.isbi(data_dir, StreamOptions(batch_size=1, seed=123, augment=False, num_workers=replicas), fold=0,
@@ -93,7 +93,7 @@ def restored(checkpoint_prefix: str):
     from runtime.optimizer import FusedAdam
 
     compat.set_mixed_bfloat16(False)
-    model = build_unet(123)
+    model = build_unet(123, base_filters=TEST_BASE_FILTERS)
     optimizer = FusedAdam(learning_rate=1e-4)
     optimizer.build(model.trainable_variables)
     tf.train.Checkpoint(model=model, optimizer=optimizer).restore(checkpoint_prefix).expect_partial()
@@ -132,7 +132,7 @@ def _slots(optimizer, model, ref_variable):
 def restored_initial():
     from model.unet import build_unet
 
-    return build_unet(123).trainable_variables
+    return build_unet(123, base_filters=TEST_BASE_FILTERS).trainable_variables
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_bad_tf_config_is_one_line_and_status_2(tmp_path, monkeypatch, tf_config
 def start_launcher(n: int, flags: list[str]) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.Popen([sys.executable, str(LAUNCHER), "-n", str(n), "--all_output", "--",
-                             str(ROOT / "unet2d.py"), *flags, "--distribution", "multi_worker"],
+                             *unet2d_command(*flags, "--distribution", "multi_worker")[1:]],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -236,7 +236,7 @@ def two_workers_at_step(flags: list[str], step: int, steps: int) -> Iterator[tup
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
-    flags = train_flags(isbi_dir, tmp_path, 2, "--dtype", "bf16", "--max_steps", "40")
+    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")
     with two_workers_at_step(flags, 2, 20) as (launcher, pids):
         os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
         out, err = launcher.communicate(timeout=300)
@@ -254,7 +254,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
 
 
 def test_a_killed_worker_ends_the_job_and_leaves_no_process(isbi_dir, tmp_path):
-    flags = train_flags(isbi_dir, tmp_path, 2, "--dtype", "bf16", "--max_steps", "200")
+    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")
     with two_workers_at_step(flags, 1, 100) as (launcher, pids):
         os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()

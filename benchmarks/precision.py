@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Training speed by precision on this CPU, natively and as an AVX2-only CPU sees it, and by UNet width.
+
+``precision``: one training step at batch 1 (the full UNet, synthetic data,
+unet2d.py's own --benchmark) in fp32, bf16 and auto, three ways:
+
+* native: the CPU as it is;
+* cap: ONEDNN_MAX_CPU_ISA=AVX2, oneDNN's kernels limited to AVX2 (fp32 and
+  auto only: an explicit bf16 is refused there, see runtime/device.py);
+* emulated: the cap plus TF_ENABLE_ONEDNN_OPTS=0, where bf16 runs on
+  TensorFlow's own kernels, as on a CPU without AVX-512 (fp32 beside it).
+
+``widths``: parameters and training images/s at --base_filters 8, 16, 32
+and 64 in auto precision. Writes precision.{json,md} or widths.{json,md}
+into --out, each with the machine it ran on.
+
+    python benchmarks/precision.py precision     # about 15 minutes on 2 cores with AVX512_BF16
+    python benchmarks/precision.py widths        # about 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.benchmark import machine_record, run_config  # noqa: E402
+
+CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+SETTINGS = {  # name: (extra environment, precisions timed)
+    "native": ({}, ("fp32", "bf16", "auto")),
+    "cap": (CAP, ("fp32", "auto")),
+    "emulated": ({**CAP, "TF_ENABLE_ONEDNN_OPTS": "0"}, ("fp32", "bf16")),
+}
+WIDTHS = (8, 16, 32, 64)
+
+
+def parameter_count(base_filters: int) -> int:
+    from model.unet import build_unet
+    return int(build_unet(1, base_filters=base_filters).count_params())
+
+
+def measure_precision(steps: int, warmup: int, batch_size: int) -> list[dict]:
+    rows = []
+    for setting, (env, dtypes) in SETTINGS.items():
+        for dtype in dtypes:
+            row = run_config("train", dtype, batch_size, steps, warmup, [], env)
+            rows.append({"setting": setting, "environment": env, **row})
+            print(f"{setting:9s} {dtype:5s} {row['images_per_s']:.3f} images/s  {row['precision']}", flush=True)
+    return rows
+
+
+def measure_widths(steps: int, warmup: int, batch_size: int) -> list[dict]:
+    rows = []
+    for width in WIDTHS:
+        row = run_config("train", "auto", batch_size, steps, warmup, ["--base_filters", str(width)])
+        rows.append({"base_filters": width, "parameters": parameter_count(width), **row})
+        print(f"base_filters {width:3d}: {rows[-1]['parameters']:,} parameters, {row['images_per_s']:.3f} images/s",
+              flush=True)
+    return rows
+
+
+def precision_table(rows: list[dict]) -> list[str]:
+    fp32 = {r["setting"]: r["latency_ms_mean"] for r in rows if r["dtype"] == "fp32"}
+    lines = ["| setting | --dtype | ran as | s per step | vs fp32 (same setting) |", "|---|---|---|---:|---:|"]
+    for r in rows:
+        seconds = r["latency_ms_mean"] / 1000
+        lines.append(f"| {r['setting']} | {r['dtype']} | {r['precision']} | {seconds:.2f} | "
+                     f"{r['latency_ms_mean'] / fp32[r['setting']]:.2f}x |")
+    return lines
+
+
+def widths_table(rows: list[dict]) -> list[str]:
+    lines = ["| --base_filters | parameters | precision | images/s | s per step |", "|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['base_filters']} | {r['parameters']:,} | {r['precision']} | {r['images_per_s']:.3f} | "
+                     f"{r['latency_ms_mean'] / 1000:.3f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("precision", "widths"))
+    parser.add_argument("--steps", type=int, default=5, help="steps per run, warm-up included")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    measure, table = ((measure_precision, precision_table) if args.what == "precision"
+                      else (measure_widths, widths_table))
+    rows = measure(args.steps, args.warmup, args.batch_size)
+    machine = machine_record()
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = f"python benchmarks/precision.py {' '.join(sys.argv[1:])}"
+    (args.out / f"{args.what}.json").write_text(json.dumps(
+        {"date": date.today().isoformat(), "machine": machine, "command": command, "results": rows}, indent=2))
+    header = [f"Measured {date.today().isoformat()} on {machine['cpu']} ({machine['cpus']} cores; ISA flags: "
+              f"{machine['isa']}), TensorFlow {machine['tensorflow']}, batch {args.batch_size}, "
+              f"{args.steps} steps of which {args.warmup} warm-up, by `{command}`.", ""]
+    (args.out / f"{args.what}.md").write_text("\n".join(header + table(rows)) + "\n")
+    print("\n".join(table(rows)))
+
+
+if __name__ == "__main__":
+    main()
