@@ -14,7 +14,8 @@ unet2d.py's own --benchmark) in fp32, bf16 and auto, three ways:
 and 64 in auto precision. Writes precision.{json,md} or widths.{json,md}
 into --out, each with the machine it ran on.
 
-    python benchmarks/precision.py precision     # about 15 minutes on 2 cores with AVX512_BF16
+    python benchmarks/precision.py precision     # about 12 minutes on 2 cores with AVX512_BF16
+    python benchmarks/precision.py precision --settings cap --rounds 2 --steps 8   # auto against fp32, A/B
     python benchmarks/precision.py widths        # about 5 minutes
 """
 
@@ -45,17 +46,20 @@ def parameter_count(base_filters: int) -> int:
     return int(build_unet(1, base_filters=base_filters).count_params())
 
 
-def measure_precision(steps: int, warmup: int, batch_size: int) -> list[dict]:
+def measure_precision(steps: int, warmup: int, batch_size: int, settings: list[str], rounds: int) -> list[dict]:
+    """Each setting's precisions in turn, ``rounds`` times over (A/B/A/B), so that drift hits them alike."""
     rows = []
-    for setting, (env, dtypes) in SETTINGS.items():
-        for dtype in dtypes:
-            row = run_config("train", dtype, batch_size, steps, warmup, [], env)
-            rows.append({"setting": setting, "environment": env, **row})
-            print(f"{setting:9s} {dtype:5s} {row['images_per_s']:.3f} images/s  {row['precision']}", flush=True)
+    for round_ in range(rounds):
+        for setting in settings:
+            env, dtypes = SETTINGS[setting]
+            for dtype in dtypes:
+                row = run_config("train", dtype, batch_size, steps, warmup, [], env)
+                rows.append({"setting": setting, "round": round_, "environment": env, **row})
+                print(f"{setting:9s} {dtype:5s} {row['images_per_s']:.3f} images/s  {row['precision']}", flush=True)
     return rows
 
 
-def measure_widths(steps: int, warmup: int, batch_size: int) -> list[dict]:
+def measure_widths(steps: int, warmup: int, batch_size: int, settings: list[str], rounds: int) -> list[dict]:
     rows = []
     for width in WIDTHS:
         row = run_config("train", "auto", batch_size, steps, warmup, ["--base_filters", str(width)])
@@ -66,12 +70,17 @@ def measure_widths(steps: int, warmup: int, batch_size: int) -> list[dict]:
 
 
 def precision_table(rows: list[dict]) -> list[str]:
-    fp32 = {r["setting"]: r["latency_ms_mean"] for r in rows if r["dtype"] == "fp32"}
-    lines = ["| setting | --dtype | ran as | s per step | vs fp32 (same setting) |", "|---|---|---|---:|---:|"]
+    """Mean step time per setting and precision over the rounds, against fp32 in the same setting."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        seconds = r["latency_ms_mean"] / 1000
-        lines.append(f"| {r['setting']} | {r['dtype']} | {r['precision']} | {seconds:.2f} | "
-                     f"{r['latency_ms_mean'] / fp32[r['setting']]:.2f}x |")
+        groups.setdefault((r["setting"], r["dtype"]), []).append(r)
+    mean = {key: sum(r["latency_ms_mean"] for r in runs) / len(runs) / 1000 for key, runs in groups.items()}
+    lines = ["| setting | --dtype | ran as | s per step (each round) | mean | vs fp32 (same setting) |",
+             "|---|---|---|---|---:|---:|"]
+    for (setting, dtype), runs in groups.items():
+        each = ", ".join(f"{r['latency_ms_mean'] / 1000:.2f}" for r in runs)
+        lines.append(f"| {setting} | {dtype} | {runs[0]['precision']} | {each} | {mean[setting, dtype]:.2f} | "
+                     f"{mean[setting, dtype] / mean[setting, 'fp32']:.2f}x |")
     return lines
 
 
@@ -89,11 +98,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
+                        help="precision: which settings to run")
+    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, in turn")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     measure, table = ((measure_precision, precision_table) if args.what == "precision"
                       else (measure_widths, widths_table))
-    rows = measure(args.steps, args.warmup, args.batch_size)
+    rows = measure(args.steps, args.warmup, args.batch_size, args.settings, args.rounds)
     machine = machine_record()
     args.out.mkdir(parents=True, exist_ok=True)
     command = f"python benchmarks/precision.py {' '.join(sys.argv[1:])}"
