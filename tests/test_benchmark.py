@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
 
 def test_benchmark_script_runs_end_to_end(isbi_dir, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data_dir", str(isbi_dir),

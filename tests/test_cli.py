@@ -19,6 +19,8 @@ from runtime.parse_results import merged_data, read_log
 from tests.conftest import run_cli
 from tests.test_data_loader import BAD_ISBI, break_isbi
 
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+
 EVAL_KEYS = ("eval_ce_loss", "eval_dice_loss", "eval_total_loss", "eval_dice_score", "accuracy", "loss")
 
 

@@ -21,6 +21,8 @@ import tifffile
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+
 STEPS = 3
 
 

@@ -43,12 +43,14 @@ def auto_dtype() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_five_folds_one_worker(isbi_dir, tmp_path):
     result = run_script(isbi_dir, tmp_path, 1, "auto", 1, "--max_steps", "1", "--log_every", "1", *TEST_WIDTH)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     check_average(tmp_path, f"{auto_dtype()}_1hpu", result.stdout)
 
 
+@pytest.mark.slow
 def test_five_folds_two_workers(isbi_dir, tmp_path):
     """Horovod under mpirun on the TF 2.15 stack; TensorFlow's multi-worker engine through the launcher on 2.16+."""
     import tensorflow as tf
@@ -80,6 +82,7 @@ def test_usage_errors(isbi_dir, tmp_path, args, message):
     assert result.returncode == 2 and "usage:" in result.stderr and message in result.stderr
 
 
+@pytest.mark.slow
 def test_stops_at_the_first_failed_fold(isbi_copy, tmp_path):
     (isbi_copy / "train-labels.tif").write_bytes(b"broken")
     result = run_script(isbi_copy, tmp_path / "out", 1, "fp32", 1, "--max_steps", "1", *TEST_WIDTH)

@@ -18,6 +18,8 @@ from runtime.parse_results import merged_data, read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+
 
 def launch(launcher, args, extra_env=None, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}

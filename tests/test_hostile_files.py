@@ -100,6 +100,7 @@ def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
     assert list(target.parent.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path):
     """--model_dir $HOME: the old checkpoints inside go, the user's own files stay."""
     from tests.conftest import run_cli
@@ -150,6 +151,7 @@ def test_unwritable_model_dir(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_disk_filling_up_while_writing_predictions(isbi_copy, tmp_path):
     """A file-size limit stands in for a full disk: the write fails part-way, in the CLI itself."""
     from tests.conftest import run_cli

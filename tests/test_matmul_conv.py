@@ -122,6 +122,7 @@ def float32_unet():
     return unet_gradients(bf16=False, matmul_filter_gradient=False)
 
 
+@pytest.mark.slow
 def test_unet_with_matmul_gradient_is_the_same_model_in_float32(float32_unet):
     """Same variables (checkpoints interchange), outputs and gradients as the plain UNet."""
     plain, plain_logits, plain_grads = float32_unet
@@ -135,6 +136,7 @@ def test_unet_with_matmul_gradient_is_the_same_model_in_float32(float32_unet):
         assert relative_error(actual, expected) < 1e-5, variable_path(variable)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul", [False, True], ids=["tensorflow-gradient", "matmul-gradient"])
 def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul):
     """Within 5% for every variable; Keras's own transposed convolutions miss their bias gradient by 25-97%."""

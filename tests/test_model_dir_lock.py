@@ -105,6 +105,7 @@ def wait_for_step(process: subprocess.Popen, step: int, steps: int, timeout: flo
     raise AssertionError(f"training ended before step {step}: {process.stderr.read()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_training_dir_is_refused_and_the_first_completes(isbi_dir, tmp_path):
     # Long enough (over 20 s even at the tests' width) to be running while two more processes start.
     steps = 200
@@ -134,6 +135,7 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_completes(isbi_
     assert sorted(p.name for p in folder.glob("*.index")) == [f"checkpoint-{s}.index" for s in (180, 190, 200)]
 
 
+@pytest.mark.slow
 def test_a_sigkilled_runs_lock_is_taken_over_by_the_resumed_run(isbi_dir, tmp_path):
     args = train_args(isbi_dir, tmp_path, 3)
     killed = start_training(args)

@@ -53,6 +53,7 @@ def trained(isbi_dir, tmp_path_factory):
     return out, terminal
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(trained):
     _, terminal = trained
     assert "\r\x1b[K[" in terminal  # redrawn in place
@@ -60,6 +61,7 @@ def test_progress_bar_on_a_terminal(trained):
     assert "(3, 3) train_ce_loss" in terminal  # the log lines still print in full
 
 
+@pytest.mark.slow
 def test_no_progress_bar_when_output_is_a_file(isbi_dir, tmp_path):
     result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "2", "--batch_size", "1",
                      "--log_every", "1", "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "l"))
@@ -68,6 +70,7 @@ def test_no_progress_bar_when_output_is_a_file(isbi_dir, tmp_path):
     assert "(2, 2) train_ce_loss" in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_dir):
     out, _ = trained
     records = read_log(out / "fold0" / "log.json")
@@ -83,6 +86,7 @@ def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_di
     assert np.any(colours[:, 1] > colours[:, 0] + 60)  # green: some true membranes drawn
 
 
+@pytest.mark.slow
 def test_evaluate_alone_scores_the_checkpoint_at_its_step_with_tiles(trained, isbi_dir, tmp_path):
     out, _ = trained
     result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
@@ -94,6 +98,7 @@ def test_evaluate_alone_scores_the_checkpoint_at_its_step_with_tiles(trained, is
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == [f"eval_step{STEPS}_slice19.png"]
 
 
+@pytest.mark.slow
 def test_learning_curves_plot(trained, tmp_path):
     out, _ = trained
     second = tmp_path / "fold1"
@@ -115,6 +120,7 @@ def exported(trained):
     return model_dir / "export"
 
 
+@pytest.mark.slow
 def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir, tmp_path):
     out, _ = trained
     model_dir, export = out / "model", exported
@@ -144,6 +150,7 @@ def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir
     assert len(list((model_dir / "predictions" / "overlays").glob("s*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_saved_model_serves_uint8_slices_of_any_count(exported):
     import tensorflow as tf
 

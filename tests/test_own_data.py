@@ -204,6 +204,7 @@ def test_memory_estimate_counts_the_stacks_and_the_pipeline_copies(own_data):
 # Through the command line -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(own_data, tmp_path):
     model, logs = tmp_path / "model", tmp_path / "logs"
     common = ["--num_classes", "3", "--input_mode", "tile", "-b", "1", "--model_dir", str(model),
@@ -261,6 +262,7 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     assert "another --num_classes" in result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["mirrored", "horovod"])
 def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
     """Each replica draws its own crops; the run completes and checkpoints (tf.distribute now, Horovod on TF 2.15)."""
@@ -341,6 +343,7 @@ def test_bad_own_data_is_refused_in_one_line_before_reading_on(tmp_path, monkeyp
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
 
 
+@pytest.mark.slow
 def test_bad_own_data_through_the_cli_is_status_2_and_no_checkpoint(tmp_path):
     data_flags, message, env = _bad_input(tmp_path, "label out of range")
     result = run_cli("--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags,

@@ -20,6 +20,8 @@ from runtime.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+
 STEPS = 6
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 import download_dataset
@@ -33,6 +34,7 @@ def test_labels_are_exact_and_match_the_image():
     assert same > other
 
 
+@pytest.mark.slow
 def test_cli_writes_files_the_training_cli_accepts(tmp_path):
     data = tmp_path / "demo"
     assert download_dataset.main(["--synthetic", "--data_dir", str(data), "--slices", "10", "--size", "128"]) == 0
