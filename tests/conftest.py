@@ -82,6 +82,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_isbi: the assertions need the real ISBI 2012 pixels")
     config.addinivalue_line("markers", "slow: over about 20 s (subprocess training runs, several workers, the "
                                        "full-width model); -m 'not slow' is the quick tier")
+    config.addinivalue_line("markers", "bf16_kernels: runs bfloat16 convolutions or matmuls in this process; "
+                                       "skipped only where bf16 cannot run at all (runtime.device)")
+
+
+@cache
+def bf16_unrunnable() -> str | None:
+    """Why bf16 kernels would fail outright here (an AVX-512 CPU with oneDNN capped below it); None if they run."""
+    from runtime.device import cpu_bf16_support, cpu_flags, onednn_isa_cap, read_cpuinfo
+
+    onednn_opts = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0"
+    return cpu_bf16_support(cpu_flags(read_cpuinfo()), onednn_isa_cap(), onednn_opts).unrunnable
 
 
 @cache
@@ -106,12 +117,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if find_test_data()[1]:
-        return
-    skip = pytest.mark.skip(reason="needs the real ISBI 2012 pixels; running on synthetic data")
+    skips = {}
+    if not find_test_data()[1]:
+        skips["real_isbi"] = pytest.mark.skip(reason="needs the real ISBI 2012 pixels; running on synthetic data")
+    if bf16_unrunnable():
+        skips["bf16_kernels"] = pytest.mark.skip(reason=f"bf16 cannot run here: {bf16_unrunnable()}")
     for item in items:
-        if "real_isbi" in item.keywords:
-            item.add_marker(skip)
+        for keyword, skip in skips.items():
+            if keyword in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

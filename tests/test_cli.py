@@ -208,7 +208,7 @@ def test_bad_output_paths_and_config(tmp_path):
     assert a_file.read_text() == "x"
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
-    result = run_cli("--synth_data", "--dtype", "bf16", "--bf16_config_path", str(bad_json),
+    result = run_cli("--synth_data", "--bf16_config_path", str(bad_json),
                      "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "not valid JSON" in result.stderr
 

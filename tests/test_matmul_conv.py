@@ -40,6 +40,7 @@ def test_filter_gradient_with_a_batch_size_known_only_at_run_time():
                                tensorflow_filter_gradient(inputs, output_grad).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.bf16_kernels
 def test_bf16_filter_gradient_is_as_accurate_as_tensorflows():
     inputs = random([2, 20, 20, 128], 5, tf.bfloat16)
     output_grad = random([2, 18, 18, 128], 6, tf.bfloat16)
@@ -136,6 +137,7 @@ def test_unet_with_matmul_gradient_is_the_same_model_in_float32(float32_unet):
         assert relative_error(actual, expected) < 1e-5, variable_path(variable)
 
 
+@pytest.mark.bf16_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("matmul", [False, True], ids=["tensorflow-gradient", "matmul-gradient"])
 def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul):

@@ -66,6 +66,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(inference_a, training)
 
 
+@pytest.mark.bf16_kernels
 def test_mixed_bfloat16_computes_in_bf16_with_float32_weights():
     compat.set_mixed_bfloat16(True)
     try:
