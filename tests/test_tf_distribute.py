@@ -237,8 +237,8 @@ def two_workers_at_step(flags: list[str], step: int, steps: int) -> Iterator[tup
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
-    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")
-    with two_workers_at_step(flags, 2, 20) as (launcher, pids):
+    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")  # 200 per worker: still running when signalled
+    with two_workers_at_step(flags, 2, 200) as (launcher, pids):
         os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
         out, err = launcher.communicate(timeout=300)
     stops = re.findall(r"\[(\d)\] unet2d.py: stopped by SIGTERM after step (\d+)", out)
@@ -256,7 +256,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
 
 def test_a_killed_worker_ends_the_job_and_leaves_no_process(isbi_dir, tmp_path):
     flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")
-    with two_workers_at_step(flags, 1, 100) as (launcher, pids):
+    with two_workers_at_step(flags, 1, 200) as (launcher, pids):
         os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
         launcher.communicate(timeout=180)
