@@ -80,12 +80,6 @@ def test_labels_must_be_two_valued_and_may_be_zero_one(isbi_copy):
         Dataset.isbi(isbi_copy, StreamOptions(batch_size=1, seed=0), fold=0, need_test=False)
 
 
-def test_data_dir_that_is_a_file(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(UserInputError, match="not a folder"):
-        Dataset.isbi(tmp_path / "file", StreamOptions(batch_size=1, seed=0), fold=0)
-
-
 def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
     target = tmp_path / "predictions" / "test-masks.tif"
 
