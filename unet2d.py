@@ -86,9 +86,11 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
 
     context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
-    matmul_gradient = device.prefers_matmul_filter_gradient and "train" in args.exec_mode
+    training = "train" in args.exec_mode
+    matmul_gradient = device.prefers_matmul_filter_gradient and training
+    exact_bias = device.needs_exact_bias_gradient(precision.bf16) and training
     runner = Runner(context, lambda: build_unet(args.seed, args.num_classes, matmul_filter_gradient=matmul_gradient,
-                                                base_filters=args.base_filters))
+                                                base_filters=args.base_filters, exact_bias_gradient=exact_bias))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:

@@ -11,17 +11,58 @@ from model.matmul_conv import MatmulGradConv2D
 from runtime.compat import keras
 
 
+def exact_bias_conv(layer: keras.layers.Conv2D, inputs):
+    """A Conv2D layer's output with its bias gradient summed in float32 (model/bias.py)."""
+    outputs = tf.nn.conv2d(inputs, tf.cast(layer.kernel, inputs.dtype), strides=list(layer.strides),
+                           padding=layer.padding.upper(), dilations=list(layer.dilation_rate))
+    return layer.activation(bias_add(outputs, tf.cast(layer.bias, inputs.dtype)))
+
+
+def _plain(layer: keras.layers.Conv2D) -> bool:
+    return not layer.use_bias or layer.data_format != "channels_last" or layer.groups != 1
+
+
+@keras.utils.register_keras_serializable(package="unet2d")
+class ExactBiasConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D whose bias gradient is summed in float32; same variables as the plain layer.
+
+    Where bf16 runs on TensorFlow's own kernels (CPUs without native bf16),
+    no oneDNN kernel folds the bias gradient into the weight gradient, and
+    BiasAddGrad's bf16 sum loses almost all of it (measured: the output
+    layer's bias gradient 99.8% off float32's). Only built there: on oneDNN
+    the plain layer's fused kernels are exact and faster.
+    """
+
+    def call(self, inputs):
+        return super().call(inputs) if _plain(self) else exact_bias_conv(self, inputs)
+
+
+@keras.utils.register_keras_serializable(package="unet2d")
+class MatmulGradExactBiasConv2D(MatmulGradConv2D):
+    """MatmulGradConv2D whose narrow layers (left to TensorFlow's weight gradient) also sum the bias in float32."""
+
+    def call(self, inputs):
+        if self.uses_matmul_gradient(inputs.shape) or _plain(self):
+            return super().call(inputs)
+        return exact_bias_conv(self, inputs)
+
+
 class LayerFactory:
-    """Makes the UNet's layers: seeded initialisers and the 3x3 convolution class to use.
+    """Makes the UNet's layers: seeded initialisers and the convolution classes to use.
 
     One seeded initialiser reused for every layer would give layers of equal
     shape equal weights; a counter gives each kernel its own seed. On CPUs the
-    3x3 convolutions take the faster matmul weight gradient (model.matmul_conv).
+    3x3 convolutions take the faster matmul weight gradient (model.matmul_conv);
+    where bf16 runs on TensorFlow's own kernels, every bias gradient is summed
+    in float32 (``ExactBiasConv2D``).
     """
 
-    def __init__(self, seed: int, matmul_filter_gradient: bool = False) -> None:
+    def __init__(self, seed: int, matmul_filter_gradient: bool = False, exact_bias_gradient: bool = False) -> None:
         self._seeds = itertools.count(seed * 1000)
-        self._conv3x3 = MatmulGradConv2D if matmul_filter_gradient else keras.layers.Conv2D
+        self._conv3x3 = {(False, False): keras.layers.Conv2D, (True, False): MatmulGradConv2D,
+                         (False, True): ExactBiasConv2D, (True, True): MatmulGradExactBiasConv2D}[
+            matmul_filter_gradient, exact_bias_gradient]
+        self._conv1x1 = ExactBiasConv2D if exact_bias_gradient else keras.layers.Conv2D
 
     def initializer(self) -> keras.initializers.Initializer:
         return keras.initializers.GlorotUniform(seed=next(self._seeds))
@@ -29,6 +70,9 @@ class LayerFactory:
     def conv3x3_relu(self, filters: int, name: str) -> keras.layers.Conv2D:
         return self._conv3x3(filters, 3, padding="valid", activation="relu",
                              kernel_initializer=self.initializer(), name=name)
+
+    def conv1x1(self, filters: int, name: str) -> keras.layers.Conv2D:
+        return self._conv1x1(filters, 1, kernel_initializer=self.initializer(), name=name)
 
 
 def conv_block(x, filters: int, name: str, make: LayerFactory):
@@ -120,4 +164,4 @@ def up_block(x, skip, filters: int, name: str, make: LayerFactory):
 def output_block(x, skip, filters: int, num_classes: int, make: LayerFactory):
     """Join the last skip connection, convolve, and map to per-class logits with a 1x1 convolution."""
     x = conv_block(crop_and_concat(x, skip, "output"), filters, "output", make)
-    return keras.layers.Conv2D(num_classes, 1, kernel_initializer=make.initializer(), name="output_logits")(x)
+    return make.conv1x1(num_classes, "output_logits")(x)

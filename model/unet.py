@@ -26,9 +26,10 @@ def encoder_filters(base_filters: int) -> tuple[int, ...]:
 
 
 def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False,
-               base_filters: int = BASE_FILTERS) -> keras.Model:
-    """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py)."""
-    make = LayerFactory(seed, matmul_filter_gradient)
+               base_filters: int = BASE_FILTERS, exact_bias_gradient: bool = False) -> keras.Model:
+    """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py),
+    ``exact_bias_gradient`` the float32 bias gradient bf16 needs on TensorFlow's own kernels (model/layers.py)."""
+    make = LayerFactory(seed, matmul_filter_gradient, exact_bias_gradient)
     filters = encoder_filters(base_filters)
     images = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="images")
     x, skips = images, []

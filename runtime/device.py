@@ -66,6 +66,11 @@ class Device:
         """
         return self.kind == "CPU"
 
+    def needs_exact_bias_gradient(self, bf16: bool) -> bool:
+        """bf16 on a CPU without native bf16 runs TensorFlow's own kernels, whose bf16 bias gradient is lost
+        (model/layers.py, ExactBiasConv2D); there every bias gradient is summed in float32."""
+        return bf16 and self.kind == "CPU" and not self.bf16.native
+
     def describe(self) -> str:
         extra = f" ({self.gaudi_type})" if self.gaudi_type else ""
         return f"{self.kind}{extra} {self.name}"
@@ -96,7 +101,8 @@ def choose_precision(requested: str, device: Device) -> Precision:
         raise UserInputError(f"--dtype bf16 cannot run here: {device.bf16.unrunnable}; use --dtype auto or fp32")
     if requested == "bf16" and not device.bf16.native:
         warning = (f"--dtype bf16 on hardware without native bfloat16 ({device.bf16.why}) is emulated, "
-                   f"{BF16_EMULATED_SLOWDOWN}; --dtype auto would pick fp32 here")
+                   f"{BF16_EMULATED_SLOWDOWN} and with less accurate weight gradients; --dtype auto would pick "
+                   "fp32 here")
     return Precision(requested, f"--dtype {requested}", warning)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +12,7 @@ from model.matmul_conv import MIN_CHANNELS, MatmulGradConv2D, conv3x3_bias_relu,
 from model.unet import build_unet
 from runtime import compat
 from runtime.compat import keras, variable_path
+from runtime.device import select_device
 
 
 def random(shape, seed: int, dtype=tf.float32) -> tf.Tensor:
@@ -95,11 +98,20 @@ def test_layer_takes_the_matmul_gradient_only_for_wide_layers():
     assert "Conv2DBackpropFilter" in no_relu
 
 
+def tensorflow_own_bf16_kernels() -> bool:
+    """Whether bf16 convolutions run on TensorFlow's own kernels here rather than oneDNN's."""
+    from runtime.device import cpu_flags, read_cpuinfo
+
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0" or "avx512f" not in cpu_flags(read_cpuinfo())
+
+
 def unet_gradients(bf16: bool, matmul_filter_gradient: bool) -> tuple[keras.Model, tf.Tensor, list[tf.Tensor]]:
     """Logits and weight gradients of a seeded UNet on one image, for a loss that sums the logits."""
     compat.set_mixed_bfloat16(bf16)
     try:
-        model = build_unet(seed=5, matmul_filter_gradient=matmul_filter_gradient)
+        # As unet2d.py builds it on this machine: float32 bias gradients where bf16 runs on TensorFlow's own kernels.
+        exact_bias = select_device(no_hpu=True).needs_exact_bias_gradient(bf16)
+        model = build_unet(seed=5, matmul_filter_gradient=matmul_filter_gradient, exact_bias_gradient=exact_bias)
         images = tf.random.stateless_uniform((1, 572, 572, 1), seed=[3, 4], minval=-1, maxval=1)
 
         @tf.function
@@ -140,8 +152,17 @@ def test_unet_with_matmul_gradient_is_the_same_model_in_float32(float32_unet):
 @pytest.mark.bf16_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("matmul", [False, True], ids=["tensorflow-gradient", "matmul-gradient"])
-def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul):
-    """Within 5% for every variable; Keras's own transposed convolutions miss their bias gradient by 25-97%."""
+def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul, request):
+    """Within 5% for every variable; Keras's own transposed convolutions miss their bias gradient by 25-97%.
+
+    Where bf16 runs on TensorFlow's own kernels (a CPU without AVX-512, or TF_ENABLE_ONEDNN_OPTS=0) their bf16
+    weight gradients are off by up to 25% (input_conv2, measured under ONEDNN_MAX_CPU_ISA=AVX2 with
+    TF_ENABLE_ONEDNN_OPTS=0): a known defect of emulated bf16, which --dtype auto never picks there. Strict,
+    so that a fix is noticed.
+    """
+    if tensorflow_own_bf16_kernels():
+        request.applymarker(pytest.mark.xfail(strict=True, reason="bf16 weight gradients of TensorFlow's own "
+                                                                  "kernels are off by up to 25%"))
     plain, _, float32_grads = float32_unet
     _, _, bf16_grads = unet_gradients(bf16=True, matmul_filter_gradient=matmul)
     errors = {variable_path(v): relative_error(g, ref) for v, g, ref in
@@ -156,3 +177,24 @@ def test_checkpoint_of_the_plain_unet_restores_into_the_matmul_one(tmp_path):
     tf.train.Checkpoint(model=ours).restore(path).assert_consumed()
     for a, b in zip(plain.trainable_variables, ours.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.bf16_kernels
+@pytest.mark.parametrize("layer_class", ["ExactBiasConv2D", "MatmulGradExactBiasConv2D"])
+def test_exact_bias_layers_sum_a_bf16_bias_gradient_in_float32(layer_class):
+    """The layers built where bf16 runs on TensorFlow's own kernels: same variables, exact bias gradient."""
+    from model import layers
+
+    compat.set_mixed_bfloat16(True)
+    try:
+        layer = getattr(layers, layer_class)(4, 3, activation="relu")
+        images = tf.random.stateless_uniform((2, 70, 70, 3), seed=[1, 2], minval=0.5, maxval=1.0)
+        with tf.GradientTape() as tape:
+            outputs = layer(images)
+        upstream = tf.ones_like(outputs)
+        gradient = tape.gradient(outputs, layer.bias, output_gradients=upstream)
+    finally:
+        compat.set_mixed_bfloat16(False)
+    assert len(layer.trainable_variables) == 2  # kernel and bias, as keras.layers.Conv2D
+    active = tf.reduce_sum(tf.cast(tf.cast(outputs, tf.float32) > 0, tf.float32), axis=[0, 1, 2])
+    np.testing.assert_allclose(gradient.numpy(), active.numpy(), rtol=0.01)  # ReLU passes 1 where it is active
