@@ -132,6 +132,11 @@ def read_cpuinfo() -> str:
         return ""
 
 
+def onednn_opts_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether TensorFlow hands ops to oneDNN (TF_ENABLE_ONEDNN_OPTS, on unless set to 0)."""
+    return environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0"
+
+
 def onednn_isa_cap(environ: Mapping[str, str] = os.environ) -> str | None:
     """The ISA cap oneDNN honours (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA); None if uncapped."""
     value = environ.get("ONEDNN_MAX_CPU_ISA", environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
@@ -214,8 +219,7 @@ def select_device(no_hpu: bool) -> Device:
         details = tf.config.experimental.get_device_details(gpus[0])
         return Device("GPU", "/device:GPU:0", bf16=gpu_bf16_support(details.get("compute_capability")))
     flags = cpu_flags(read_cpuinfo())
-    onednn_opts = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0"
-    return Device("CPU", "/device:CPU:0", bf16=cpu_bf16_support(flags, onednn_isa_cap(), onednn_opts))
+    return Device("CPU", "/device:CPU:0", bf16=cpu_bf16_support(flags, onednn_isa_cap(), onednn_opts_enabled()))
 
 
 def main(argv: list[str] | None = None) -> int:

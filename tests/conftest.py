@@ -89,10 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @cache
 def bf16_unrunnable() -> str | None:
     """Why bf16 kernels would fail outright here (an AVX-512 CPU with oneDNN capped below it); None if they run."""
-    from runtime.device import cpu_bf16_support, cpu_flags, onednn_isa_cap, read_cpuinfo
+    from runtime.device import cpu_bf16_support, cpu_flags, onednn_isa_cap, onednn_opts_enabled, read_cpuinfo
 
-    onednn_opts = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0"
-    return cpu_bf16_support(cpu_flags(read_cpuinfo()), onednn_isa_cap(), onednn_opts).unrunnable
+    return cpu_bf16_support(cpu_flags(read_cpuinfo()), onednn_isa_cap(), onednn_opts_enabled()).unrunnable
 
 
 @cache

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -100,9 +98,9 @@ def test_layer_takes_the_matmul_gradient_only_for_wide_layers():
 
 def tensorflow_own_bf16_kernels() -> bool:
     """Whether bf16 convolutions run on TensorFlow's own kernels here rather than oneDNN's."""
-    from runtime.device import cpu_flags, read_cpuinfo
+    from runtime.device import cpu_flags, onednn_opts_enabled, read_cpuinfo
 
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0" or "avx512f" not in cpu_flags(read_cpuinfo())
+    return not onednn_opts_enabled() or "avx512f" not in cpu_flags(read_cpuinfo())
 
 
 def unet_gradients(bf16: bool, matmul_filter_gradient: bool) -> tuple[keras.Model, tf.Tensor, list[tf.Tensor]]:
