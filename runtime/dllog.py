@@ -54,14 +54,17 @@ class _Writer:
         return now, (now - self._start).total_seconds()
 
     def log(self, step: Step, data: Mapping[str, Any]) -> None:
+        # The file first: whoever watches stdout (a user, a test, a launcher) may kill
+        # the run the moment a line shows, and that line must be on disk already.
         now, elapsed = self._stamp()
-        if self._stdout is not None:
-            metrics = " ".join(f"{key} : {value} " for key, value in data.items())
-            print(f"DLL {now} - {step} {metrics}", file=self._stdout, flush=True)
         if self._json is not None:
             record = {"timestamp": str(now.timestamp()), "datetime": str(now),
                       "elapsedtime": str(elapsed), "type": "LOG", "step": step, "data": dict(data)}
             self._json.write(f"DLLL {json.dumps(record)}\n")
+            self._json.flush()
+        if self._stdout is not None:
+            metrics = " ".join(f"{key} : {value} " for key, value in data.items())
+            print(f"DLL {now} - {step} {metrics}", file=self._stdout, flush=True)
 
     def metadata(self, metric: str, metadata: Mapping[str, Any]) -> None:
         if self._json is None:
@@ -81,12 +84,12 @@ class _DlloggerWriter:
     """The real dllogger package, when installed."""
 
     def __init__(self, dllogger: Any, stdout: bool, json_path: Path | None, append: bool) -> None:
-        backends = []
-        if stdout:
-            backends.append(dllogger.StdOutBackend(dllogger.Verbosity.VERBOSE))
+        backends = []  # the file before stdout, as in _Writer.log
         if json_path is not None:
             backends.append(dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, str(json_path),
                                                        append=append))
+        if stdout:
+            backends.append(dllogger.StdOutBackend(dllogger.Verbosity.VERBOSE))
         self._logger = dllogger.Logger(backends=backends)
 
     def log(self, step: Step, data: Mapping[str, Any]) -> None:
