@@ -20,6 +20,7 @@ from runtime.arguments import parse_args
 from runtime.errors import TrainingDiverged, UserInputError, WorkerLost
 
 if TYPE_CHECKING:
+    from data_loading.data_loader import DataSources
     from runtime.device import Device, Precision
     from runtime.distribution import Workers
     from runtime.model_dir_lock import ModelDirLock
@@ -33,21 +34,26 @@ def run(argv: list[str] | None = None) -> None:
     # Imported here so that --help and flag errors never wait for TensorFlow.
     from runtime.device import choose_precision, select_device
     from runtime.distribution import make_workers
-    from runtime.setup import lock_model_dir
+    from runtime.setup import check_inputs, lock_model_dir
+    from runtime.signals import STOP
 
     device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
     precision = choose_precision(args.dtype, device)
-    workers = make_workers(args.distribution, device.kind)  # tf.distribute must set the runtime up first
+    with STOP.during("checking the inputs"):
+        sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once
+    workers = make_workers(args.distribution, device.kind, args.cluster_timeout)  # before any op runs
     lock = lock_model_dir(args, workers)  # before anything is read or written there
+    if lock is not None:
+        STOP.on_forced_exit(lock.release)
     try:
-        run_modes(args, device, precision, workers, lock)
+        run_modes(args, device, precision, workers, lock, sources)
     finally:
         if lock is not None:
             lock.release()
 
 
 def run_modes(args: argparse.Namespace, device: Device, precision: Precision, workers: Workers,
-              lock: ModelDirLock | None) -> None:
+              lock: ModelDirLock | None, sources: DataSources | None) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
     from runtime.run import RunContext, Runner
@@ -69,8 +75,9 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     if precision.warning and not exporting and workers.is_chief:
         print(f"unet2d.py: warning: {precision.warning}", file=sys.stderr, flush=True)
 
-    dataset = load_dataset(args, stream_options(args, workers, device))
-    prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
+    with workers.phase("reading the data"):
+        dataset = load_dataset(args, stream_options(args, workers, device), sources)
+        prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
     tensorboard = make_tensorboard(args, workers)
 
@@ -89,8 +96,10 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     training = "train" in args.exec_mode
     matmul_gradient = device.prefers_matmul_filter_gradient and training
     exact_bias = device.needs_exact_bias_gradient(precision.bf16) and training
-    runner = Runner(context, lambda: build_unet(args.seed, args.num_classes, matmul_filter_gradient=matmul_gradient,
-                                                base_filters=args.base_filters, exact_bias_gradient=exact_bias))
+    with workers.phase("building the model"):  # tf.distribute's first broadcast of the variables is here
+        runner = Runner(context, lambda: build_unet(args.seed, args.num_classes,
+                                                    matmul_filter_gradient=matmul_gradient,
+                                                    base_filters=args.base_filters, exact_bias_gradient=exact_bias))
     if "train" in args.exec_mode:
         runner.train()
     if "evaluate" in args.exec_mode:
@@ -112,23 +121,25 @@ def _quiet_tensorflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.signals import TrainingInterrupted
+    from runtime.signals import STOP, Interrupted, TrainingInterrupted
 
-    try:
-        run(argv)
-    except UserInputError as error:
-        _quiet_tensorflow()
-        print(f"unet2d.py: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as stop:
-        print(f"unet2d.py: {stop}", file=sys.stderr)
-        return stop.exit_status
-    except TrainingDiverged as error:
-        print(f"unet2d.py: error: {error}", file=sys.stderr)
-        return 3
-    except WorkerLost as error:
-        print(f"unet2d.py: error: {error}", file=sys.stderr)
-        return 4
+    with STOP:  # SIGINT and SIGTERM end every phase from here on, cluster start included
+        try:
+            run(argv)
+        except UserInputError as error:
+            _quiet_tensorflow()
+            STOP.report(f"error: {error}")
+            return 2
+        except (TrainingInterrupted, Interrupted) as stop:
+            STOP.report(str(stop))
+            return stop.exit_status
+        except TrainingDiverged as error:
+            STOP.report(f"error: {error}")
+            return 3
+        except WorkerLost as error:
+            _quiet_tensorflow()
+            STOP.report(f"error: {error}")
+            return 4
     return 0
 
 

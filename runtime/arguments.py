@@ -19,6 +19,8 @@ INPUT_MODES = ("resize", "tile")
 MAX_CLASSES = 255  # class ids are stored as uint8
 DISTRIBUTIONS = ("none", "horovod", "mirrored", "multi_worker")
 NUM_FOLDS = 5
+# A scheduler may bring machines up one by one (image pulls, queueing): minutes, not seconds.
+DEFAULT_CLUSTER_TIMEOUT_S = 300.0
 DTYPES = ("auto", "fp32", "bf16")
 BASE_FILTERS = 64  # the recipe's UNet width
 MAX_BASE_FILTERS = 1024
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--use_horovod", action="store_true", help="the recipe's flag: --distribution horovod")
     add("--tensorboard_logging", action="store_true",
         help="write TensorBoard events (train scalars in --log_dir, eval in --log_dir/eval, hyper-parameters)")
+    add("--cluster_timeout", type=float, default=DEFAULT_CLUSTER_TIMEOUT_S, metavar="SECONDS",
+        help="multi_worker: how long a worker waits for the others of TF_CONFIG's cluster to start before it "
+             "gives up (exit 4, naming the missing ones); it says whom it waits for meanwhile [default: %(default)s]")
     add("--log_all_workers", action="store_true",
         help="with several workers: every worker logs and checkpoints in its own worker_N folder")
     add("--bf16_config_path", default=str(DEFAULT_BF16_CONFIG), metavar="JSON",
@@ -182,6 +187,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.benchmark and args.max_steps <= args.warmup_steps:
         parser.error(f"--max_steps ({args.max_steps}) must be greater than --warmup_steps "
                      f"({args.warmup_steps}) in benchmark mode")
+    if not (math.isfinite(args.cluster_timeout) and args.cluster_timeout > 0):
+        parser.error(f"--cluster_timeout must be a number of seconds above 0, got {args.cluster_timeout}")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
     _check_data(parser, args)

@@ -95,6 +95,10 @@ def saved_checkpoints(folder: Path) -> list[str]:
     return [str(folder / f"{CHECKPOINT_NAME}-{step}") for step in sorted(steps, reverse=True)]
 
 
+def no_checkpoint(folder: Path) -> UserInputError:
+    return UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
+
+
 def latest(folder: Path) -> str | None:
     """The newest checkpoint's path prefix, read or not; None when there is none."""
     found = saved_checkpoints(folder)
@@ -239,7 +243,7 @@ def restore_model(model: tf.keras.Model, folder: Path, warn: Callable[[str], Non
     """Load the model weights (and the step it was trained to, if asked) of the newest intact checkpoint."""
     path, _ = newest_intact(folder, warn)
     if path is None:
-        raise UserInputError(f"no checkpoint in {folder}: train first, or point --model_dir at a trained model")
+        raise no_checkpoint(folder)
     parts = {"model": model} if step is None else {"model": model, "step": step}
     restore(tf.train.Checkpoint(**parts), path, partial=True)
     return path

@@ -58,3 +58,12 @@ def rng_state_variables(model: keras.Model) -> list[tf.Variable]:
     Keras 2's dropout keeps no such variable, and this list is empty there.
     """
     return [v for v in model.variables if "seed_generator" in variable_path(v)]
+
+
+def coordinated_job(name: str, num_tasks: int) -> object:
+    """A CoordinatedJob message for TensorFlow's coordination service (its proto moved from tsl to xla/tsl)."""
+    try:
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # TF 2.16+
+    except ImportError:
+        from tensorflow.tsl.protobuf import coordination_config_pb2  # TF 2.15
+    return coordination_config_pb2.CoordinatedJob(name=name, num_tasks=num_tasks)

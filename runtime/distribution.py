@@ -24,13 +24,20 @@ import contextlib
 import importlib
 import json
 import os
+import re
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from runtime.cluster import wait_for_peers
+from runtime.compat import coordinated_job
 from runtime.errors import UserInputError, WorkerLost
+from runtime.signals import STOP
 
 ENGINES = ("none", "horovod", "mirrored", "multi_worker")
 StepFn = Callable[..., tuple[tf.Tensor, ...]]
@@ -50,6 +57,7 @@ class Workers:
     replicas_per_worker = 1
     gradient_scale = 1.0
     engine = "none"
+    has_chief = False  # TF_CONFIG with a "chief" job: TensorFlow's worker i is our rank i + 1
 
     @property
     def replicas(self) -> int:
@@ -94,6 +102,16 @@ class Workers:
 
     def describe(self) -> str:
         return "single worker"
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Name what the run does (for a stop signal's line) and, with peers, turn their loss into WorkerLost."""
+        with STOP.during(name):
+            if self.size == 1:
+                yield
+            else:
+                with peers_alive(name, self.rank, self.has_chief):
+                    yield
 
 
 class HorovodWorkers(Workers):
@@ -141,15 +159,36 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.Dea
                tf.errors.CancelledError)
 
 
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}")  # graph-execution noise before the message
+_TASK = re.compile(r"/job:(chief|worker)(?:/replica:\d+)?/task:(\d+)")
+
+
+def lost_worker(message: str, rank: int, has_chief: bool = False) -> str | None:
+    """The peer TensorFlow's error names ("worker 1"), in our ranks; None if it names none but us.
+
+    The coordination service lists the tasks that stopped sending heartbeats
+    after the word "unhealthy"; those are looked at first.
+    """
+    unhealthy = message.find("unhealthy")
+    for text in ([message[unhealthy:]] if unhealthy >= 0 else []) + [message]:
+        for job, task in _TASK.findall(text):
+            peer = int(task) + (1 if job == "worker" and has_chief else 0)
+            if peer != rank:
+                return f"worker {peer}"
+    return None
+
+
 @contextlib.contextmanager
-def peers_alive() -> Iterator[None]:
+def peers_alive(phase: str, rank: int, has_chief: bool = False) -> Iterator[None]:
     """Turn a collective's failure over a lost peer into one line, not a graph-execution traceback."""
     try:
         yield
     except PEER_ERRORS as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        text = str(error)
+        lines = [_FUNCTION_NODE.sub("", line).strip() for line in text.splitlines() if line.strip()]
         telling = [line for line in lines if "aborted" in line or "connect" in line or "timed out" in line]
-        raise WorkerLost(f"{type(error).__name__}: {(telling or lines or ['no message'])[0]}") from None
+        detail = f"{type(error).__name__}: {(telling or lines or ['no message'])[0]}"
+        raise WorkerLost(phase, detail[:300], lost_worker(text, rank, has_chief)) from None
 
 
 class StrategyWorkers(Workers):
@@ -183,8 +222,7 @@ class StrategyWorkers(Workers):
 
         def run(batches: list[tuple]) -> tuple[tf.Tensor, ...]:
             inputs = tuple(self._per_replica([batch[i] for batch in batches]) for i in range(len(batches[0])))
-            with peers_alive():
-                return tuple(output.numpy() for output in step(inputs))  # waits here, inside the guard
+            return tuple(output.numpy() for output in step(inputs))  # waits here, inside the run's phase
 
         return run
 
@@ -194,17 +232,15 @@ class StrategyWorkers(Workers):
     def any(self, flag: bool) -> bool:
         if self.size == 1:  # one process: its replicas share its signals
             return flag
-        with peers_alive():
-            votes = self._sum(self._per_replica([tf.constant(1.0 if flag else 0.0)] * self.replicas_per_worker))
-            return float(votes) > 0
+        votes = self._sum(self._per_replica([tf.constant(1.0 if flag else 0.0)] * self.replicas_per_worker))
+        return float(votes) > 0
 
     def sum_across_workers(self, array: np.ndarray) -> np.ndarray:
         if self.size == 1:
             return array
         zeros = np.zeros_like(array)  # the other local replicas add nothing
         parts = [tf.constant(array)] + [tf.constant(zeros)] * (self.replicas_per_worker - 1)
-        with peers_alive():
-            return self._sum(self._per_replica(parts)).numpy()
+        return self._sum(self._per_replica(parts)).numpy()
 
     def describe(self) -> str:
         devices = ", ".join(self.strategy.extended.worker_devices)
@@ -212,8 +248,24 @@ class StrategyWorkers(Workers):
                 f"replicas in all ({devices} here)")
 
 
-def read_tf_config() -> tuple[int, int]:
-    """This worker's index and the number of workers, from TF_CONFIG; a one-line error if it cannot be used."""
+_PORT = re.compile(r".:\d{1,5}$")  # host:port
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """This worker's place in TF_CONFIG's cluster: ranks run over the chief (if any), then the workers."""
+
+    rank: int
+    addresses: list[str]
+    has_chief: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.addresses)
+
+
+def read_tf_config() -> ClusterConfig:
+    """TF_CONFIG, checked; a one-line error if it cannot be used (before this worker joins anything)."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise UserInputError("--distribution multi_worker needs TF_CONFIG (the cluster and this worker's task), "
@@ -227,13 +279,15 @@ def read_tf_config() -> tuple[int, int]:
         raise UserInputError(f"TF_CONFIG is malformed ({type(error).__name__}: {error}); expected "
                              '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') \
             from None
-    if kind not in ("worker", "chief") or not all(isinstance(a, str) and ":" in a for a in workers):
+    if kind not in ("worker", "chief") or not all(isinstance(a, str) and _PORT.search(a) for a in workers):
         raise UserInputError(f"TF_CONFIG is malformed: task type {kind!r} (expected worker or chief) and "
                              "cluster addresses host:port")
     rank = index + (1 if kind == "worker" and "chief" in cluster else 0)
     if not 0 <= rank < len(workers) or (kind == "chief" and index != 0):
         raise UserInputError(f"TF_CONFIG is malformed: task {kind} {index} is not in its cluster of {len(workers)}")
-    return rank, len(workers)
+    if len(set(workers)) != len(workers):
+        raise UserInputError(f"TF_CONFIG is malformed: two tasks share an address in {workers}")
+    return ClusterConfig(rank, workers, "chief" in cluster)
 
 
 def _cpu_replicas() -> list[str] | None:
@@ -246,18 +300,49 @@ def _cpu_replicas() -> list[str] | None:
     return [f"/cpu:{index}" for index in range(count)]
 
 
-def _multi_worker(device_kind: str) -> StrategyWorkers:
-    rank, size = read_tf_config()
-    if device_kind == "HPU":  # Gaudi: Habana's own collective strategy over HCCL
-        distribute = importlib.import_module("habana_frameworks.tensorflow.distribute")
-        return StrategyWorkers(distribute.HPUStrategy(), "multi_worker (HPUStrategy)", rank, size)
-    # Peers that stop answering end the job instead of leaving the others in an all-reduce forever.
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    return StrategyWorkers(strategy, "multi_worker", rank, size)
+def _bound_cluster_start(cluster: ClusterConfig, timeout: float) -> None:
+    """TensorFlow's own registration wait, bounded too (a peer seen by wait_for_peers may die before it).
+
+    MultiWorkerMirroredStrategy configures the coordination service itself
+    unless it already is; configured here first, it is the same set-up with
+    ``cluster_register_timeout_in_ms`` set (TensorFlow's default is an hour).
+    """
+    from tensorflow.python.eager import context
+
+    jobs = {"chief": 1, "worker": cluster.size - 1} if cluster.has_chief else {"worker": cluster.size}
+    leader = "/job:chief/replica:0/task:0" if cluster.has_chief else "/job:worker/replica:0/task:0"
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=leader, cluster_register_timeout_in_ms=int(timeout * 1000),
+        coordinated_jobs=[coordinated_job(name, count) for name, count in jobs.items() if count])
 
 
-def make_workers(engine: str, device_kind: str = "CPU") -> Workers:
+def _say(line: str) -> None:
+    print(f"unet2d.py: {line}", file=sys.stderr, flush=True)
+
+
+def _multi_worker(device_kind: str, cluster_timeout: float) -> StrategyWorkers:
+    cluster = read_tf_config()
+    with STOP.during("waiting for the other workers"):
+        started = time.monotonic()
+        wait_for_peers(cluster.addresses, cluster.rank, cluster_timeout, _say)
+        remaining = max(cluster_timeout - (time.monotonic() - started), 30.0)
+    with STOP.during("joining the cluster"), peers_alive("joining the cluster", cluster.rank, cluster.has_chief):
+        if device_kind == "HPU":  # Gaudi: Habana's own collective strategy over HCCL
+            distribute = importlib.import_module("habana_frameworks.tensorflow.distribute")
+            workers = StrategyWorkers(distribute.HPUStrategy(), "multi_worker (HPUStrategy)", cluster.rank,
+                                      cluster.size)
+        else:
+            _bound_cluster_start(cluster, remaining)
+            # Peers that stop answering end the job instead of leaving the others in an all-reduce forever.
+            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
+            with STOP.around_blocking_call():  # TensorFlow's start holds the GIL until every task registered
+                strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            workers = StrategyWorkers(strategy, "multi_worker", cluster.rank, cluster.size)
+    workers.has_chief = cluster.has_chief
+    return workers
+
+
+def make_workers(engine: str, device_kind: str = "CPU", cluster_timeout: float = 300.0) -> Workers:
     """The engine's Workers; call before any TensorFlow op runs (tf.distribute must set up the runtime first)."""
     if engine == "horovod":
         return HorovodWorkers()
@@ -265,5 +350,5 @@ def make_workers(engine: str, device_kind: str = "CPU") -> Workers:
         strategy = tf.distribute.MirroredStrategy(devices=_cpu_replicas())
         return StrategyWorkers(strategy, "mirrored")
     if engine == "multi_worker":
-        return _multi_worker(device_kind)
+        return _multi_worker(device_kind, cluster_timeout)
     return Workers()

@@ -26,11 +26,25 @@ class TrainingDiverged(Exception):
 
 
 class WorkerLost(Exception):
-    """A collective failed because a peer worker is gone: this worker stops too, the chief's checkpoints stay."""
+    """A peer worker of a multi-worker job is gone, or never came: this worker stops too.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"lost another worker of the job ({reason}); stopping. The chief's last checkpoint is "
-                         "kept: restart the job with --resume_training to continue")
+    ``phase`` says what this worker was doing ("building the model"), ``worker``
+    which peer it lost when TensorFlow's error names it.
+    """
+
+    def __init__(self, phase: str, detail: str, worker: str | None = None) -> None:
+        who = worker or "another worker"
+        super().__init__(f"lost {who} while {phase} ({detail}); stopping. The chief's last checkpoint is kept: "
+                         "restart the whole job (with --resume_training to continue training)")
+
+
+class PeersMissing(WorkerLost):
+    """Workers of the cluster that did not start in time (exit status 4, as a lost worker)."""
+
+    def __init__(self, missing: list[str], waited: float) -> None:
+        Exception.__init__(self, f"{', '.join(missing)} did not join the cluster within {waited:.0f} s "
+                                 "(--cluster_timeout); stopping. Start every worker of TF_CONFIG's cluster, "
+                                 "or check its addresses")
 
 
 def exit_status(program: str, action: Callable[[], object]) -> int:

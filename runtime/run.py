@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import time
@@ -28,7 +29,7 @@ from runtime.optimizer import FusedAdam
 from runtime.overlays import write_overlays
 from runtime.progress import ProgressBar
 from runtime.setup import logs_here, saves_checkpoints, worker_log_dir
-from runtime.signals import StopRequest, TrainingInterrupted
+from runtime.signals import STOP, TrainingInterrupted
 from runtime.tensorboard import TensorBoardWriters
 from runtime.timing import StepTimer, performance_stats, seconds_since_process_start
 
@@ -121,6 +122,18 @@ class Runner:
         self.ctx.logger.log("CHECKPOINT", {"saved": path, "step": int(self.step.numpy())})
         return path
 
+    def _stop_note(self, manager: tf.train.CheckpointManager | None) -> str:
+        """What an interrupted run saved, from this worker's point of view."""
+        path = self._save(manager)
+        if path:
+            return f"wrote checkpoint {path}"
+        args = self.ctx.args
+        if args.benchmark:
+            return "wrote no checkpoint (benchmarks save none)"
+        if args.disable_ckpt_saving:
+            return "wrote no checkpoint (--disable_ckpt_saving)"
+        return "the chief (worker 0) wrote the checkpoint"
+
     def _log_window(self, done: int, steps: int, ce: list[float], dice: list[float], seconds: float) -> None:
         args, ctx = self.ctx.args, self.ctx
         duration = seconds / len(ce)
@@ -151,9 +164,10 @@ class Runner:
         ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
         steps = args.max_steps // workers.replicas
         # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
-        with workers.scope():
-            self.optimizer.build(self.model.trainable_variables)
-        start = self._start_step()
+        with workers.phase("restoring the checkpoint"):
+            with workers.scope():
+                self.optimizer.build(self.model.trainable_variables)
+            start = self._start_step()
         self.weights_ready = True
         if start >= steps:
             ctx.logger.log("CHECKPOINT", {"message": f"already trained {start} of {steps} steps"})
@@ -168,7 +182,8 @@ class Runner:
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
         streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
-        with self._progress_bar(steps, start) as bar, StopRequest() as stop:
+        with workers.phase("training"), self._progress_bar(steps, start) as bar, \
+                contextlib.ExitStack() as after_first_step:
             timer.start()
             for step in range(start, steps):
                 ce, dice = self._train_step([next(stream) for stream in streams])
@@ -182,6 +197,8 @@ class Runner:
                     # After the first step, so that Adam's slots exist on every worker.
                     workers.broadcast(self.model.variables + optimizer_variables(self.optimizer))
                     first_step_at = seconds_since_process_start()
+                    # From here a stop signal waits for the step's end, the vote and a checkpoint.
+                    after_first_step.enter_context(STOP.after_each_step())
                 timer.step_done()
                 done = step + 1
                 self.step.assign(done)
@@ -190,42 +207,55 @@ class Runner:
                 if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
                     self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
                     window_ce, window_dice, window_start = [], [], time.perf_counter()
-                if workers.any(stop.requested):
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, self._save(manager))
+                if workers.any(STOP.requested):
+                    raise TrainingInterrupted(STOP.signum or signal.SIGTERM, done, self._stop_note(manager))
                 if done < steps and saver.due(done) and not args.benchmark:
                     self._save(manager)
                     saver.saved()
                 if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
                     self.evaluate(step=done)
-        if logs_here(args, workers):
-            ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.replicas, "train"),
-                                "time_to_first_step_s": first_step_at})
-        self._save(manager)
+            if logs_here(args, workers):
+                ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.replicas,
+                                                        "train"), "time_to_first_step_s": first_step_at})
+            final = self._save(manager)
+        if STOP.requested:  # came after the last vote, while saving: the training is complete, stop here
+            raise TrainingInterrupted(STOP.signum, steps, f"wrote checkpoint {final}" if final
+                                      else self._stop_note(None))
 
     # Evaluation and prediction ---------------------------------------------
 
     def _ensure_weights(self) -> None:
         if self.weights_ready:
             return
-        path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
-            Path(self.ctx.args.model_dir)), self._warn, self.step)
+        with self.ctx.workers.phase("restoring the checkpoint"):
+            path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
+                Path(self.ctx.args.model_dir)), self._warn, self.step)
         self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
         self.weights_ready = True
 
     def evaluate(self, step: int | None = None) -> dict[str, float]:
         """The recipe's five metrics (plus its 'loss' alias), and the challenge scores, on the validation slices."""
-        ctx = self.ctx
         self._ensure_weights()
-        step = int(self.step.numpy()) if step is None else step
+        with self.ctx.workers.phase("evaluating"):
+            return self._evaluate(int(self.step.numpy()) if step is None else step)
+
+    def _validation_losses(self) -> tuple[float, float]:
+        """Mean cross-entropy and dice loss over the validation batches, each worker scoring every size-th one."""
+        workers = self.ctx.workers
+        sums = np.zeros(3, np.float64)  # cross-entropy, dice loss, images
+        for index, (images, labels) in enumerate(self.ctx.dataset.eval_fn(count=1)):
+            if index % workers.size == workers.rank:
+                ce, dice = self._eval_step(images, labels)
+                size = int(images.shape[0])
+                sums += (float(ce) * size, float(dice) * size, size)
+        ce_sum, dice_sum, count = workers.sum_across_workers(sums)  # also where a lost peer shows
+        return ce_sum / count, dice_sum / count
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        ctx = self.ctx
         if ctx.tensorboard is not None:
             ctx.tensorboard.eval_time(step, "start")
-        ce_sum = dice_sum = 0.0
-        count = 0
-        for images, labels in ctx.dataset.eval_fn(count=1):
-            ce, dice = self._eval_step(images, labels)
-            size = int(images.shape[0])
-            ce_sum, dice_sum, count = ce_sum + float(ce) * size, dice_sum + float(dice) * size, count + size
-        ce_loss, dice_loss = ce_sum / count, dice_sum / count
+        ce_loss, dice_loss = self._validation_losses()
         data = {"eval_ce_loss": ce_loss, "eval_dice_loss": dice_loss,
                 "eval_total_loss": ce_loss + dice_loss, "eval_dice_score": 1.0 - dice_loss,
                 "loss": ce_loss + dice_loss, "accuracy": 1.0 - dice_loss}
@@ -257,10 +287,12 @@ class Runner:
         if args.benchmark:
             if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir or Path(args.model_dir)):
                 self._ensure_weights()
-            self._benchmark_predict()
+            with ctx.workers.phase("predicting"):
+                self._benchmark_predict()
             return []
         self._ensure_weights()
-        return [path for source in ctx.prediction_inputs if (path := self._predict_stack(source)) is not None]
+        with ctx.workers.phase("predicting"):
+            return [path for source in ctx.prediction_inputs if (path := self._predict_stack(source)) is not None]
 
     def _predict_stack(self, source: PredictionInput) -> Path | None:
         """One stack: every worker segments its share of the slices, the chief writes the masks."""
@@ -292,7 +324,8 @@ class Runner:
             return
         folder = Path(self.ctx.args.export_dir or Path(self.ctx.args.model_dir) / "export")
         try:
-            keras_file, saved_model = export_model(self.model, folder)
+            with self.ctx.workers.phase("exporting"):
+                keras_file, saved_model = export_model(self.model, folder)
         except OSError as error:
             raise UserInputError(f"cannot write the export to {folder}: {error.strerror or error}") from None
         self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model)})

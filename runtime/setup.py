@@ -23,7 +23,7 @@ from data_loading.input_paths import check_input
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
 from runtime import compat
-from runtime.checkpoints import checkpoint_dir, ensure_writable_dir
+from runtime.checkpoints import checkpoint_dir, ensure_writable_dir, no_checkpoint, saved_checkpoints
 from runtime.device import Device
 from runtime.distribution import Workers
 from runtime.dllog import Logger
@@ -47,7 +47,6 @@ def validate_bf16_config(path: str) -> None:
 def configure_tensorflow(args: argparse.Namespace, device: Device, workers: Workers, bf16: bool) -> None:
     """Threads, seeds, precision (bf16 compute or not, resolved from --dtype) and debug dumps; to be called
     before the model is built."""
-    validate_bf16_config(args.bf16_config_path)
     if workers.local_size > 1 and not device.is_gaudi and "TF_NUM_INTRAOP_THREADS" not in os.environ:
         # Workers sharing a CPU split its cores instead of each taking them all (the launcher sets them itself).
         tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // workers.local_size))
@@ -159,18 +158,40 @@ def plan_data(args: argparse.Namespace) -> DataSources:
     return sources
 
 
-def load_dataset(args: argparse.Namespace, options: StreamOptions) -> Dataset | SyntheticDataset | None:
-    """The stacks this mode needs, checked and read up front (None for export, which needs none).
+def check_inputs(args: argparse.Namespace) -> DataSources | None:
+    """What costs next to nothing to check, checked before a worker joins its cluster.
 
-    All of them are planned from their headers first, and refused if they
-    would not fit in memory, before the first pixel is read.
+    A worker whose input is bad then fails alone, in a second, instead of
+    after its peers have waited for it: the Gaudi op lists, the model dir,
+    and every stack the mode reads, planned from its headers and refused if
+    it would not fit in memory. Returns the plan (None: no files to read).
+    """
+    validate_bf16_config(args.bf16_config_path)
+    model_dir = Path(args.model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UserInputError(f"--model_dir is not a folder: {model_dir}")
+    sources = None
+    if args.exec_mode != "export" and not args.synth_data:
+        sources = plan_data(args)
+        check_fits(sources.memory_needed(args.input_mode, args.num_classes), "the image and label stacks")
+    reads_checkpoint = "train" not in args.exec_mode and not args.benchmark
+    if reads_checkpoint and not args.log_all_workers and not saved_checkpoints(checkpoint_dir(model_dir)):
+        raise no_checkpoint(checkpoint_dir(model_dir))
+    return sources
+
+
+def load_dataset(args: argparse.Namespace, options: StreamOptions,
+                 sources: DataSources | None = None) -> Dataset | SyntheticDataset | None:
+    """The stacks this mode needs, read in full (None for export, which needs none).
+
+    ``sources`` is check_inputs's plan; without it the stacks are planned and
+    checked here.
     """
     if args.exec_mode == "export":
         return None
     if args.synth_data:
         return SyntheticDataset(options, args.num_classes)
-    sources = plan_data(args)
-    check_fits(sources.memory_needed(args.input_mode, args.num_classes), "the image and label stacks")
+    sources = sources or check_inputs(args)
     return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes)
 
 

@@ -117,19 +117,25 @@ def launch(count: int, command: list[str], all_output: bool, threads: int | None
     ports = free_ports(count)
     blocks = core_blocks(count, threads)
     per_worker = threads or max(1, (os.cpu_count() or 1) // count)
-    workers = [Worker(rank, command, worker_env(rank, ports, len(blocks[rank] or []) or per_worker, gpu_per_worker),
-                      blocks[rank], show=all_output or rank == 0, prefix=all_output)
-               for rank in range(count)]
-    for worker, cores in zip(workers, blocks):
-        pinned = f", cores {','.join(map(str, cores))}" if cores else ""
-        sys.stderr.write(f"launch_workers.py: worker {worker.rank} is process {worker.process.pid}{pinned}\n")
+    workers: list[Worker] = []
+    stop: list[int] = []  # a signal that came while the workers were being started
 
     def forward(signum: int, frame: object) -> None:
+        stop.append(signum)
         for worker in workers:
             worker.signal(signum)
 
+    # Before the first worker starts: a signal at any moment reaches every worker, none is orphaned.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
+    for rank in range(count):
+        env = worker_env(rank, ports, len(blocks[rank] or []) or per_worker, gpu_per_worker)
+        workers.append(Worker(rank, command, env, blocks[rank], show=all_output or rank == 0, prefix=all_output))
+        if stop:
+            workers[-1].signal(stop[0])
+    for worker, cores in zip(workers, blocks):
+        pinned = f", cores {','.join(map(str, cores))}" if cores else ""
+        sys.stderr.write(f"launch_workers.py: worker {worker.rank} is process {worker.process.pid}{pinned}\n")
     first_failure: Worker | None = None
     ended_at: float | None = None
     while any(w.process.poll() is None for w in workers):

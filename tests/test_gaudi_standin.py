@@ -11,6 +11,7 @@ themselves are not exercised here.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import types
 from argparse import Namespace
@@ -63,10 +64,16 @@ def test_multi_worker_on_gaudi_uses_habanas_strategy(habana, monkeypatch):
     distribute = types.ModuleType("habana_frameworks.tensorflow.distribute")
     distribute.HPUStrategy = HPUStrategy
     monkeypatch.setitem(sys.modules, "habana_frameworks.tensorflow.distribute", distribute)
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
-                                                "task": {"type": "worker", "index": 1}}))
-    device = select_device(no_hpu=False)
-    workers = make_workers("multi_worker", device.kind)
+    with socket.socket() as chief, socket.socket() as free:  # worker 0 answers; worker 1 (us) gets a free port
+        chief.bind(("127.0.0.1", 0))
+        chief.listen(8)
+        free.bind(("127.0.0.1", 0))
+        ports = [chief.getsockname()[1], free.getsockname()[1]]
+        free.close()
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                                    "task": {"type": "worker", "index": 1}}))
+        device = select_device(no_hpu=False)
+        workers = make_workers("multi_worker", device.kind, cluster_timeout=30)
     assert habana == ["load_habana_module", "get_type", "HPUStrategy"]
     assert (workers.rank, workers.size, workers.replicas, workers.is_chief) == (1, 2, 2, False)
     assert workers.replica_shards() == [1] and workers.gradient_scale == 0.5

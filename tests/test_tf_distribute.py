@@ -114,12 +114,17 @@ def assert_same_training(got, expected) -> None:
     for variable, ref, start in zip(model.trainable_variables, ref_model.trainable_variables, initial):
         moved = np.linalg.norm(ref.numpy() - start)
         assert np.linalg.norm(variable.numpy() - ref.numpy()) <= 1e-3 * moved + 1e-9, variable.path
-    for variable in ref_model.trainable_variables:
-        for mine, theirs in zip(_slots(optimizer, model, variable), _slots(ref_optimizer, ref_model, variable)):
-            # Per tensor, relative to its size (summation order: measured up to 1.6e-4 for small bias moments);
-            # a missing all-reduce or average would be 50-100% off.
+    pairs = [list(zip(_slots(optimizer, model, variable), _slots(ref_optimizer, ref_model, variable)))
+             for variable in ref_model.trainable_variables]
+    # Round-off in a sum scales with its terms, not with the sum: a bias whose gradient
+    # cancels to ~1e-7 (bottleneck_conv1, CI: 1.3e-3 relative apart) is judged against
+    # a floor of 1e-5 of the largest moment of its kind. A missing all-reduce or
+    # average puts the large tensors 50-100% off, far above it.
+    floors = [1e-5 * max(np.linalg.norm(slots[kind][1].numpy()) for slots in pairs) for kind in range(len(pairs[0]))]
+    for variable, slots in zip(ref_model.trainable_variables, pairs):
+        for (mine, theirs), floor in zip(slots, floors):
             distance = np.linalg.norm(mine.numpy() - theirs.numpy())
-            assert distance <= 1e-3 * np.linalg.norm(theirs.numpy()) + 1e-12, (variable.path, distance)
+            assert distance <= 1e-3 * np.linalg.norm(theirs.numpy()) + floor, (variable.path, distance, floor)
     assert int(optimizer.iterations.numpy()) == int(ref_optimizer.iterations.numpy()) == GLOBAL_STEPS
 
 
@@ -245,6 +250,9 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
     assert sorted(rank for rank, _ in stops) == ["0", "1"] and len({step for _, step in stops}) == 1, out[-3000:]
     step = int(stops[0][1])
     assert launcher.returncode == 128 + signal.SIGTERM
+    assert re.search(rf"\[1\] unet2d.py: stopped by SIGTERM after step {step}; the chief \(worker 0\) wrote the "
+                     "checkpoint; run the same command with --resume_training", out), out[-3000:]
+    assert re.search(rf"\[0\] unet2d.py: stopped by SIGTERM after step {step}; wrote checkpoint \S+-{step};", out)
     saved = tf.train.latest_checkpoint(str(tmp_path / "model" / "model_checkpoint"))
     assert saved.endswith(f"checkpoint-{step}")
     # Resumed by one worker (another count than wrote it): from the chief's checkpoint, one step more.
