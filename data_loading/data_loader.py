@@ -14,6 +14,7 @@ from data_loading.input_paths import check_input
 from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
 from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
 from runtime.errors import UserInputError
+from runtime.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 
 TRAIN_IMAGES = "train-volume.tif"
 TRAIN_LABELS = "train-labels.tif"
@@ -103,7 +104,7 @@ class DataSources:
         if input_mode == "tile":
             derived = 2 * TileSampler.canvas_bytes(slices)  # training canvases; evaluation tiles take no more
         else:
-            derived = len(slices) * pre.INPUT_SIZE**2 * 4 * (1 + num_classes)  # float32 images and one-hot labels
+            derived = len(slices) * INPUT_SIZE**2 * 4 * (1 + num_classes)  # float32 images and one-hot labels
         return raw + 2 * derived  # TensorFlow holds a copy of what it is handed
 
 
@@ -124,7 +125,7 @@ class Dataset(_Streams):
     """
 
     def __init__(self, sources: DataSources, options: StreamOptions, fold: int | None,
-                 fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = pre.NUM_CLASSES) -> None:
+                 fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = NUM_CLASSES) -> None:
         super().__init__(options)
         self.input_mode, self.num_classes = input_mode, num_classes
         self.train_volumes = read_labelled(sources.train, num_classes)
@@ -277,13 +278,13 @@ class SyntheticDataset(_Streams):
     eval_size = 6
     test_size = 30
 
-    def __init__(self, options: StreamOptions, num_classes: int = pre.NUM_CLASSES) -> None:
+    def __init__(self, options: StreamOptions, num_classes: int = NUM_CLASSES) -> None:
         super().__init__(options)
         seed = options.seed
         self._image = tf.random.stateless_truncated_normal(
-            (pre.INPUT_SIZE, pre.INPUT_SIZE, 1), seed=[seed, 0], mean=127.5, stddev=1.0)
+            (INPUT_SIZE, INPUT_SIZE, 1), seed=[seed, 0], mean=127.5, stddev=1.0)
         self._mask = tf.random.stateless_truncated_normal(
-            (pre.OUTPUT_SIZE, pre.OUTPUT_SIZE, num_classes), seed=[seed, 1], mean=0.01, stddev=0.1)
+            (OUTPUT_SIZE, OUTPUT_SIZE, num_classes), seed=[seed, 1], mean=0.01, stddev=0.1)
         self.train_indices = np.array([], dtype=np.int64)
         self.val_indices = np.array([], dtype=np.int64)
 

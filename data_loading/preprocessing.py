@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-INPUT_SIZE = 572
-OUTPUT_SIZE = 388
-NUM_CLASSES = 2
+from runtime.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 
 
 def scale_intensity(image):

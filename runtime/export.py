@@ -29,11 +29,12 @@ import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which
 from data_loading import preprocessing as pre
 from runtime.compat import keras
 from runtime.errors import UserInputError
+from runtime.geometry import INPUT_SIZE
 from runtime.inference import ProbabilityFn
 
 KERAS_FILE = "unet2d.keras"
 SAVED_MODEL_DIR = "saved_model"
-TILE_SPEC = tf.TensorSpec([None, pre.INPUT_SIZE, pre.INPUT_SIZE, 1], tf.float32, name="inputs")
+TILE_SPEC = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 1], tf.float32, name="inputs")
 SLICES_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="slices")
 
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from data_loading import preprocessing as pre
 from data_loading.tiles import CONTEXT, mirror_pad
+from runtime.geometry import INPUT_SIZE, OUTPUT_SIZE
 
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")
@@ -50,13 +51,13 @@ def _resized(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_s
 
 def tile_grid(height: int, width: int) -> tuple[int, int]:
     """Rows and columns of 388x388 output tiles that cover a slice."""
-    return math.ceil(height / pre.OUTPUT_SIZE), math.ceil(width / pre.OUTPUT_SIZE)
+    return math.ceil(height / OUTPUT_SIZE), math.ceil(width / OUTPUT_SIZE)
 
 
 def _tiles(image: np.ndarray) -> list[np.ndarray]:
     """572x572x1 mirror-padded, normalised input tiles of one uint8 slice, row by row."""
     rows, cols = tile_grid(*image.shape)
-    size, step = pre.INPUT_SIZE, pre.OUTPUT_SIZE
+    size, step = INPUT_SIZE, OUTPUT_SIZE
     padded = pre.scale_intensity(mirror_pad(image, rows * step, cols * step)).numpy()
     return [padded[r * step:r * step + size, c * step:c * step + size, np.newaxis]
             for r in range(rows) for c in range(cols)]
@@ -65,7 +66,7 @@ def _tiles(image: np.ndarray) -> list[np.ndarray]:
 def _tiled(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
     tiles = [_tiles(image) for image in slices]
     outputs = iter(_outputs(probabilities, [tile for image_tiles in tiles for tile in image_tiles], batch_size))
-    step, stitched = pre.OUTPUT_SIZE, []
+    step, stitched = OUTPUT_SIZE, []
     for image in slices:
         rows, cols = tile_grid(*image.shape)
         centres = np.stack([next(outputs) for _ in range(rows * cols)])
