@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from runtime.arguments import parse_args
-from runtime.errors import TrainingDiverged, UserInputError, WorkerLost
+from runtime.errors import exit_status
 
 if TYPE_CHECKING:
     from data_loading.data_loader import DataSources
@@ -30,18 +30,26 @@ def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.tf_verbosity is not None:  # must be set before TensorFlow is imported
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
-
-    # Imported here so that --help and flag errors never wait for TensorFlow.
-    from runtime.device import choose_precision, select_device
-    from runtime.distribution import make_workers
-    from runtime.setup import check_inputs, lock_model_dir
+    from runtime.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
     from runtime.signals import STOP
 
-    device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
-    precision = choose_precision(args.dtype, device)
-    with STOP.during("checking the inputs"):
-        sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once
-    workers = make_workers(args.distribution, device.kind, args.cluster_timeout)  # before any op runs
+    # TensorFlow's C++ start-up lines are dropped unless asked for. A multi-worker job joins its
+    # cluster outside (its waiting lines and TensorFlow's cluster start print to the real stderr).
+    joins_cluster = args.distribution == "multi_worker"
+    with tensorflow_start_quietly(not asked_for_tensorflow_lines(args.tf_verbosity)):
+        # Imported here so that --help and flag errors never wait for TensorFlow.
+        from runtime.device import choose_precision, select_device
+        from runtime.distribution import make_workers
+        from runtime.setup import check_inputs, lock_model_dir
+
+        device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
+        precision = choose_precision(args.dtype, device)
+        with STOP.during("checking the inputs"):
+            sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once
+        if not joins_cluster:
+            workers = make_workers(args.distribution, device.kind)  # before any op runs
+    if joins_cluster:
+        workers = make_workers(args.distribution, device.kind, args.cluster_timeout)
     lock = lock_model_dir(args, workers)  # before anything is read or written there
     if lock is not None:
         STOP.on_forced_exit(lock.release)
@@ -121,26 +129,10 @@ def _quiet_tensorflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.signals import STOP, Interrupted, TrainingInterrupted
+    from runtime.signals import STOP
 
     with STOP:  # SIGINT and SIGTERM end every phase from here on, cluster start included
-        try:
-            run(argv)
-        except UserInputError as error:
-            _quiet_tensorflow()
-            STOP.report(f"error: {error}")
-            return 2
-        except (TrainingInterrupted, Interrupted) as stop:
-            STOP.report(str(stop))
-            return stop.exit_status
-        except TrainingDiverged as error:
-            STOP.report(f"error: {error}")
-            return 3
-        except WorkerLost as error:
-            _quiet_tensorflow()
-            STOP.report(f"error: {error}")
-            return 4
-    return 0
+        return exit_status("unet2d.py", lambda: run(argv), report=STOP.report, before_report=_quiet_tensorflow)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""Exceptions that end a run with a one-line message instead of a traceback.
+"""How a run ends when it cannot go on: one line on stderr and an exit status, never a traceback.
 
-``UserInputError`` (exit status 2): the user gave us something we cannot use.
-``TrainingDiverged`` (exit status 3): the loss stopped being a number.
-``WorkerLost`` (exit status 4): another worker of a multi-worker job died or stopped answering.
-Every other exception is a bug and keeps its traceback (see ``unet2d.main``).
+=====  ===================  =====================================================
+ exit  exception            meaning
+=====  ===================  =====================================================
+   2   UserInputError       the user gave us something we cannot use
+   3   TrainingDiverged     the loss stopped being a number
+   4   WorkerLost           another worker of a multi-worker job died, or never came
+ 128+N Interrupted,         signal N (SIGINT 130, SIGTERM 143) stopped the run,
+       TrainingInterrupted  at once or, in training, after the step
+=====  ===================  =====================================================
+
+``exit_status`` applies this table for every command-line entry point
+(``unet2d.py``, ``predict.py``, ``runtime/parse_results.py``, the plotting
+tool). Every other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -47,11 +57,46 @@ class PeersMissing(WorkerLost):
                                  "or check its addresses")
 
 
-def exit_status(program: str, action: Callable[[], object]) -> int:
-    """Run a command-line tool's work: 0, or its UserInputError as one line on stderr and status 2."""
+class Interrupted(BaseException):
+    """A stop signal outside training proper (a BaseException, like KeyboardInterrupt: nobody catches it)."""
+
+    def __init__(self, signum: int, phase: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} while {phase}")
+        self.exit_status = 128 + signum
+
+
+class TrainingInterrupted(Exception):
+    """Raised by the training loop once the checkpoint of an interrupted run is written."""
+
+    def __init__(self, signum: int, step: int, saved: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {saved}; "
+                         "run the same command with --resume_training to continue")
+        self.exit_status = 128 + signum
+
+
+EXIT_STATUSES: dict[type[BaseException], int] = {UserInputError: 2, TrainingDiverged: 3, WorkerLost: 4}
+
+
+def _print_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def exit_status(program: str, action: Callable[[], object], report: Callable[[str], None] = _print_line,
+                before_report: Callable[[], None] | None = None) -> int:
+    """Run a command-line tool's work; 0, or the table's status with its one line ``program: ...`` on stderr.
+
+    ``report`` prints the line (unet2d.py's prints it once, whichever thread
+    ends the run); ``before_report`` runs first (to silence TensorFlow's
+    clean-up warnings after an error).
+    """
     try:
         action()
-    except UserInputError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return 2
+    except (Interrupted, TrainingInterrupted) as stop:
+        report(f"{program}: {stop}")
+        return stop.exit_status
+    except tuple(EXIT_STATUSES) as error:
+        if before_report is not None:
+            before_report()
+        report(f"{program}: error: {error}")
+        return next(status for kind, status in EXIT_STATUSES.items() if isinstance(error, kind))
     return 0

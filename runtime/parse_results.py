@@ -14,7 +14,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python runtime/parse_results.py, like the recipe
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.errors import UserInputError  # noqa: E402
+from runtime.errors import UserInputError, exit_status  # noqa: E402
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -107,17 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", required=True,
                         help="which runs to average: <precision>_<workers>hpu, e.g. bf16_1hpu or fp32_8hpu")
     args = parser.parse_args(argv)
-    try:
-        summary = average_folds(args.model_dir, args.env)
-    except UserInputError as error:
-        print(f"parse_results.py: error: {error}", file=sys.stderr)
-        return 1
+    return exit_status("parse_results.py", lambda: report(average_folds(args.model_dir, args.env)))
+
+
+def report(summary: dict[str, float]) -> None:
     print(f"Evaluation dice score: {summary['eval_dice_score']} (average of {summary['folds']} folds)")
     print(f"Evaluation cross-entropy loss: {summary['eval_ce_loss']}")
     for key, name in (("eval_v_rand", "V_Rand"), ("eval_v_info", "V_Info")):
         if key in summary:
             print(f"Evaluation {name} (ISBI 2012 challenge score): {summary[key]}")
-    return 0
 
 
 if __name__ == "__main__":

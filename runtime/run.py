@@ -21,15 +21,15 @@ from runtime import checkpoints, inference
 from runtime.compat import keras, optimizer_variables, rng_state_variables
 from runtime.distribution import Workers
 from runtime.dllog import Logger
-from runtime.errors import TrainingDiverged, UserInputError
+from runtime.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from runtime.export import class_probabilities, export_model
 from runtime.losses import partial_losses, weight_decay
 from runtime.metrics import challenge_scores, class_dice
 from runtime.optimizer import FusedAdam
 from runtime.overlays import write_overlays
 from runtime.progress import ProgressBar
-from runtime.setup import logs_here, saves_checkpoints, worker_log_dir
-from runtime.signals import STOP, TrainingInterrupted
+from runtime.setup import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
+from runtime.signals import STOP
 from runtime.tensorboard import TensorBoardWriters
 from runtime.timing import StepTimer, performance_stats, seconds_since_process_start
 
@@ -40,7 +40,7 @@ class RunContext:
     workers: Workers
     logger: Logger
     dataset: object  # data_loading.data_loader.Dataset or SyntheticDataset
-    checkpoint_dir: Path | None
+    checkpoint_dir: Path  # where this worker's checkpoints are (unused by training benchmarks)
     tensorboard: TensorBoardWriters | None = None
     prediction_inputs: list[PredictionInput] = field(default_factory=list)
 
@@ -93,7 +93,7 @@ class Runner:
     def _start_step(self) -> int:
         """Restore (--resume_training) or clear old checkpoints; the step to start from."""
         args, folder = self.ctx.args, self.ctx.checkpoint_dir
-        if folder is None:
+        if is_training_benchmark(args):
             return 0
         if args.resume_training:
             path, damaged = checkpoints.newest_intact(folder, self._warn)
@@ -173,7 +173,7 @@ class Runner:
             ctx.logger.log("CHECKPOINT", {"message": f"already trained {start} of {steps} steps"})
             return
         manager = None
-        if saves_checkpoints(args, workers) and ctx.checkpoint_dir is not None:
+        if saves_checkpoints(args, workers):
             manager = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir, args.keep_checkpoints)
         saver = checkpoints.PeriodicSaver(args.checkpoint_every, args.checkpoint_minutes)
         logging = logs_here(args, workers) and not args.benchmark
@@ -189,8 +189,8 @@ class Runner:
                 ce, dice = self._train_step([next(stream) for stream in streams])
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
-                    raise TrainingDiverged(step + 1, ce, dice, checkpoints.latest(ctx.checkpoint_dir)
-                                           if ctx.checkpoint_dir is not None else None)
+                    raise TrainingDiverged(step + 1, ce, dice, None if is_training_benchmark(args)
+                                           else checkpoints.latest(ctx.checkpoint_dir))
                 window_ce.append(ce)
                 window_dice.append(dice)
                 if step == start:
@@ -228,8 +228,7 @@ class Runner:
         if self.weights_ready:
             return
         with self.ctx.workers.phase("restoring the checkpoint"):
-            path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir or checkpoints.checkpoint_dir(
-                Path(self.ctx.args.model_dir)), self._warn, self.step)
+            path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step)
         self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
         self.weights_ready = True
 
@@ -285,7 +284,7 @@ class Runner:
         """Masks of each test stack (0/255 for two classes, class ids for more), under <model_dir>/predictions."""
         ctx, args = self.ctx, self.ctx.args
         if args.benchmark:
-            if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir or Path(args.model_dir)):
+            if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir):  # trained weights, if any
                 self._ensure_weights()
             with ctx.workers.phase("predicting"):
                 self._benchmark_predict()

@@ -99,23 +99,25 @@ def make_tensorboard(args: argparse.Namespace, workers: Workers) -> TensorBoardW
     return TensorBoardWriters(worker_log_dir(args, workers))
 
 
-def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path | None:
+def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path:
     """The folder this worker restores checkpoints from (and writes them to, if it saves).
 
-    None in training benchmarks, which neither read nor write checkpoints.
     Every rank reads (a resumed run must agree on the step), only
-    ``saves_checkpoints`` ranks write.
+    ``saves_checkpoints`` ranks write. A training benchmark neither reads nor
+    writes it (``is_training_benchmark``), so it is not created then.
     """
     model_dir = Path(args.model_dir)
-    training = "train" in args.exec_mode
-    if training and args.benchmark:
-        return None
-    if training and saves_checkpoints(args, workers):
+    if "train" in args.exec_mode and saves_checkpoints(args, workers):
         ensure_writable_dir(model_dir, "--model_dir")
     elif model_dir.exists() and not model_dir.is_dir():
         raise UserInputError(f"--model_dir is not a folder: {model_dir}")
     per_worker = workers.rank if args.log_all_workers and workers.size > 1 else None
     return checkpoint_dir(model_dir, per_worker)
+
+
+def is_training_benchmark(args: argparse.Namespace) -> bool:
+    """Training benchmarks time steps only: no checkpoint is read, written or cleared, no lock is taken."""
+    return args.benchmark and "train" in args.exec_mode
 
 
 def lock_model_dir(args: argparse.Namespace, workers: Workers) -> ModelDirLock | None:
@@ -125,7 +127,7 @@ def lock_model_dir(args: argparse.Namespace, workers: Workers) -> ModelDirLock |
     write the model dir and take no lock.
     """
     training = "train" in args.exec_mode
-    if (training and args.benchmark) or not workers.is_chief:
+    if is_training_benchmark(args) or not workers.is_chief:
         return None
     model_dir = Path(args.model_dir)
     if training:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from runtime.errors import Interrupted
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How long a signal "at once" waits for the main thread to unwind before the watcher ends the process.
 UNWIND_SECONDS = 3.0
@@ -40,23 +42,6 @@ UNWIND_SECONDS = 3.0
 
 def _name(signum: int) -> str:
     return signal.Signals(signum).name
-
-
-class Interrupted(BaseException):
-    """A stop signal outside training proper (a BaseException, like KeyboardInterrupt: nobody catches it)."""
-
-    def __init__(self, signum: int, phase: str) -> None:
-        super().__init__(f"stopped by {_name(signum)} while {phase}")
-        self.exit_status = 128 + signum
-
-
-class TrainingInterrupted(Exception):
-    """Raised by the training loop once the checkpoint of an interrupted run is written."""
-
-    def __init__(self, signum: int, step: int, saved: str) -> None:
-        super().__init__(f"stopped by {_name(signum)} after step {step}; {saved}; "
-                         "run the same command with --resume_training to continue")
-        self.exit_status = 128 + signum
 
 
 class StopSignals:
@@ -141,7 +126,7 @@ class StopSignals:
             if self._reported:
                 return
             self._reported = True
-        sys.stderr.write(f"{self.program}: {line}\n")
+        sys.stderr.write(f"{line}\n")
         sys.stderr.flush()
 
     # Handlers ----------------------------------------------------------------
@@ -178,11 +163,11 @@ class StopSignals:
                     phase = self.phase
                     threading.Thread(target=self._deadline, args=(signum, phase), daemon=True).start()
                     continue
-                self._exit_now(signum, f"second {_name(signum)}: exiting at once, without a checkpoint")
+                self._exit_now(signum, f"{self.program}: second {_name(signum)}: exiting at once, without a checkpoint")
 
     def _deadline(self, signum: int, phase: str) -> None:
         time.sleep(UNWIND_SECONDS)
-        self._exit_now(signum, str(Interrupted(signum, phase)))
+        self._exit_now(signum, f"{self.program}: {Interrupted(signum, phase)}")
 
     def __enter__(self) -> StopSignals:
         self.signum, self._reported, self._cleanups = None, False, []

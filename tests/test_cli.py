@@ -180,6 +180,17 @@ def test_predict_benchmark_with_xla(tmp_path):
     assert stats["throughput_test"] > 0 and stats["latency_test_99"] > 0
 
 
+def test_predict_benchmark_times_the_trained_weights_of_the_model_dir(tmp_path):
+    """Its checkpoint is looked for where training writes it (<model_dir>/model_checkpoint)."""
+    model_dir = tmp_path / "m"
+    ok(run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(model_dir),
+               "--log_dir", str(tmp_path / "train")))
+    ok(run_cli("--synth_data", "--exec_mode", "predict", "--benchmark", "--batch_size", "1", "--max_steps", "2",
+               "--warmup_steps", "1", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "bench")))
+    restored = merged_data(read_log(tmp_path / "bench" / "log.json"), "CHECKPOINT")["restored"]
+    assert restored == str(model_dir / "model_checkpoint" / "checkpoint-1")
+
+
 @pytest.mark.parametrize("case", ["size differs", "truncated TIFF"])
 def test_bad_data_is_one_line_status_2_and_nothing_deleted(isbi_copy, tmp_path, case):
     """One problem found from the headers, one from the pixels; every other kind is checked at the loader

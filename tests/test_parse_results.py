@@ -44,4 +44,4 @@ def test_cli_reports_corrupt_and_missing_logs(tmp_path):
     assert "Evaluation dice score: 0.8 (average of 1 folds)" in result.stdout
     assert "not a valid DLLL record" in result.stderr and "no evaluation result" in result.stderr
     missing = subprocess.run([*script, "--env", "fp32_8hpu"], capture_output=True, text=True)
-    assert missing.returncode == 1 and "no log.json" in missing.stderr
+    assert missing.returncode == 2 and "no log.json" in missing.stderr
