@@ -5,7 +5,7 @@
     python unet2d.py --train_images 'vols/*.tif' --train_labels 'labels/*.tif' --num_classes 3 \
         --input_mode tile --fold 0 --model_dir /tmp/mine
 
-See README.md for every mode and flag.
+See README.md, and docs/usage.md for every mode and flag.
 """
 
 from __future__ import annotations
