@@ -145,6 +145,11 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+
+def _portable(argv: list[str]) -> list[str]:
+    """The command as a reader would type it: the data folder as $DATA, not this machine's path."""
+    return ["$DATA" if previous == "--data_dir" else value for previous, value in zip(["", *argv], argv)]
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", choices=sorted(STATS_MODE), default=["train", "predict"])
@@ -203,7 +208,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     ceiling_summary = [{key: value for key, value in c.items() if key != "layers"} for c in ceilings.values()]
     (args.out / "results.json").write_text(json.dumps(
-        {"machine": machine, "command": sys.argv[1:], "results": results, "kernel_ceiling": ceiling_summary,
+        {"machine": machine, "command": _portable(sys.argv[1:]), "results": results, "kernel_ceiling": ceiling_summary,
          "kernel_ceiling_layers": list(ceilings.values()), "input_pipeline": pipeline}, indent=2))
     (args.out / "results.md").write_text(markdown(results, pipeline))
     plot(results, args.out / "results.png")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.steps = args.steps or (12 if args.part == "throughput" else 120)
     command = "python benchmarks/input_modes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)  # the reader's data, not this machine's path
     with tempfile.TemporaryDirectory() as work:
         if args.part == "demo":
             title = (f"Demo: synthetic EM, {DEMO['classes']} classes (0 membrane, 1 interior, 2 mitochondrion), "
