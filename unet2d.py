@@ -37,12 +37,14 @@ def run(argv: list[str] | None = None) -> None:
     # cluster outside (its waiting lines and TensorFlow's cluster start print to the real stderr).
     joins_cluster = args.distribution == "multi_worker"
     with tensorflow_start_quietly(not asked_for_tensorflow_lines(args.tf_verbosity)):
-        # Imported here so that --help and flag errors never wait for TensorFlow.
-        from runtime.device import choose_precision, select_device
-        from runtime.distribution import make_workers
-        from runtime.setup import check_inputs, lock_model_dir
+        # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
+        # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
+        with STOP.holding_sigterm():
+            from runtime.device import choose_precision, select_device
+            from runtime.distribution import make_workers
+            from runtime.setup import check_inputs, lock_model_dir
 
-        device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
+            device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
         precision = choose_precision(args.dtype, device)
         with STOP.during("checking the inputs"):
             sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once

@@ -87,7 +87,7 @@ def wait_for_peers(addresses: list[str], rank: int, timeout: float, say: Callabl
             now = time.monotonic()
             missing = [f"worker {index} ({address})" for index, address in sorted(peers.items())]
             if now - start >= timeout:
-                raise PeersMissing(missing, now - start)
+                raise PeersMissing(missing, timeout)
             if now >= next_notice:
                 say(f"waiting for {len(peers)} of {len(addresses)} workers: {', '.join(missing)}; "
                     f"{now - start:.0f} s of {timeout:.0f} s (--cluster_timeout)")

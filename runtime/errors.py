@@ -51,8 +51,8 @@ class WorkerLost(Exception):
 class PeersMissing(WorkerLost):
     """Workers of the cluster that did not start in time (exit status 4, as a lost worker)."""
 
-    def __init__(self, missing: list[str], waited: float) -> None:
-        Exception.__init__(self, f"{', '.join(missing)} did not join the cluster within {waited:.0f} s "
+    def __init__(self, missing: list[str], timeout: float) -> None:
+        Exception.__init__(self, f"{', '.join(missing)} did not join the cluster within {timeout:g} s "
                                  "(--cluster_timeout); stopping. Start every worker of TF_CONFIG's cluster, "
                                  "or check its addresses")
 

@@ -85,36 +85,55 @@ class StopSignals:
         self._cleanups.append(cleanup)
 
     @contextmanager
+    def holding_sigterm(self) -> Iterator[None]:
+        """SIGTERM held pending in this thread (and every thread it starts meanwhile), delivered on the way out.
+
+        Around TensorFlow's import: the threads it starts then keep SIGTERM
+        blocked for good, so inside its cluster start, where TensorFlow puts
+        its own SIGTERM handler (the preemption notifier) in place of ours, no
+        thread can take a SIGTERM and it stays pending for us.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a pending one runs _handle now
+
+    @contextmanager
     def around_blocking_call(self) -> Iterator[None]:
         """Keep signals working around a C++ call that holds the GIL for long (TensorFlow's cluster start).
 
-        No thread of ours runs there, so a small helper process takes the
-        signal's byte from the wakeup fd, prints the stop line and sends the
-        signal back; the first delivery has reset its disposition to the
-        default (SA_RESETHAND), so that second one ends us with 128 + signal.
+        No thread of ours runs there, so a small helper process watches:
+        * SIGINT: its byte arrives on the wakeup fd; the helper prints the stop
+          line and sends it back, and the first delivery has reset its action
+          to the default (SA_RESETHAND), so that one ends us with 128 + 2;
+        * SIGTERM: held pending in every thread (``holding_sigterm``) because
+          TensorFlow installs its own handler here. If the call returns, ours
+          is back and takes it; if the call is still stuck 2 s later, the
+          helper prints the stop line and ends us with SIGKILL.
         """
         if not (self._pipe and sys.platform.startswith("linux")):
             yield
             return
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
-        helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _RESEND, str(os.getpid()), str(read_end),
+        helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HELPER, str(os.getpid()), str(read_end),
                                    f"{self.program}: stopped by {{name}} while {self.phase}"],
                                   pass_fds=(read_end,), stdin=subprocess.DEVNULL)
         os.close(read_end)
         outer_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            for each in STOP_SIGNALS:
-                _reset_on_first_delivery(each)
+            _reset_on_first_delivery(signal.SIGINT)
             yield
         finally:
             helper.kill()
             helper.wait()
             for each in STOP_SIGNALS:
-                signal.signal(each, self._handle)  # a fresh sigaction: no SA_RESETHAND
+                signal.signal(each, self._handle)  # ours again, in place of TensorFlow's; no SA_RESETHAND
             signal.set_wakeup_fd(outer_fd, warn_on_full_buffer=False)
             os.close(write_end)
-            # A signal that came in the window but after the call returned runs _handle now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # last: a pending one runs _handle now
 
     @property
     def requested(self) -> bool:
@@ -149,6 +168,7 @@ class StopSignals:
         os._exit(128 + signum)
 
     def _watch(self, read_end: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))  # signals go to the main thread, never here
         seen = 0
         while chunk := os.read(read_end, 64):
             for signum in chunk:
@@ -192,17 +212,37 @@ class StopSignals:
 
 
 # The helper of around_blocking_call: argv = parent pid, pipe fd, stop line with {name}.
-_RESEND = """
-import os, signal, sys, time
+_HELPER = """
+import os, select, signal, sys, time
 parent, fd, line = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-while chunk := os.read(fd, 64):
-    stops = [n for n in chunk if n in (signal.SIGINT, signal.SIGTERM)]
-    if stops:
-        time.sleep(0.5)  # the call may have just returned: then the parent handles it and kills us first
-        sys.stderr.write(line.format(name=signal.Signals(stops[0]).name) + "\\n")
-        sys.stderr.flush()
-        os.kill(parent, stops[0])
-        break
+
+def stop(signum, how):
+    sys.stderr.write(line.format(name=signal.Signals(signum).name) + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, how)
+    sys.exit(0)
+
+def sigterm_pending():
+    try:
+        status = open(f"/proc/{parent}/status").read()
+    except OSError:
+        sys.exit(0)
+    masks = [int(l.split()[1], 16) for l in status.splitlines() if l.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+
+held_since = None
+while True:
+    if select.select([fd], [], [], 0.2)[0]:
+        chunk = os.read(fd, 64)
+        if not chunk:
+            sys.exit(0)
+        if signal.SIGINT in chunk:
+            time.sleep(0.5)  # the call may have just returned: then the parent handles it and kills us first
+            stop(signal.SIGINT, signal.SIGINT)
+    if sigterm_pending():
+        held_since = held_since or time.monotonic()
+        if time.monotonic() - held_since > 2.0:  # still inside the call: TensorFlow's start is stuck
+            stop(signal.SIGTERM, signal.SIGKILL)
 """
 
 
