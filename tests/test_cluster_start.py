@@ -167,13 +167,19 @@ def _joining(pid: int) -> bool:
     return children.exists() and bool(children.read_text().split())
 
 
-@workers_test
-def test_a_bad_input_fails_alone_before_joining(isbi_dir, tmp_path):
-    """Worker 1's data folder holds a FIFO: it exits 2 at once, never listens; worker 0 names it missing."""
+def data_without_labels(isbi_dir: Path, tmp_path: Path) -> Path:
+    """A data folder with the ISBI volumes linked in and no labels yet: each test puts its bad ones there."""
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("train-volume.tif", "test-volume.tif"):
         (bad / name).symlink_to(isbi_dir / name)
+    return bad
+
+
+@workers_test
+def test_a_bad_input_fails_alone_before_joining(isbi_dir, tmp_path):
+    """Worker 1's data folder holds a FIFO: it exits 2 at once, never listens; worker 0 names it missing."""
+    bad = data_without_labels(isbi_dir, tmp_path)
     os.mkfifo(bad / "train-labels.tif")
     ports = free_ports(2)
     chief = Worker(ports, 0, train_flags(isbi_dir, tmp_path / "w0", "--cluster_timeout", "20"))
@@ -190,10 +196,7 @@ def test_a_peer_failing_while_the_model_is_built_is_one_line_and_status_4(isbi_d
     """Worker 1's labels are cut short: their header passes the check before joining, reading them fails."""
     import tifffile
 
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("train-volume.tif", "test-volume.tif"):
-        (bad / name).symlink_to(isbi_dir / name)
+    bad = data_without_labels(isbi_dir, tmp_path)
     labels = tifffile.imread(isbi_dir / "train-labels.tif")
     tifffile.imwrite(bad / "train-labels.tif", labels)
     size = (bad / "train-labels.tif").stat().st_size
