@@ -18,7 +18,6 @@ data="$out/demo_data"
 
 python=$("$root/scripts/setup_env.sh" current | tail -n 1)
 cd "$root"
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 if [ ! -f "$data/test-volume.tif" ]; then
   "$python" download_dataset.py --synthetic --data_dir "$data"
