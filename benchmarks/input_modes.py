@@ -9,6 +9,8 @@ keeps what it has):
     python benchmarks/input_modes.py throughput   # train and predict images/s, A/B interleaved (~10 min)
     python benchmarks/input_modes.py demo         # 3-class synthetic EM, 1024x1024 slices (~40 min)
     python benchmarks/input_modes.py isbi         # ISBI 2012 fold 0, challenge scores by tile prediction (~40 min)
+    python benchmarks/input_modes.py isbi_steps --steps 120,200
+                                                  # one resize-trained model, scored both ways at each step count
 
 Every trained model is scored at full resolution by both prediction
 strategies, so a model trained at one scale and applied at another shows.
@@ -78,6 +80,30 @@ def accuracy(data_dir: Path, classes: int, args: argparse.Namespace, work: Path)
             yield row
 
 
+def by_steps(data_dir: Path, args: argparse.Namespace, work: Path) -> Iterator[dict]:
+    """One resize-trained model on ISBI fold 0, stopped at each step count and scored by both strategies.
+
+    Resume is exact, so the model at step 200 is the one a straight 200-step run
+    gives: every step count is measured on one training stream.
+    """
+    model = work / "model-resize"
+    common = ["--data_dir", str(data_dir), "--fold", "0", "--dtype", args.dtype, "--batch_size",
+              str(args.batch_size), "--model_dir", str(model), "--seed", str(args.seed)]
+    minutes = 0.0
+    for steps in args.step_counts:
+        started = time.perf_counter()
+        unet2d("--exec_mode", "train", "--max_steps", str(steps), "--log_every", "20", *common,
+               log_dir=work / f"train-{steps}")
+        minutes += (time.perf_counter() - started) / 60
+        for strategy in MODES:
+            scores = final_eval(unet2d("--exec_mode", "evaluate", "--predict_strategy", strategy, *common,
+                                       log_dir=work / f"eval-{steps}-{strategy}"))
+            row = {"input_mode": "resize", "predict_strategy": strategy, "steps": steps, "seed": args.seed,
+                   "batch_size": args.batch_size, "dtype": args.dtype, "train_minutes": round(minutes, 1)}
+            row.update({key: value for key, value in scores.items() if key in SCORES})
+            yield row
+
+
 def throughput(data_dir: Path, args: argparse.Namespace, work: Path) -> Iterator[dict]:
     """--benchmark train and predict on the ISBI stacks, resize and tile alternating (A B A B)."""
     for repeat in range(args.repeats):
@@ -120,6 +146,16 @@ def markdown(results: dict) -> str:
             lines.append(f"| {row['input_mode']} | {row['predict_strategy']} | " + " | ".join(cells)
                          + f" | {row['train_minutes']} |")
         lines.append("")
+    if "isbi_steps" in results:
+        settings, rows = results["isbi_steps"]["settings"], results["isbi_steps"]["rows"]
+        lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "",
+                  "| steps | scored by | eval_dice_score (388x388) | V_Rand | V_Info | mask Dice | training min |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            cells = [f"{row.get(c, float('nan')):.4f}" for c in SCORES]
+            lines.append(f"| {row['steps']} | {row['predict_strategy']} | " + " | ".join(cells)
+                         + f" | {row['train_minutes']} |")
+        lines.append("")
     if "throughput" in results:
         settings, rows = results["throughput"]["settings"], results["throughput"]["rows"]
         lines += ["## Throughput (network inputs of 572x572 per second)", "", f"`{settings['command']}`", "",
@@ -143,18 +179,28 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("throughput", "demo", "isbi"))
+    parser.add_argument("part", choices=("throughput", "demo", "isbi", "isbi_steps"))
     parser.add_argument("--data_dir", type=Path, default=None, help="the ISBI 2012 stacks [../shared or ./data]")
     parser.add_argument("--demo_dir", type=Path, default=Path.home() / ".cache" / "unet2d" / "demo" /
                         "synthetic-em3-20x1024-seed0", help="where the 3-class demo stacks are (generated if missing)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps [120; throughput: 12]")
+    parser.add_argument("--steps", default=None,
+                        help="training steps [120; throughput: 12; isbi_steps: a comma list, 120,200]")
+    parser.add_argument("--seed", type=int, default=123, help="isbi_steps: the training seed")
     parser.add_argument("--warmup", type=int, default=4, help="throughput: steps left out of the figures")
     parser.add_argument("--repeats", type=int, default=2, help="throughput: A/B rounds")
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    args.steps = args.steps or (12 if args.part == "throughput" else 120)
+    try:
+        step_counts = [int(n) for n in (args.steps or ("120,200" if args.part == "isbi_steps" else
+                                                        "12" if args.part == "throughput" else "120")).split(",")]
+    except ValueError:
+        parser.error(f"--steps: whole numbers separated by commas, not {args.steps!r}")
+    if args.part != "isbi_steps" and len(step_counts) != 1:
+        parser.error("--steps: one step count for this part (a list only for isbi_steps)")
+    args.step_counts = sorted(step_counts)
+    args.steps = args.step_counts[-1]
     command = "python benchmarks/input_modes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)  # the reader's data, not this machine's path
     with tempfile.TemporaryDirectory() as work:
@@ -166,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = args.data_dir or default_data_dir()
             check_data_dir(data_dir)
             title = "ISBI 2012, fold 0"
-            runs = (throughput(data_dir, args, Path(work)) if args.part == "throughput"
-                    else accuracy(data_dir, 2, args, Path(work)))
+            if args.part == "isbi_steps":
+                title = (f"ISBI 2012, fold 0: one model trained with resize, scored both ways after "
+                         f"{', '.join(map(str, args.step_counts))} steps (seed {args.seed})")
+            parts = {"throughput": throughput, "isbi_steps": by_steps,
+                     "isbi": lambda data, settings, folder: accuracy(data, 2, settings, folder)}
+            runs = parts[args.part](data_dir, args, Path(work))
         settings = {"title": title, "command": command, "steps": args.steps, "batch_size": args.batch_size,
                     "dtype": args.dtype, "tensorflow": tensorflow_version()}
         rows: list[dict] = []
