@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 from data_loading.isbi import CHALLENGE_URL, PIXEL_SHA256, SHAPE
+from runtime.common.errors import UserInputError, exit_status
+
+PROGRAM = "download_dataset.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,14 +51,28 @@ def generate(args: argparse.Namespace) -> int:
     from data_loading.synthetic_em import generate_volume
     from data_loading.tiff_io import write_stack_atomically
 
+    check_data_dir(args.data_dir)
     images, labels = generate_volume(args.slices, args.size, args.seed, args.classes)
     test_images, _ = generate_volume(args.slices, args.size, args.seed + 10_000, args.classes)
     for name, stack in (("train-volume.tif", images), ("train-labels.tif", labels), ("test-volume.tif", test_images)):
-        write_stack_atomically(args.data_dir / name, stack)
+        try:
+            write_stack_atomically(args.data_dir / name, stack)
+        except OSError as error:
+            raise UserInputError(f"cannot write {args.data_dir / name}: {error.strerror or error}") from None
     print(f"synthetic EM dataset (seed {args.seed}, {args.classes} classes, {args.slices} slices of "
           f"{args.size}x{args.size}) "
           f"written to {args.data_dir}")
     return 0
+
+
+def check_data_dir(folder: Path) -> None:
+    """A --data_dir that is a file, or cannot be created, is bad input: one line, before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"--data_dir is not a folder: {folder}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"cannot create --data_dir {folder}: {error.strerror or error}") from None
 
 
 def download(args: argparse.Namespace) -> int:
@@ -65,13 +82,13 @@ def download(args: argparse.Namespace) -> int:
     try:
         sources = [make_source(spec, args.timeout, args.retries, args.backoff) for spec in specs]
     except ValueError as error:
-        print(f"download_dataset.py: error: {error}", file=sys.stderr)
-        return 2
+        raise UserInputError(str(error)) from None
+    check_data_dir(args.data_dir)
     report = fetch_all(args.data_dir, sources)
     if not report.failed:
         print(f"ISBI 2012 data ready and verified in {args.data_dir}")
         return 0
-    print(f"download_dataset.py: error: could not get {', '.join(report.failed)}", file=sys.stderr)
+    print(f"{PROGRAM}: error: could not get {', '.join(report.failed)}", file=sys.stderr)
     for name, attempts in report.failed.items():
         for attempt in attempts:
             print(f"  {name}: {attempt}", file=sys.stderr)
@@ -83,8 +100,11 @@ def download(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input is one line and status 2 (the project's one table); sources that all failed are status 1."""
     args = parse_args(argv)
-    return generate(args) if args.synthetic else download(args)
+    statuses: list[int] = []
+    failed = exit_status(PROGRAM, lambda: statuses.append(generate(args) if args.synthetic else download(args)))
+    return failed or statuses[0]
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.arguments import PREDICT_STRATEGIES, OneLineErrorParser
-from runtime.errors import UserInputError, exit_status
+from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser
+from runtime.common.errors import UserInputError, exit_status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,9 +46,9 @@ def run(argv: list[str] | None = None) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data_loading.image_stack import read_image_stack
     from data_loading.tiff_io import write_stack_atomically
-    from runtime.export import load_probability_fn
-    from runtime.inference import mask_values, predict_class_ids
-    from runtime.overlays import write_overlays
+    from runtime.inference.export import load_probability_fn
+    from runtime.inference.strategies import mask_values, predict_class_ids
+    from runtime.reporting.overlays import write_overlays
 
     source = Path(args.input)
     slices, names = read_image_stack(source)

@@ -5,7 +5,7 @@
 #   bash train_and_evaluate.sh <data_dir> <results_dir> <batch_size> <auto|fp32|bf16> <workers> [unet2d.py flags...]
 #
 # auto runs bf16 where the hardware computes it natively and fp32 elsewhere
-# (python -m runtime.device says which); the run names carry what it ran as.
+# (python -m runtime.cli.machine says which); the run names carry what it ran as.
 # Fold k logs to <results_dir>/<precision>_<workers>hpu_fold<k>.log and keeps its
 # checkpoint and log.json in <results_dir>/<precision>_<workers>hpu_fold<k>/.
 # More than one worker runs, on the TF 2.15 stack (the interpreter's TensorFlow
@@ -43,7 +43,7 @@ sys.stdout.write("horovod" if (major, minor) < (2, 16) else "multi_worker")' 2>/
     || usage "cannot import TensorFlow with $python"
 fi
 if [ "$precision" = auto ]; then
-  precision=$(cd "$here" && TF_CPP_MIN_LOG_LEVEL=3 "$python" -m runtime.device --dtype_only 2>/dev/null | tail -n 1) \
+  precision=$(cd "$here" && "$python" -m runtime.cli.machine --dtype_only | tail -n 1) \
     || usage "cannot import TensorFlow with $python"
 fi
 env_name="${precision}_${workers}hpu"

@@ -16,22 +16,22 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from runtime.arguments import parse_args
-from runtime.errors import exit_status
+from runtime.cli.arguments import parse_args
+from runtime.common.errors import exit_status
 
 if TYPE_CHECKING:
     from data_loading.data_loader import DataSources
-    from runtime.device import Device, Precision
-    from runtime.distribution import Workers
-    from runtime.model_dir_lock import ModelDirLock
+    from runtime.execution.device import Device, Precision
+    from runtime.execution.distribution import Workers
+    from runtime.execution.model_dir_lock import ModelDirLock
 
 
 def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.tf_verbosity is not None:  # must be set before TensorFlow is imported
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
-    from runtime.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
-    from runtime.signals import STOP
+    from runtime.common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
+    from runtime.execution.signals import STOP
 
     # TensorFlow's C++ start-up lines are dropped unless asked for. A multi-worker job joins its
     # cluster outside (its waiting lines and TensorFlow's cluster start print to the real stderr).
@@ -40,9 +40,9 @@ def run(argv: list[str] | None = None) -> None:
         # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
         # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
         with STOP.holding_sigterm():
-            from runtime.device import choose_precision, select_device
-            from runtime.distribution import make_workers
-            from runtime.setup import check_inputs, lock_model_dir
+            from runtime.cli.setup import check_inputs, lock_model_dir
+            from runtime.execution.device import choose_precision, select_device
+            from runtime.execution.distribution import make_workers
 
             device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
         precision = choose_precision(args.dtype, device)
@@ -66,8 +66,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
               lock: ModelDirLock | None, sources: DataSources | None) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
-    from runtime.run import RunContext, Runner
-    from runtime.setup import (
+    from runtime.cli.setup import (
         configure_tensorflow,
         load_dataset,
         load_prediction_inputs,
@@ -76,6 +75,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
         prepare_checkpoint_dir,
         stream_options,
     )
+    from runtime.loop.runner import RunContext, Runner
 
     exporting = args.exec_mode == "export"
     configure_tensorflow(args, device, workers, bf16=precision.bf16 and not exporting)
@@ -131,7 +131,7 @@ def _quiet_tensorflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.signals import STOP
+    from runtime.execution.signals import STOP
 
     with STOP:  # SIGINT and SIGTERM end every phase from here on, cluster start included
         return exit_status("unet2d.py", lambda: run(argv), report=STOP.report, before_report=_quiet_tensorflow)

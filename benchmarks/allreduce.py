@@ -32,7 +32,7 @@ def main() -> None:
     import tensorflow as tf
 
     from model.unet import build_unet
-    from runtime.distribution import make_workers
+    from runtime.execution.distribution import make_workers
 
     workers = make_workers("multi_worker")
     shapes = [tuple(v.shape) for v in build_unet(123).trainable_variables]

@@ -74,7 +74,7 @@ def run_config(mode: str, dtype: str, batch_size: int, steps: int, warmup: int, 
 
 def machine_record() -> dict:
     """What a result was measured on: the CPU, its ISA flags that decide bf16, and the software."""
-    from runtime.device import describe_cpu
+    from runtime.execution.device import describe_cpu
     return {"platform": platform.platform(), **describe_cpu(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "tensorflow": tensorflow_version()}
 

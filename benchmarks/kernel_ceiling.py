@@ -19,7 +19,7 @@ form is timed too, and the ceiling of the kernels the model really runs
 
 On a CPU without native bfloat16 the bf16 ceiling is that of the emulated
 kernels; where bf16 cannot run at all (an AVX-512 CPU with oneDNN capped
-below it, see runtime/device.py) it is reported as such, not measured.
+below it, see runtime/execution/device.py) it is reported as such, not measured.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import tensorflow as tf  # noqa: E402
 
 from model.matmul_conv import MatmulGradConv2D, filter_gradient  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from runtime.compat import keras  # noqa: E402
-from runtime.device import choose_precision, describe_cpu, select_device  # noqa: E402
-from runtime.errors import UserInputError  # noqa: E402
+from runtime.common.compat import keras  # noqa: E402
+from runtime.common.errors import UserInputError  # noqa: E402
+from runtime.execution.device import choose_precision, describe_cpu, select_device  # noqa: E402
 
 DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}
 

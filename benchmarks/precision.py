@@ -6,7 +6,7 @@ unet2d.py's own --benchmark) in fp32, bf16 and auto, three ways:
 
 * native: the CPU as it is;
 * cap: ONEDNN_MAX_CPU_ISA=AVX2, oneDNN's kernels limited to AVX2 (fp32 and
-  auto only: an explicit bf16 is refused there, see runtime/device.py);
+  auto only: an explicit bf16 is refused there, see runtime/execution/device.py);
 * emulated: the cap plus TF_ENABLE_ONEDNN_OPTS=0, where bf16 runs on
   TensorFlow's own kernels, as on a CPU without AVX-512 (fp32 beside it).
 

@@ -27,8 +27,8 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.filter_gradient import training_step  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from runtime.compat import set_mixed_bfloat16  # noqa: E402
-from runtime.device import select_device  # noqa: E402
+from runtime.common.compat import set_mixed_bfloat16  # noqa: E402
+from runtime.execution.device import select_device  # noqa: E402
 
 
 def op_type_seconds(trace_dir: str) -> dict[str, float]:

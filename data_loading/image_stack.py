@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_loading.input_paths import check_input
 from data_loading.tiff_io import read_stack, tiff_shape
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 
 from data_loading.input_paths import check_input
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 # Damaged files are reported by us, in one line; tifffile's own log lines about them would only add noise.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data_loading.image_stack import read_image_stack, stack_shape
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 GLOB_CHARACTERS = "*?["
 

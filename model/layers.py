@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from model.bias import bias_add
 from model.matmul_conv import MatmulGradConv2D
-from runtime.compat import keras
+from runtime.common.compat import keras
 
 
 def exact_bias_conv(layer: keras.layers.Conv2D, inputs):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from model.bias import bias_gradient
-from runtime.compat import keras
+from runtime.common.compat import keras
 
 MIN_CHANNELS = 128  # below this, oneDNN's own weight-gradient kernel is as fast or faster (measured)
 

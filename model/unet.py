@@ -13,8 +13,8 @@ the losses cast them to float32.
 from __future__ import annotations
 
 from model.layers import LayerFactory, bottleneck_block, down_block, output_block, up_block
-from runtime.compat import keras
-from runtime.geometry import INPUT_SIZE, NUM_CLASSES
+from runtime.common.compat import keras
+from runtime.common.geometry import INPUT_SIZE, NUM_CLASSES
 
 BASE_FILTERS = 64  # the recipe's width
 DEPTH = 4  # down blocks; the bottleneck sits below them

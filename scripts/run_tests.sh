@@ -20,7 +20,7 @@ first=true
 for stack in $stacks; do
   python=$(scripts/setup_env.sh "$stack" | tail -n 1)
   if $first; then
-    echo "=== machine: $(TF_CPP_MIN_LOG_LEVEL=3 "$python" -m runtime.device 2>/dev/null | tail -n 1)"
+    echo "=== machine: $("$python" -m runtime.cli.machine | tail -n 1)"
     first=false
   fi
   echo "=== $stack stack: $("$python" -c 'import sys, tensorflow as tf; print(f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}")' 2>/dev/null)"

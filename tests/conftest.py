@@ -83,13 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: over about 20 s (subprocess training runs, several workers, the "
                                        "full-width model); -m 'not slow' is the quick tier")
     config.addinivalue_line("markers", "bf16_kernels: runs bfloat16 convolutions or matmuls in this process; "
-                                       "skipped only where bf16 cannot run at all (runtime.device)")
+                                       "skipped only where bf16 cannot run at all (runtime.execution.device)")
 
 
 @cache
 def bf16_unrunnable() -> str | None:
     """Why bf16 kernels would fail outright here (an AVX-512 CPU with oneDNN capped below it); None if they run."""
-    from runtime.device import cpu_bf16_support, cpu_flags, onednn_isa_cap, onednn_opts_enabled, read_cpuinfo
+    from runtime.execution.device import cpu_bf16_support, cpu_flags, onednn_isa_cap, onednn_opts_enabled, read_cpuinfo
 
     return cpu_bf16_support(cpu_flags(read_cpuinfo()), onednn_isa_cap(), onednn_opts_enabled()).unrunnable
 
@@ -97,8 +97,8 @@ def bf16_unrunnable() -> str | None:
 @cache
 def machine_line() -> str:
     """The CPU kind and what --dtype auto picks on it: which kind of machine a test log came from."""
-    done = subprocess.run([sys.executable, "-m", "runtime.device", "--no_hpu"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run([sys.executable, "-m", "runtime.cli.machine", "--no_hpu"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
     return f"machine: {lines[-1]}" if done.returncode == 0 and lines else f"machine: unknown ({done.stderr[-300:]})"
 

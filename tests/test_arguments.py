@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.arguments import parse_args
+from runtime.cli.arguments import parse_args
 from tests.conftest import run_cli
 
 # The recipe README's defaults; dtype is the one deliberate change (its bf16 is auto's choice where bf16 is native).
@@ -49,7 +49,7 @@ def test_aliases(argv, name, value):
 
 def test_every_recipe_mode_runs_with_what_it_needs_and_no_other_mode_is_taken(capsys):
     """The recipe's five modes (plus export) parse with the inputs each needs; anything else is exit 2."""
-    from runtime.arguments import EXEC_MODES
+    from runtime.cli.arguments import EXEC_MODES
 
     assert set(EXEC_MODES) == {"train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export"}
     for mode in EXEC_MODES:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.compat import KERAS_MAJOR
+from runtime.common.compat import KERAS_MAJOR
 from tests.conftest import ROOT, run_cli, unet2d_command
 
 
@@ -240,13 +240,13 @@ def test_a_peer_killed_during_evaluation_is_one_line_and_status_4(isbi_dir, tmp_
     ("/job:worker/replica:0/task:0 only names us", 0, False, None),
 ])
 def test_the_lost_worker_is_read_from_tensorflows_message(message, rank, has_chief, expected):
-    from runtime.distribution import lost_worker
+    from runtime.execution.distribution import lost_worker
 
     assert lost_worker(message, rank, has_chief) == expected
 
 
 def test_the_wait_returns_once_every_peer_answers_and_holds_our_port_meanwhile():
-    from runtime.cluster import wait_for_peers
+    from runtime.execution.cluster import wait_for_peers
 
     ports = free_ports(2)
     peer = socket.socket()
@@ -260,8 +260,8 @@ def test_the_wait_returns_once_every_peer_answers_and_holds_our_port_meanwhile()
 
 
 def test_the_wait_names_the_missing_and_refuses_a_taken_port():
-    from runtime.cluster import wait_for_peers
-    from runtime.errors import PeersMissing, UserInputError
+    from runtime.common.errors import PeersMissing, UserInputError
+    from runtime.execution.cluster import wait_for_peers
 
     ports = free_ports(3)
     addresses = [f"127.0.0.1:{port}" for port in ports]

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 
 def test_streams_on_real_data(isbi_dir):

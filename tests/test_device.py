@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.device import (
+from runtime.common.errors import UserInputError
+from runtime.execution.device import (
     Bf16Support,
     Device,
     choose_precision,
@@ -21,7 +22,6 @@ from runtime.device import (
     gpu_bf16_support,
     onednn_isa_cap,
 )
-from runtime.errors import UserInputError
 
 DATA = Path(__file__).parent / "data"
 BF16_CPU = (DATA / "cpuinfo_avx512_bf16.txt").read_text()

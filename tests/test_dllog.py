@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from runtime.dllog import Logger
+from runtime.reporting.dllog import Logger
 
 
 def test_formats(tmp_path, capsys, monkeypatch):

@@ -160,3 +160,17 @@ def test_folder_and_file_url_mirrors(isbi_dir, tmp_path):
 def test_bad_mirror_spec(tmp_path, capsys):
     assert run(tmp_path, "ftp://example.invalid/x") == 2
     assert "must be an http(s)://" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("synthetic", [False, True], ids=["download", "synthetic"])
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_data_dir_that_cannot_be_a_folder_is_one_line_and_status_2(tmp_path, capsys, synthetic, where):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    data_dir = blocker if where == "a file" else blocker / "data"
+    flags = ["--synthetic", "--slices", "1", "--size", "32"] if synthetic else ["--no_challenge_site",
+                                                                                "--mirror", str(tmp_path)]
+    assert download_dataset.main([*flags, "--data_dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("download_dataset.py: error: ") and "--data_dir" in err[0], err
+    assert blocker.read_text() == "mine"

@@ -38,8 +38,8 @@ def check_average(results, env_name, stdout):
 
 def auto_dtype() -> str:
     """What --dtype auto runs as on this machine: the 5-fold script names its runs after it."""
-    done = subprocess.run([sys.executable, "-m", "runtime.device", "--dtype_only"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run([sys.executable, "-m", "runtime.cli.machine", "--dtype_only"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     return done.stdout.strip().splitlines()[-1]
 
 

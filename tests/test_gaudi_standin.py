@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from data_loading.data_loader import StreamOptions, SyntheticDataset
-from runtime import compat
-from runtime.arguments import DEFAULT_BF16_CONFIG, parse_args
-from runtime.device import select_device
-from runtime.distribution import Workers
-from runtime.setup import configure_tensorflow, stream_options
+from runtime.cli.arguments import DEFAULT_BF16_CONFIG, parse_args
+from runtime.cli.setup import configure_tensorflow, stream_options
+from runtime.common import compat
+from runtime.execution.device import select_device
+from runtime.execution.distribution import Workers
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_gaudi_is_selected_and_loaded_first(habana):
 
 def test_multi_worker_on_gaudi_uses_habanas_strategy(habana, monkeypatch):
     """HPUStrategy (habana_frameworks.tensorflow.distribute), asked with TF_CONFIG's cluster, after the module loads."""
-    from runtime.distribution import make_workers
+    from runtime.execution.distribution import make_workers
 
     class HPUStrategy:
         num_replicas_in_sync = 2

@@ -17,7 +17,7 @@ from data_loading import tiff_io
 from data_loading.data_loader import TRAIN_LABELS, Dataset, StreamOptions
 from data_loading.tiff_io import read_stack, write_stack_atomically
 from data_loading.volumes import class_ids
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 
 def tiff_bytes(stack: np.ndarray) -> bytes:
@@ -116,10 +116,10 @@ def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path):
 
 def test_model_dir_of_root_is_never_cleared_itself(tmp_path):
     """With --model_dir / the folder that training clears is /model_checkpoint, and only that."""
-    from runtime.arguments import parse_args
-    from runtime.checkpoints import clear_checkpoints
-    from runtime.distribution import Workers
-    from runtime.setup import prepare_checkpoint_dir
+    from runtime.cli.arguments import parse_args
+    from runtime.cli.setup import prepare_checkpoint_dir
+    from runtime.execution.distribution import Workers
+    from runtime.loop.checkpoints import clear_checkpoints
 
     args = parse_args(["--synth_data", "--exec_mode", "evaluate", "--model_dir", "/"])
     assert prepare_checkpoint_dir(args, Workers()) == Path("/model_checkpoint")

@@ -9,8 +9,15 @@ import tifffile
 from PIL import Image
 
 from data_loading.image_stack import read_image_stack
-from runtime.errors import UserInputError
-from runtime.inference import CONTEXT, class_ids, mask_values, predict_class_ids, predict_probabilities, tile_grid
+from runtime.common.errors import UserInputError
+from runtime.inference.strategies import (
+    CONTEXT,
+    class_ids,
+    mask_values,
+    predict_class_ids,
+    predict_probabilities,
+    tile_grid,
+)
 
 OUT = 388
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from runtime.losses import cross_entropy, dice_loss, weight_decay
+from runtime.loop.losses import cross_entropy, dice_loss, weight_decay
 
 
 def numpy_losses(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from model.matmul_conv import MIN_CHANNELS, MatmulGradConv2D, conv3x3_bias_relu, filter_gradient
 from model.unet import build_unet
-from runtime import compat
-from runtime.compat import keras, variable_path
-from runtime.device import select_device
+from runtime.common import compat
+from runtime.common.compat import keras, variable_path
+from runtime.execution.device import select_device
 
 
 def random(shape, seed: int, dtype=tf.float32) -> tf.Tensor:
@@ -98,7 +98,7 @@ def test_layer_takes_the_matmul_gradient_only_for_wide_layers():
 
 def tensorflow_own_bf16_kernels() -> bool:
     """Whether bf16 convolutions run on TensorFlow's own kernels here rather than oneDNN's."""
-    from runtime.device import cpu_flags, onednn_opts_enabled, read_cpuinfo
+    from runtime.execution.device import cpu_flags, onednn_opts_enabled, read_cpuinfo
 
     return not onednn_opts_enabled() or "avx512f" not in cpu_flags(read_cpuinfo())
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.metrics import cell_regions, challenge_scores, v_info, v_rand
+from runtime.inference.metrics import cell_regions, challenge_scores, v_info, v_rand
 
 
 def two_cells(size: int = 8) -> np.ndarray:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import UserInputError
-from runtime.model_dir_lock import LOCK_FILE, ModelDirLock
+from runtime.common.errors import UserInputError
+from runtime.execution.model_dir_lock import LOCK_FILE, ModelDirLock
 from tests.conftest import ROOT, run_cli, unet2d_command
 
 HOLDER = """
 import sys
-from runtime.model_dir_lock import ModelDirLock
+from runtime.execution.model_dir_lock import ModelDirLock
 lock = ModelDirLock(sys.argv[1], exclusive=sys.argv[2] == "exclusive", mode="train").acquire()
 print("held", flush=True)
 sys.stdin.read()  # until the test closes our stdin (or kills us)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.compat import keras, optimizer_variables
-from runtime.optimizer import FusedAdam
+from runtime.common.compat import keras, optimizer_variables
+from runtime.loop.optimizer import FusedAdam
 
 
 def make_variables() -> list[tf.Variable]:

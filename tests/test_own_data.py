@@ -19,7 +19,7 @@ from data_loading.synthetic_em import generate_volume
 from data_loading.tiff_io import read_stack
 from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, tile_offsets
 from data_loading.volumes import plan_pairs
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 from runtime.parse_results import final_eval, read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, require_horovod
@@ -266,7 +266,7 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
 @pytest.mark.parametrize("engine", ["mirrored", "horovod"])
 def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
     """Each replica draws its own crops; the run completes and checkpoints (tf.distribute now, Horovod on TF 2.15)."""
-    from runtime.compat import KERAS_MAJOR
+    from runtime.common.compat import KERAS_MAJOR
 
     flags_ = ["--exec_mode", "train", "--max_steps", "2", "-b", "1", "--num_classes", "3", "--input_mode", "tile",
               "--warmup_steps", "0", *flags(own_data, "train_images", "train_labels"),
@@ -331,8 +331,8 @@ BAD_OWN_DATA = ["count of stacks", "count of slices", "size", "glob matches noth
 @pytest.mark.parametrize("case", BAD_OWN_DATA)
 def test_bad_own_data_is_refused_in_one_line_before_reading_on(tmp_path, monkeypatch, case):
     """Every kind, through the set-up unet2d.py runs (flags, plan, memory check, read); one goes through the CLI."""
-    from runtime.arguments import parse_args
-    from runtime.setup import load_dataset
+    from runtime.cli.arguments import parse_args
+    from runtime.cli.setup import load_dataset
 
     data_flags, message, env = _bad_input(tmp_path, case)
     for name, value in env.items():
@@ -371,7 +371,7 @@ def test_own_data_flag_errors(argv, message):
 
 
 def test_predict_strategy_follows_the_input_mode():
-    from runtime.arguments import parse_args
+    from runtime.cli.arguments import parse_args
 
     assert parse_args(["--synth_data"]).predict_strategy == "resize"
     assert parse_args(["--synth_data", "--input_mode", "tile"]).predict_strategy == "tile"

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.compat import KERAS_MAJOR
+from runtime.common.compat import KERAS_MAJOR
 from runtime.parse_results import merged_data, read_log
 from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 
@@ -60,9 +60,9 @@ def reference(data_dir: Path, replicas: int):
     """One model in this process trained on the replicas' batches, gradients averaged: what both engines must give."""
     from data_loading.data_loader import Dataset, StreamOptions
     from model.unet import build_unet
-    from runtime import compat
-    from runtime.losses import partial_losses, weight_decay
-    from runtime.optimizer import FusedAdam
+    from runtime.common import compat
+    from runtime.loop.losses import partial_losses, weight_decay
+    from runtime.loop.optimizer import FusedAdam
 
     compat.set_mixed_bfloat16(False)
     model = build_unet(123, matmul_filter_gradient=True, base_filters=TEST_BASE_FILTERS)
@@ -90,8 +90,8 @@ def reference(data_dir: Path, replicas: int):
 
 def restored(checkpoint_prefix: str):
     from model.unet import build_unet
-    from runtime import compat
-    from runtime.optimizer import FusedAdam
+    from runtime.common import compat
+    from runtime.loop.optimizer import FusedAdam
 
     compat.set_mixed_bfloat16(False)
     model = build_unet(123, base_filters=TEST_BASE_FILTERS)
@@ -129,7 +129,7 @@ def assert_same_training(got, expected) -> None:
 
 
 def _slots(optimizer, model, ref_variable):
-    from runtime.compat import adam_slots
+    from runtime.common.compat import adam_slots
 
     variable = next(v for v in model.trainable_variables if v.path == ref_variable.path)
     return adam_slots(optimizer, variable)

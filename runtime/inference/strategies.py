@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from data_loading import preprocessing as pre
 from data_loading.tiles import CONTEXT, mirror_pad
-from runtime.geometry import INPUT_SIZE, OUTPUT_SIZE
+from runtime.common.geometry import INPUT_SIZE, OUTPUT_SIZE
 
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")

@@ -24,7 +24,7 @@ DEFAULT_CLUSTER_TIMEOUT_S = 300.0
 DTYPES = ("auto", "fp32", "bf16")
 BASE_FILTERS = 64  # the recipe's UNet width
 MAX_BASE_FILTERS = 1024
-DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[1] / "bf16_config" / "unet.json"
+DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[2] / "bf16_config" / "unet.json"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

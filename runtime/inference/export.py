@@ -13,7 +13,7 @@ An export folder holds two forms of the same float32 weights:
   P(cell)), as exports before K classes had it.
 
 ``load_probability_fn`` accepts either form and returns what
-``runtime.inference`` predicts with.
+``runtime.inference.strategies`` predicts with.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import tensorflow as tf
 
 import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which load_model needs)
 from data_loading import preprocessing as pre
-from runtime.compat import keras
-from runtime.errors import UserInputError
-from runtime.geometry import INPUT_SIZE
-from runtime.inference import ProbabilityFn
+from runtime.common.compat import keras
+from runtime.common.errors import UserInputError
+from runtime.common.geometry import INPUT_SIZE
+from runtime.inference.strategies import ProbabilityFn
 
 KERAS_FILE = "unet2d.keras"
 SAVED_MODEL_DIR = "saved_model"

@@ -22,14 +22,15 @@ from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
-from runtime import compat
-from runtime.checkpoints import checkpoint_dir, ensure_writable_dir, no_checkpoint, saved_checkpoints
-from runtime.device import Device
-from runtime.distribution import Workers
-from runtime.dllog import Logger
-from runtime.errors import UserInputError
-from runtime.model_dir_lock import ModelDirLock
-from runtime.tensorboard import TensorBoardWriters
+from runtime.common import compat
+from runtime.common.errors import UserInputError
+from runtime.execution.device import Device
+from runtime.execution.distribution import Workers
+from runtime.execution.model_dir_lock import ModelDirLock
+from runtime.loop.checkpoints import checkpoint_dir, ensure_writable_dir, no_checkpoint, saved_checkpoints
+from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
+from runtime.reporting.dllog import Logger
+from runtime.reporting.tensorboard import TensorBoardWriters
 
 
 def validate_bf16_config(path: str) -> None:
@@ -75,16 +76,6 @@ def stream_options(args: argparse.Namespace, workers: Workers, device: Device) -
         prefetch_device=device.name if device.is_gaudi else None)
 
 
-def worker_log_dir(args: argparse.Namespace, workers: Workers) -> Path:
-    log_dir = Path(args.log_dir)
-    return log_dir / f"worker_{workers.rank}" if args.log_all_workers and workers.size > 1 else log_dir
-
-
-def logs_here(args: argparse.Namespace, workers: Workers) -> bool:
-    """Rank 0 logs and checkpoints; every rank does with --log_all_workers."""
-    return workers.is_chief or args.log_all_workers
-
-
 def make_logger(args: argparse.Namespace, workers: Workers) -> Logger:
     if not logs_here(args, workers):
         return Logger(stdout=False, json_path=None)
@@ -115,11 +106,6 @@ def prepare_checkpoint_dir(args: argparse.Namespace, workers: Workers) -> Path:
     return checkpoint_dir(model_dir, per_worker)
 
 
-def is_training_benchmark(args: argparse.Namespace) -> bool:
-    """Training benchmarks time steps only: no checkpoint is read, written or cleared, no lock is taken."""
-    return args.benchmark and "train" in args.exec_mode
-
-
 def lock_model_dir(args: argparse.Namespace, workers: Workers) -> ModelDirLock | None:
     """Hold --model_dir for this run: alone to train, shared with other readers otherwise.
 
@@ -135,10 +121,6 @@ def lock_model_dir(args: argparse.Namespace, workers: Workers) -> ModelDirLock |
     elif not model_dir.is_dir():
         return None  # nothing to read there; the mode itself says so
     return ModelDirLock(model_dir, exclusive=training, mode=args.exec_mode).acquire()
-
-
-def saves_checkpoints(args: argparse.Namespace, workers: Workers) -> bool:
-    return not (args.benchmark or args.disable_ckpt_saving) and logs_here(args, workers)
 
 
 def plan_data(args: argparse.Namespace) -> DataSources:

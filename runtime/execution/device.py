@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from runtime.errors import UserInputError
+from runtime.common.errors import UserInputError
 
 # oneDNN's ISA levels as bit masks (dnnl_cpu_isa_t): a cap allows a level when it holds all of the level's bits.
 ONEDNN_ISA_MASKS = {
@@ -220,33 +220,3 @@ def select_device(no_hpu: bool) -> Device:
         return Device("GPU", "/device:GPU:0", bf16=gpu_bf16_support(details.get("compute_capability")))
     flags = cpu_flags(read_cpuinfo())
     return Device("CPU", "/device:CPU:0", bf16=cpu_bf16_support(flags, onednn_isa_cap(), onednn_opts_enabled()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m runtime.device``: this machine's device and what --dtype auto picks on it, in one line.
-
-    ``--dtype_only`` prints just ``bf16`` or ``fp32`` (what train_and_evaluate.sh's ``auto`` runs as).
-    """
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m runtime.device", description=main.__doc__)
-    parser.add_argument("--dtype_only", action="store_true")
-    parser.add_argument("--no_hpu", action="store_true")
-    args = parser.parse_args(argv)
-    device = select_device(args.no_hpu)
-    precision = choose_precision("auto", device)
-    if args.dtype_only:
-        print(precision.dtype)
-        return 0
-    what = device.describe()
-    if device.kind == "CPU":
-        cpu = describe_cpu()
-        cap = f", ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']}" if cpu["onednn_max_cpu_isa"] != "none" else ""
-        what = f"CPU {cpu['cpu']} ({os.cpu_count()} cores; {cpu['isa']}{cap})"
-    print(f"{what}: --dtype auto runs {precision.describe()}", file=sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

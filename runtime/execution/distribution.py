@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from runtime.cluster import wait_for_peers
-from runtime.compat import coordinated_job
-from runtime.errors import UserInputError, WorkerLost
-from runtime.signals import STOP
+from runtime.common.compat import coordinated_job
+from runtime.common.errors import UserInputError, WorkerLost
+from runtime.execution.cluster import wait_for_peers
+from runtime.execution.signals import STOP
 
 ENGINES = ("none", "horovod", "mirrored", "multi_worker")
 StepFn = Callable[..., tuple[tf.Tensor, ...]]

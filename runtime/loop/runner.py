@@ -17,21 +17,22 @@ import tensorflow as tf
 
 from data_loading.image_stack import PredictionInput
 from data_loading.tiff_io import write_stack_atomically
-from runtime import checkpoints, inference
-from runtime.compat import keras, optimizer_variables, rng_state_variables
-from runtime.distribution import Workers
-from runtime.dllog import Logger
-from runtime.errors import TrainingDiverged, TrainingInterrupted, UserInputError
-from runtime.export import class_probabilities, export_model
-from runtime.losses import partial_losses, weight_decay
-from runtime.metrics import challenge_scores, class_dice
-from runtime.optimizer import FusedAdam
-from runtime.overlays import write_overlays
-from runtime.progress import ProgressBar
-from runtime.setup import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
-from runtime.signals import STOP
-from runtime.tensorboard import TensorBoardWriters
-from runtime.timing import StepTimer, performance_stats, seconds_since_process_start
+from runtime.common.compat import keras, optimizer_variables, rng_state_variables
+from runtime.common.errors import TrainingDiverged, TrainingInterrupted, UserInputError
+from runtime.execution.distribution import Workers
+from runtime.execution.signals import STOP
+from runtime.inference import strategies
+from runtime.inference.export import class_probabilities, export_model
+from runtime.inference.metrics import challenge_scores, class_dice
+from runtime.loop import checkpoints
+from runtime.loop.losses import partial_losses, weight_decay
+from runtime.loop.optimizer import FusedAdam
+from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
+from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
+from runtime.reporting.dllog import Logger
+from runtime.reporting.overlays import write_overlays
+from runtime.reporting.progress import ProgressBar
+from runtime.reporting.tensorboard import TensorBoardWriters
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Runner:
 
     def _full_resolution_ids(self, slices: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Each slice's class ids at its own size, by --predict_strategy."""
-        return inference.predict_class_ids(self._predict_step, slices, self.ctx.args.batch_size,
+        return strategies.predict_class_ids(self._predict_step, slices, self.ctx.args.batch_size,
                                            self.ctx.args.predict_strategy)
 
     # Training ---------------------------------------------------------------
@@ -304,7 +305,7 @@ class Runner:
             return None
         path = Path(args.model_dir) / source.masks_file
         try:
-            write_stack_atomically(path, inference.mask_values(ids, classes))
+            write_stack_atomically(path, strategies.mask_values(ids, classes))
             write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=args.overlays,
                            num_classes=classes)
         except OSError as error:

@@ -1,0 +1,1 @@
+"""The command line and the set-up: flags, input checks before joining, TensorFlow, logger and folders."""
