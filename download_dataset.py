@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.errors import UserInputError, exit_status
 from data_loading.isbi import CHALLENGE_URL, PIXEL_SHA256, SHAPE
-from runtime.common.errors import UserInputError, exit_status
 
 PROGRAM = "download_dataset.py"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserInputError, exit_status
 from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser
-from runtime.common.errors import UserInputError, exit_status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from common.errors import exit_status
 from runtime.cli.arguments import parse_args
-from runtime.common.errors import exit_status
 
 if TYPE_CHECKING:
     from data_loading.data_loader import DataSources
@@ -30,7 +30,7 @@ def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.tf_verbosity is not None:  # must be set before TensorFlow is imported
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
-    from runtime.common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
+    from common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
     from runtime.execution.signals import STOP
 
     # TensorFlow's C++ start-up lines are dropped unless asked for. A multi-worker job joins its

@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.kernel_ceiling import DTYPES, best_seconds, model_convolutions  # noqa: E402
+from common.compat import set_mixed_bfloat16  # noqa: E402
 from model.matmul_conv import filter_gradient  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from runtime.common.compat import set_mixed_bfloat16  # noqa: E402
 from runtime.loop.losses import partial_losses  # noqa: E402
 from runtime.loop.optimizer import FusedAdam  # noqa: E402
 

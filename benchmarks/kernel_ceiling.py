@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
+from common.compat import keras  # noqa: E402
+from common.errors import UserInputError  # noqa: E402
 from model.matmul_conv import MatmulGradConv2D, filter_gradient  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from runtime.common.compat import keras  # noqa: E402
-from runtime.common.errors import UserInputError  # noqa: E402
 from runtime.execution.device import choose_precision, describe_cpu, select_device  # noqa: E402
 
 DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.filter_gradient import training_step  # noqa: E402
+from common.compat import set_mixed_bfloat16  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from runtime.common.compat import set_mixed_bfloat16  # noqa: E402
 from runtime.execution.device import select_device  # noqa: E402
 
 

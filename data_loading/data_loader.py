@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from common.errors import UserInputError
+from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 from data_loading import preprocessing as pre
 from data_loading.input_paths import check_input
 from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
 from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
-from runtime.common.errors import UserInputError
-from runtime.common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 
 TRAIN_IMAGES = "train-volume.tif"
 TRAIN_LABELS = "train-labels.tif"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.errors import UserInputError
 from data_loading.input_paths import check_input
 from data_loading.tiff_io import read_stack, tiff_shape
-from runtime.common.errors import UserInputError
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 
 _SPECIAL_KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 
 GIB = 2**30
 LIMIT_VARIABLE = "UNET2D_MEMORY_LIMIT_GIB"  # caps what a run may use, e.g. on a shared machine

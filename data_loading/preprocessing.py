@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from runtime.common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
+from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 
 
 def scale_intensity(image):

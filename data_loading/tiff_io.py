@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from common.errors import UserInputError
 from data_loading.input_paths import check_input
-from runtime.common.errors import UserInputError
 
 # Damaged files are reported by us, in one line; tifffile's own log lines about them would only add noise.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from runtime.common.geometry import INPUT_SIZE, OUTPUT_SIZE
+from common.geometry import INPUT_SIZE, OUTPUT_SIZE
 
 CONTEXT = (INPUT_SIZE - OUTPUT_SIZE) // 2  # 92 pixels on each side
 

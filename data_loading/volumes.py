@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserInputError
 from data_loading.image_stack import read_image_stack, stack_shape
-from runtime.common.errors import UserInputError
 
 GLOB_CHARACTERS = "*?["
 

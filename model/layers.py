@@ -6,9 +6,9 @@ import itertools
 
 import tensorflow as tf
 
+from common.compat import keras
 from model.bias import bias_add
 from model.matmul_conv import MatmulGradConv2D
-from runtime.common.compat import keras
 
 
 def exact_bias_conv(layer: keras.layers.Conv2D, inputs):

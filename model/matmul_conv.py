@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from common.compat import keras
 from model.bias import bias_gradient
-from runtime.common.compat import keras
 
 MIN_CHANNELS = 128  # below this, oneDNN's own weight-gradient kernel is as fast or faster (measured)
 

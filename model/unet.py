@@ -12,9 +12,9 @@ the losses cast them to float32.
 
 from __future__ import annotations
 
+from common.compat import keras
+from common.geometry import INPUT_SIZE, NUM_CLASSES
 from model.layers import LayerFactory, bottleneck_block, down_block, output_block, up_block
-from runtime.common.compat import keras
-from runtime.common.geometry import INPUT_SIZE, NUM_CLASSES
 
 BASE_FILTERS = 64  # the recipe's width
 DEPTH = 4  # down blocks; the bottleneck sits below them

@@ -10,6 +10,6 @@ Layers, top to bottom; a module imports only its own group and the groups below 
   where the run executes (engines, device, cluster, signals, lock); how slices become
   masks and scores (strategies, metrics, export); what the run writes for people to read
   (log lines, TensorBoard, progress bar, overlays);
-- ``data_loading`` and ``model`` (top-level packages);
-- ``common``: exceptions and exit statuses, Keras 2/3 shims, the network's geometry.
+- below runtime/: the top-level packages ``data_loading`` and ``model``, and under them
+  ``common`` (exceptions and exit statuses, Keras 2/3 shims, the network's geometry).
 """

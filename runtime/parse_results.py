@@ -14,7 +14,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python runtime/parse_results.py, like the recipe
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.common.errors import UserInputError, exit_status  # noqa: E402
+from common.errors import UserInputError, exit_status  # noqa: E402
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

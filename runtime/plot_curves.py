@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script, like parse_results.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.common.errors import UserInputError, exit_status  # noqa: E402
+from common.errors import UserInputError, exit_status  # noqa: E402
 from runtime.parse_results import read_log  # noqa: E402
 
 PANELS = (  # (title, [(log key, line style)])

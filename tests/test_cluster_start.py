@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.common.compat import KERAS_MAJOR
+from common.compat import KERAS_MAJOR
 from tests.conftest import ROOT, run_cli, unet2d_command
 
 
@@ -260,7 +260,7 @@ def test_the_wait_returns_once_every_peer_answers_and_holds_our_port_meanwhile()
 
 
 def test_the_wait_names_the_missing_and_refuses_a_taken_port():
-    from runtime.common.errors import PeersMissing, UserInputError
+    from common.errors import PeersMissing, UserInputError
     from runtime.execution.cluster import wait_for_peers
 
     ports = free_ports(3)

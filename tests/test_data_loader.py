@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from common.errors import UserInputError
 from data_loading.data_loader import Dataset, StreamOptions, SyntheticDataset
-from runtime.common.errors import UserInputError
 
 
 def test_streams_on_real_data(isbi_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 from runtime.execution.device import (
     Bf16Support,
     Device,

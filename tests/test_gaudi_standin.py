@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from common import compat
 from data_loading.data_loader import StreamOptions, SyntheticDataset
 from runtime.cli.arguments import DEFAULT_BF16_CONFIG, parse_args
 from runtime.cli.setup import configure_tensorflow, stream_options
-from runtime.common import compat
 from runtime.execution.device import select_device
 from runtime.execution.distribution import Workers
 

@@ -13,11 +13,11 @@ import tifffile
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from common.errors import UserInputError
 from data_loading import tiff_io
 from data_loading.data_loader import TRAIN_LABELS, Dataset, StreamOptions
 from data_loading.tiff_io import read_stack, write_stack_atomically
 from data_loading.volumes import class_ids
-from runtime.common.errors import UserInputError
 
 
 def tiff_bytes(stack: np.ndarray) -> bytes:

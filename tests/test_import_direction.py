@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import ROOT
 
-PROJECT = ("data_loading", "model", "runtime")
+PROJECT = ("common", "data_loading", "model", "runtime")
 # Group (longest matching prefix) -> rank; lower ranks sit below.
 RANK = {
-    "runtime.common": 0,  # the leaf: imports no project module
+    "common": 0,  # the leaf: imports no project module
     "data_loading": 1,
     "model": 1,
     "runtime.execution": 2,
@@ -87,9 +87,9 @@ def test_every_module_has_a_group():
 
 def test_the_check_sees_a_back_arrow_inside_a_function():
     source = ("def f():\n    from runtime.loop.runner import Runner\n"
-              "    from runtime.common.errors import UserInputError\n")
+              "    from common.errors import UserInputError\n")
     assert back_arrows("model.unet", imported_modules(source)) == ["runtime.loop.runner"]
-    assert back_arrows("runtime.common.errors", imported_modules("import model.unet\n")) == ["model.unet"]
+    assert back_arrows("common.errors", imported_modules("import model.unet\n")) == ["model.unet"]
     assert back_arrows("data_loading.tiles", imported_modules("from model import unet\n")) == ["model", "model.unet"]
 
 

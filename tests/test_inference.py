@@ -8,8 +8,8 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from common.errors import UserInputError
 from data_loading.image_stack import read_image_stack
-from runtime.common.errors import UserInputError
 from runtime.inference.strategies import (
     CONTEXT,
     class_ids,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import compat
+from common.compat import keras, variable_path
 from model.matmul_conv import MIN_CHANNELS, MatmulGradConv2D, conv3x3_bias_relu, filter_gradient
 from model.unet import build_unet
-from runtime.common import compat
-from runtime.common.compat import keras, variable_path
 from runtime.execution.device import select_device
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import compat
 from model.layers import CentreCrop
 from model.unet import build_unet, encoder_filters
-from runtime.common import compat
 from tests.conftest import TEST_BASE_FILTERS
 
 
@@ -102,7 +102,7 @@ def test_centre_crop_is_cropping2d_with_the_same_gradient_and_config():
      "(trained with another --base_filters: 4, this run 8; another --num_classes: 2, this run 3)"),
 ])
 def test_a_checkpoint_of_another_width_or_class_count_names_the_flag(tmp_path, wanted, hint):
-    from runtime.common.errors import UserInputError
+    from common.errors import UserInputError
     from runtime.loop.checkpoints import restore
 
     path = tf.train.Checkpoint(model=build_unet(seed=1, base_filters=4)).save(str(tmp_path / "ckpt"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 from runtime.execution.model_dir_lock import LOCK_FILE, ModelDirLock
 from tests.conftest import ROOT, run_cli, unet2d_command
 

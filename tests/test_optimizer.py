@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.common.compat import keras, optimizer_variables
+from common.compat import keras, optimizer_variables
 from runtime.loop.optimizer import FusedAdam
 
 

@@ -14,12 +14,12 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from common.errors import UserInputError
 from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices
 from data_loading.synthetic_em import generate_volume
 from data_loading.tiff_io import read_stack
 from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, tile_offsets
 from data_loading.volumes import plan_pairs
-from runtime.common.errors import UserInputError
 from runtime.parse_results import final_eval, read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, require_horovod
@@ -266,7 +266,7 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
 @pytest.mark.parametrize("engine", ["mirrored", "horovod"])
 def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
     """Each replica draws its own crops; the run completes and checkpoints (tf.distribute now, Horovod on TF 2.15)."""
-    from runtime.common.compat import KERAS_MAJOR
+    from common.compat import KERAS_MAJOR
 
     flags_ = ["--exec_mode", "train", "--max_steps", "2", "-b", "1", "--num_classes", "3", "--input_mode", "tile",
               "--warmup_steps", "0", *flags(own_data, "train_images", "train_labels"),

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from runtime.common.quiet_start import NOISE
+from common.quiet_start import NOISE
 from tests.conftest import ROOT, unet2d_command
 
 START_UP_LINES = [  # as TF 2.21 and TF 2.15 print them on a CPU-only machine

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.common.compat import KERAS_MAJOR
+from common.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.common.compat import KERAS_MAJOR
+from common.compat import KERAS_MAJOR
 from runtime.parse_results import merged_data, read_log
 from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 
@@ -58,9 +58,9 @@ def ok(result):
 
 def reference(data_dir: Path, replicas: int):
     """One model in this process trained on the replicas' batches, gradients averaged: what both engines must give."""
+    from common import compat
     from data_loading.data_loader import Dataset, StreamOptions
     from model.unet import build_unet
-    from runtime.common import compat
     from runtime.loop.losses import partial_losses, weight_decay
     from runtime.loop.optimizer import FusedAdam
 
@@ -89,8 +89,8 @@ def reference(data_dir: Path, replicas: int):
 
 
 def restored(checkpoint_prefix: str):
+    from common import compat
     from model.unet import build_unet
-    from runtime.common import compat
     from runtime.loop.optimizer import FusedAdam
 
     compat.set_mixed_bfloat16(False)
@@ -129,7 +129,7 @@ def assert_same_training(got, expected) -> None:
 
 
 def _slots(optimizer, model, ref_variable):
-    from runtime.common.compat import adam_slots
+    from common.compat import adam_slots
 
     variable = next(v for v in model.trainable_variables if v.path == ref_variable.path)
     return adam_slots(optimizer, variable)

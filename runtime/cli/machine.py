@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from runtime.common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
+from common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from common import compat
+from common.errors import UserInputError
 from data_loading.data_loader import (
     TEST_IMAGES,
     Dataset,
@@ -22,8 +24,6 @@ from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
-from runtime.common import compat
-from runtime.common.errors import UserInputError
 from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
 from runtime.execution.model_dir_lock import ModelDirLock

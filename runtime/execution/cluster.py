@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from runtime.common.errors import PeersMissing, UserInputError
+from common.errors import PeersMissing, UserInputError
 
 PROBE_SECONDS = 0.5  # between two rounds of connection attempts
 CONNECT_SECONDS = 1.0  # one attempt's bound (a host that drops packets instead of refusing)

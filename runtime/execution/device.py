@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 
 # oneDNN's ISA levels as bit masks (dnnl_cpu_isa_t): a cap allows a level when it holds all of the level's bits.
 ONEDNN_ISA_MASKS = {

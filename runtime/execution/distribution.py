@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from runtime.common.compat import coordinated_job
-from runtime.common.errors import UserInputError, WorkerLost
+from common.compat import coordinated_job
+from common.errors import UserInputError, WorkerLost
 from runtime.execution.cluster import wait_for_peers
 from runtime.execution.signals import STOP
 

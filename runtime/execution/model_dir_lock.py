@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 
 LOCK_FILE = ".unet2d.lock"
 # struct flock on Linux (x86_64 and aarch64): type, whence, start, len, pid, padding to 32 bytes.

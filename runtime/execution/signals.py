@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from runtime.common.errors import Interrupted
+from common.errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How long a signal "at once" waits for the main thread to unwind before the watcher ends the process.

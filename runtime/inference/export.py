@@ -26,10 +26,10 @@ from pathlib import Path
 import tensorflow as tf
 
 import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which load_model needs)
+from common.compat import keras
+from common.errors import UserInputError
+from common.geometry import INPUT_SIZE
 from data_loading import preprocessing as pre
-from runtime.common.compat import keras
-from runtime.common.errors import UserInputError
-from runtime.common.geometry import INPUT_SIZE
 from runtime.inference.strategies import ProbabilityFn
 
 KERAS_FILE = "unet2d.keras"

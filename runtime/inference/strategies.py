@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from common.geometry import INPUT_SIZE, OUTPUT_SIZE
 from data_loading import preprocessing as pre
 from data_loading.tiles import CONTEXT, mirror_pad
-from runtime.common.geometry import INPUT_SIZE, OUTPUT_SIZE
 
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from runtime.common.errors import UserInputError
+from common.errors import UserInputError
 
 CHECKPOINT_FOLDER = "model_checkpoint"
 CHECKPOINT_NAME = "checkpoint"  # files checkpoint-<step>.index and checkpoint-<step>.data-*

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import tensorflow as tf
 
-from runtime.common.compat import variable_path
+from common.compat import variable_path
 
 DICE_SMOOTHING = 1e-6
 

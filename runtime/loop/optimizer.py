@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from runtime.common.compat import adam_slots, keras
+from common.compat import adam_slots, keras
 
 
 class FusedAdam(keras.optimizers.Adam):

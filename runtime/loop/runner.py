@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from common.compat import keras, optimizer_variables, rng_state_variables
+from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from data_loading.image_stack import PredictionInput
 from data_loading.tiff_io import write_stack_atomically
-from runtime.common.compat import keras, optimizer_variables, rng_state_variables
-from runtime.common.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
