@@ -5,7 +5,8 @@ The model consumes about 0.7 images/s on a 2-core CPU, tens to hundreds on an
 accelerator; this measures how many images/s the pipeline can produce, on
 one thread and on all of them.
 
-    python benchmarks/input_pipeline.py --data_dir ../shared/data/isbi2012
+    python benchmarks/input_pipeline.py --data_dir $DATA
+    python benchmarks/input_pipeline.py --data_dir $DATA --elastic_sigma 10   # the recipe's and elastic, A B A B
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from data_loading.data_loader import Dataset, StreamOptions  # noqa: E402
 
 
 def images_per_second(data_dir: Path, threads: int | None, parallel_map: bool, batch_size: int,
-                      batches: int) -> float:
-    options = StreamOptions(batch_size=batch_size, seed=123, augment=True, parallel_map=parallel_map)
+                      batches: int, elastic_sigma: float = 0.0) -> float:
+    options = StreamOptions(batch_size=batch_size, seed=123, augment=True, parallel_map=parallel_map,
+                            elastic_sigma=elastic_sigma)
     stream = Dataset.isbi(data_dir, options, fold=0, need_test=False).train_fn()
     if threads is not None:
         limits = tf.data.Options()
@@ -43,11 +45,17 @@ def images_per_second(data_dir: Path, threads: int | None, parallel_map: bool, b
     return batch_size * batches / (time.perf_counter() - start)
 
 
-def measure(data_dir: Path, batch_size: int = 8, batches: int = 20) -> list[dict]:
+def measure(data_dir: Path, batch_size: int = 8, batches: int = 20, elastic_sigma: float = 0.0,
+            rounds: int = 1) -> list[dict]:
+    """Each thread setting in turn; with ``elastic_sigma``, the recipe's augmentation and elastic alternate."""
     results = []
-    for threads, parallel_map in ((1, False), (None, False), (None, True)):
-        rate = images_per_second(data_dir, threads, parallel_map, batch_size, batches)
-        results.append({"threads": threads or os.cpu_count(), "parallel_map": parallel_map, "images_per_s": rate})
+    sigmas = (0.0, elastic_sigma) if elastic_sigma > 0 else (0.0,)
+    for _ in range(rounds):
+        for threads, parallel_map in ((1, False), (None, False), (None, True)):
+            for sigma in sigmas:
+                rate = images_per_second(data_dir, threads, parallel_map, batch_size, batches, sigma)
+                results.append({"threads": threads or os.cpu_count(), "parallel_map": parallel_map,
+                                "elastic_sigma": sigma, "images_per_s": rate})
     return results
 
 
@@ -68,15 +76,19 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=default_data_dir())
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--elastic_sigma", type=float, default=0.0,
+                        help="also measure with elastic deformation of this sigma, alternating with the recipe's")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     check_data_dir(args.data_dir)
-    results = measure(args.data_dir, args.batch_size, args.batches)
+    results = measure(args.data_dir, args.batch_size, args.batches, args.elastic_sigma, args.rounds)
     if args.json:
         print(json.dumps(results))
         return
     for result in results:
-        print(f"{result['threads']} thread(s), parallel map {result['parallel_map']}: "
+        elastic = f", elastic sigma {result['elastic_sigma']:g}" if result["elastic_sigma"] else ""
+        print(f"{result['threads']} thread(s), parallel map {result['parallel_map']}{elastic}: "
               f"{result['images_per_s']:.1f} images/s")
 
 

@@ -52,6 +52,8 @@ class StreamOptions:
     batch_size: int
     seed: int
     augment: bool = True
+    elastic_sigma: float = 0.0  # pixels; 0: no elastic deformation (the recipe)
+    elastic_grid: int = 3
     rank: int = 0
     num_workers: int = 1
     parallel_map: bool = False  # parallel (and deterministic) preprocessing: on Gaudi2, as in the recipe
@@ -195,7 +197,7 @@ class Dataset(_Streams):
             order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([seed, -1 - epoch])))
             image, label, augment_seed = pick(order[position], tf.stack([seed, index]))
             if opts.augment:
-                image, label = pre.augment(image, label, augment_seed)
+                image, label = pre.augment(image, label, augment_seed, opts.elastic_sigma, opts.elastic_grid)
             return image, pre.crop_label(label)
 
         first_sample = start_step * opts.batch_size

@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 
+ELASTIC_STREAM = 0x5E1A571C  # folded into a sample's seed for its elastic field
+
 
 def scale_intensity(image):
     """uint8 grey values -> float32 in [-1, 1] (a tensor or a NumPy array, any shape)."""
@@ -70,11 +72,50 @@ def crop_label(label: tf.Tensor) -> tf.Tensor:
     return hard_labels(tf.image.resize_with_crop_or_pad(label, OUTPUT_SIZE, OUTPUT_SIZE))
 
 
-def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random flips, crop-and-zoom and brightness; one draw shared by image and label.
+def elastic_field(seed: tf.Tensor, sigma: float, grid: int, size: int) -> tf.Tensor:
+    """A smooth random displacement field, [size, size, 2] in pixels (rows, columns).
+
+    As in the U-Net paper: displacements drawn on a coarse grid x grid lattice
+    from a normal distribution of standard deviation ``sigma`` pixels, then
+    interpolated bicubically to every pixel.
+    """
+    coarse = tf.random.stateless_normal([1, grid, grid, 2], seed, stddev=sigma)
+    return tf.image.resize(coarse, (size, size), method="bicubic")[0]
+
+
+def warp(image: tf.Tensor, field: tf.Tensor, nearest: bool = False) -> tf.Tensor:
+    """``image`` [H, W, C] sampled at (row, column) + ``field``; positions outside take the edge pixel.
+
+    Bilinear for images (and weight maps); nearest neighbour for labels, so a
+    warped label holds only the classes it held before.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    last_row, last_col = tf.cast(height - 1, tf.float32), tf.cast(width - 1, tf.float32)
+    rows = tf.clip_by_value(rows + field[..., 0], 0.0, last_row)
+    cols = tf.clip_by_value(cols + field[..., 1], 0.0, last_col)
+    if nearest:
+        return tf.gather_nd(image, tf.cast(tf.stack([tf.round(rows), tf.round(cols)], axis=-1), tf.int32))
+    top, left = tf.floor(rows), tf.floor(cols)
+    bottom, right = tf.minimum(top + 1.0, last_row), tf.minimum(left + 1.0, last_col)
+
+    def at(r: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+        return tf.gather_nd(image, tf.cast(tf.stack([r, c], axis=-1), tf.int32))
+
+    down, across = (rows - top)[..., tf.newaxis], (cols - left)[..., tf.newaxis]
+    upper = at(top, left) * (1.0 - across) + at(top, right) * across
+    lower = at(bottom, left) * (1.0 - across) + at(bottom, right) * across
+    return upper * (1.0 - down) + lower * down
+
+
+def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+            elastic_sigma: float = 0.0, elastic_grid: int = 3) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random flips, crop-and-zoom, an optional elastic deformation and brightness; one draw for image and label.
 
     Stateless random ops keyed by ``seed`` (shape [2]) make the augmentation of
-    the n-th sample of a run a pure function of (run seed, n).
+    the n-th sample of a run a pure function of (run seed, n). The elastic
+    field's seed is folded out of ``seed`` apart from the recipe's four draws,
+    so with ``elastic_sigma`` 0 the stream is the recipe's, draw for draw.
     """
     flip_lr, flip_ud, crop, brightness = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     pair = tf.concat([image, label], axis=-1)  # same geometry for both, in one op each
@@ -87,6 +128,10 @@ def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Ten
     box = tf.stack([top, left, 1.0 - bottom, 1.0 - right])[tf.newaxis]
     pair = tf.image.crop_and_resize(pair[tf.newaxis], box, [0], (INPUT_SIZE, INPUT_SIZE))[0]
     image, label = pair[..., :1], pair[..., 1:]
+    if elastic_sigma > 0:
+        field = elastic_field(tf.random.experimental.stateless_fold_in(seed, ELASTIC_STREAM), elastic_sigma,
+                              elastic_grid, INPUT_SIZE)
+        image, label = warp(image, field), warp(hard_labels(label), field, nearest=True)
     delta = tf.random.stateless_uniform([], brightness, minval=-0.2, maxval=0.2)
     image = tf.clip_by_value(image + delta, -1.0, 1.0)
     return image, label

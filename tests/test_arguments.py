@@ -83,6 +83,9 @@ def test_help_explains_every_flag():
       for rate in ("nan", "inf", "0", "-1")],
     *[(["--synth_data", f"--weight_decay={decay}"], "--weight_decay must be a finite number of 0 or more")
       for decay in ("nan", "-inf", "-0.1")],
+    *[(["--synth_data", "--elastic", f"--elastic_sigma={sigma}"], "--elastic_sigma must be a number of pixels")
+      for sigma in ("nan", "-1", "1000")],
+    (["--synth_data", "--elastic", "--elastic_grid", "1"], "--elastic_grid must be in 2..64"),
 ])
 def test_bad_flags_give_one_line_and_status_2(argv, message):
     result = run_cli(*argv)

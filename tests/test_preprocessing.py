@@ -66,3 +66,75 @@ def test_brightness_stays_in_range():
     for index in range(5):
         aug_image, _ = pre.augment(image, label, tf.constant([1, index], tf.int64))
         assert aug_image.numpy().min() >= -1.0 and aug_image.numpy().max() <= 1.0
+
+
+def _three_class_pattern() -> tuple[tf.Tensor, tf.Tensor]:
+    """572x572 image whose grey level says the class (0, 1, 2 in stripes and a disc), labels one-hot."""
+    rows, cols = np.mgrid[:572, :572]
+    ids = np.where((rows // 40) % 2 == 0, 1, 0)
+    ids[(rows - 286) ** 2 + (cols - 286) ** 2 < 90 ** 2] = 2
+    image = (ids.astype(np.float32) - 1.0)[..., np.newaxis]  # -1, 0, 1
+    return tf.constant(image), tf.one_hot(ids, 3)
+
+
+def test_elastic_field_is_smooth_and_sized_by_sigma():
+    seed = tf.constant([3, 4], tf.int64)
+    field = pre.elastic_field(seed, 10.0, 3, 572).numpy()
+    assert field.shape == (572, 572, 2)
+    assert 3.0 < field.std() < 20.0  # of the order of sigma
+    assert np.abs(np.diff(field, axis=0)).max() < 1.0 and np.abs(np.diff(field, axis=1)).max() < 1.0  # smooth
+    np.testing.assert_array_equal(field, pre.elastic_field(seed, 10.0, 3, 572).numpy())
+    np.testing.assert_allclose(pre.elastic_field(seed, 0.0, 3, 572).numpy(), 0.0)
+
+
+def test_warp_by_a_constant_shift_moves_pixels_and_keeps_edges():
+    image = tf.constant(np.arange(36, dtype=np.float32).reshape(6, 6, 1))
+    shift = tf.constant(np.broadcast_to(np.float32([1.0, 2.0]), (6, 6, 2)))
+    warped = pre.warp(image, shift).numpy()[..., 0]
+    expected = image.numpy()[..., 0][np.minimum(np.arange(6) + 1, 5)][:, np.minimum(np.arange(6) + 2, 5)]
+    np.testing.assert_allclose(warped, expected)
+    half = tf.constant(np.broadcast_to(np.float32([0.5, 0.0]), (6, 6, 2)))
+    np.testing.assert_allclose(pre.warp(image, half).numpy()[:5, :, 0], image.numpy()[:5, :, 0] + 3.0)  # bilinear
+    np.testing.assert_array_equal(pre.warp(image, tf.zeros((6, 6, 2))).numpy(), image.numpy())
+
+
+def test_elastic_off_is_the_recipes_stream_draw_for_draw():
+    image, label = _pattern()
+    seed = tf.constant([5, 9], tf.int64)
+    recipe = pre.augment(image, label, seed)
+    off = pre.augment(image, label, seed, elastic_sigma=0.0)
+    for a, b in zip(recipe, off, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_elastic_moves_image_and_labels_alike_and_keeps_the_classes():
+    image, label = _three_class_pattern()
+    changed = 0
+    for index in range(6):
+        seed = tf.constant([11, index], tf.int64)
+        plain_image, _ = pre.augment(image, label, seed)
+        aug_image, aug_label = pre.augment(image, label, seed, elastic_sigma=10.0)
+        aug_label = aug_label.numpy()
+        assert set(np.unique(aug_label)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(aug_label.sum(axis=-1), 1.0)  # one class per pixel, no new ids
+        ids = aug_label.argmax(axis=-1)
+        assert set(np.unique(ids)) <= {0, 1, 2}
+        # The image's grey level still names the class under the label (brightness shifts all by one delta).
+        grey = aug_image.numpy()[..., 0]
+        delta = np.median(grey[ids == 1])  # class 1 sits at 0 + delta
+        predicted = np.clip(np.round(grey - delta + 1.0), 0, 2)
+        agreement = np.mean(predicted == ids)
+        assert agreement > 0.97, (index, agreement)
+        changed += not np.allclose(aug_image.numpy(), plain_image.numpy())
+    assert changed == 6  # the field moved every sample
+
+
+def test_elastic_is_a_function_of_the_seed():
+    image, label = _three_class_pattern()
+    seed = tf.constant([5, 9], tf.int64)
+    a = pre.augment(image, label, seed, elastic_sigma=10.0)
+    b = pre.augment(image, label, seed, elastic_sigma=10.0)
+    c = pre.augment(image, label, tf.constant([5, 10], tf.int64), elastic_sigma=10.0)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    assert not np.array_equal(a[1].numpy(), c[1].numpy())

@@ -148,3 +148,23 @@ def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "already trained 2 of 1 steps" in result.stdout
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("input_mode", ["resize", "tile"])
+def test_elastic_training_resumes_with_the_same_losses(isbi_dir, tmp_path, input_mode):
+    """The elastic field is drawn from (seed, sample) like the rest: a resumed run sees the same samples."""
+    extra = ["--elastic", "--input_mode", input_mode, "--max_steps", "4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli(*train_args(isbi_dir, straight, *extra)).returncode == 0
+    first = run_cli(*train_args(isbi_dir, split, *extra[:-1], "2"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli(*train_args(isbi_dir, split, *extra, "--resume_training"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    reference, resumed = step_losses(straight / "logs" / "log.json"), step_losses(split / "logs" / "log.json")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    tolerance = 1e-6 if KERAS_MAJOR >= 3 else 2e-5
+    for step in (3, 4):
+        np.testing.assert_allclose(resumed[step], reference[step], rtol=tolerance, err_msg=f"step {step}")
+    plain = tmp_path / "plain"
+    assert run_cli(*train_args(isbi_dir, plain, "--input_mode", input_mode, "--max_steps", "1")).returncode == 0
+    assert step_losses(plain / "logs" / "log.json")[1] != reference[1]  # the field changed what step 1 saw

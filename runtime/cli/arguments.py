@@ -24,6 +24,8 @@ DEFAULT_CLUSTER_TIMEOUT_S = 300.0
 DTYPES = ("auto", "fp32", "bf16")
 BASE_FILTERS = 64  # the recipe's UNet width
 MAX_BASE_FILTERS = 1024
+MAX_ELASTIC_SIGMA = 100.0  # pixels: beyond this the field tears the 572x572 input apart
+MAX_ELASTIC_GRID = 64
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[2] / "bf16_config" / "unet.json"
 
 
@@ -101,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--augment", dest="augment", action="store_true", default=True,
         help="random flips, crop-and-zoom and brightness on training images")
     add("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
+    add("--elastic", action="store_true",
+        help="add the U-Net paper's elastic deformation to the augmentation: a random displacement field "
+             "drawn on a coarse grid and interpolated smoothly, applied alike to image and labels")
+    add("--elastic_sigma", type=float, default=10.0, metavar="PIXELS",
+        help="standard deviation of the coarse displacements, in pixels of the 572x572 input [10, the paper's]")
+    add("--elastic_grid", type=int, default=3, metavar="N",
+        help="the coarse grid is N x N points [3, the paper's]")
     add("--benchmark", dest="benchmark", action="store_true", default=False,
         help="time each step and report images/s and latency percentiles after --warmup_steps; "
              "no checkpoints are written (train and predict modes)")
@@ -158,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject flag combinations that would only fail (or silently do nothing) hours later."""
+    if not (math.isfinite(args.elastic_sigma) and 0 <= args.elastic_sigma <= MAX_ELASTIC_SIGMA):
+        parser.error(f"--elastic_sigma must be a number of pixels in 0..{MAX_ELASTIC_SIGMA}, got {args.elastic_sigma}")
+    if not 2 <= args.elastic_grid <= MAX_ELASTIC_GRID:
+        parser.error(f"--elastic_grid must be in 2..{MAX_ELASTIC_GRID}, got {args.elastic_grid}")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f"--learning_rate must be a finite number above 0, got {args.learning_rate}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
