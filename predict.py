@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="masks file (default: <input name>-masks.tif beside the input)")
     parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default="resize",
                         help="resize: the recipe's 388x388 resize; tile: the overlap-tile strategy at full resolution")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the probabilities of the 8 flips and rotations "
+                             "of each slice (8 times the passes)")
     parser.add_argument("--overlays", type=int, default=0, metavar="N",
                         help="also write PNG pictures of the first N slices into <output stem>-overlays/")
     parser.add_argument("-b", "--batch_size", type=int, default=4, help="slices (or tiles) per forward pass")
@@ -53,7 +56,7 @@ def run(argv: list[str] | None = None) -> Path:
     source = Path(args.input)
     slices, names = read_image_stack(source)
     probability_fn, num_classes = load_probability_fn(Path(args.model))
-    ids = np.stack(predict_class_ids(probability_fn, slices, args.batch_size, args.strategy))
+    ids = np.stack(predict_class_ids(probability_fn, slices, args.batch_size, args.strategy, args.tta))
     masks = mask_values(ids, num_classes)
     output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
     try:

@@ -17,6 +17,8 @@ from runtime.inference.strategies import (
     predict_class_ids,
     predict_probabilities,
     tile_grid,
+    unview,
+    view,
 )
 
 OUT = 388
@@ -133,3 +135,48 @@ def test_bad_slice_folders_are_refused_in_one_line(tmp_path, make, message):
     make(tmp_path)
     with pytest.raises(UserInputError, match=message):
         read_image_stack(tmp_path)
+
+
+def left_leaning(inputs: tf.Tensor) -> tf.Tensor:
+    """A network that is not symmetric: P(cell) mixes the centre's grey value with the column position."""
+    cell = (inputs[:, CONTEXT:CONTEXT + OUT, CONTEXT:CONTEXT + OUT, 0] + 1.0) / 4.0
+    ramp = tf.linspace(0.0, 0.5, OUT)[tf.newaxis, tf.newaxis, :]
+    return tf.stack([1.0 - cell - ramp, cell + ramp], axis=-1)
+
+
+def test_the_eight_views_are_undone_exactly():
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    seen = {view(image, k).tobytes() + bytes(view(image, k).shape) for k in range(8)}
+    assert len(seen) == 8  # eight different views of a non-symmetric slice
+    for k in range(8):
+        np.testing.assert_array_equal(unview(view(image, k), k), image)
+        np.testing.assert_array_equal(unview(view(image[..., None], k), k)[..., 0], image)
+
+
+@pytest.mark.parametrize("strategy", ["tile", "resize"])
+def test_tta_of_a_pixelwise_network_changes_nothing(strategy):
+    slices = np.random.default_rng(1).integers(0, 256, (2, 300, 450), dtype=np.uint8)
+    plain = np.stack(predict_probabilities(centre_as_probability, slices, 2, strategy))
+    averaged = np.stack(predict_probabilities(centre_as_probability, slices, 2, strategy, tta=True))
+    # Tiles are exact; resizing 300x450 to 388x388 and back is not perfectly symmetric.
+    np.testing.assert_allclose(averaged, plain, atol=1e-5 if strategy == "tile" else 0.02)
+
+
+def test_tta_is_the_mean_over_views_and_commutes_with_every_view():
+    slices = np.random.default_rng(2).integers(0, 256, (1, 300, 450), dtype=np.uint8)
+    averaged = predict_probabilities(left_leaning, slices, 2, "tile", tta=True)[0]
+    by_hand = np.mean([unview(predict_probabilities(left_leaning, [view(slices[0], k)], 2, "tile")[0], k)
+                       for k in range(8)], axis=0)
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-6)
+    plain = predict_probabilities(left_leaning, slices, 2, "tile")[0]
+    assert np.abs(averaged - plain).max() > 0.1  # the ramp cancels out: TTA did something
+    for k in range(8):  # the averaged network no longer cares which way the slice is turned
+        turned = predict_probabilities(left_leaning, [view(slices[0], k)], 2, "tile", tta=True)[0]
+        np.testing.assert_allclose(unview(turned, k), averaged, atol=1e-6)
+
+
+def test_tta_class_ids_have_each_slices_size():
+    slices = [np.full((50, 70), 200, np.uint8), np.zeros((64, 64), np.uint8)]
+    ids = predict_class_ids(centre_as_probability, slices, 1, "tile", tta=True)
+    assert [i.shape for i in ids] == [(50, 70), (64, 64)]
+    assert ids[0].min() == 1 and ids[1].max() == 0

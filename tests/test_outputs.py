@@ -151,6 +151,29 @@ def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir
 
 
 @pytest.mark.slow
+def test_tta_from_the_checkpoint_and_the_export_give_the_same_masks(trained, exported, isbi_dir, tmp_path):
+    out, _ = trained
+    model_dir = out / "model"
+    stack = tmp_path / "two.tif"
+    tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :300, :450]))
+    result = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--tta",
+                     "--predict_input", str(stack), "--predict_strategy", "tile", "--overlays", "0",
+                     "--log_dir", str(tmp_path / "l"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    from_checkpoint = tifffile.imread(model_dir / "predictions" / "two-masks.tif")
+    target = tmp_path / "exported.tif"
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(exported / "saved_model"), str(stack),
+                           "-o", str(target), "--strategy", "tile", "--tta"], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint)
+    evaluated = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
+                        "--overlays", "0", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "e"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert 0.0 <= final_eval(read_log(tmp_path / "e" / "log.json"))["eval_v_rand"] <= 1.0
+
+
+@pytest.mark.slow
 def test_saved_model_serves_uint8_slices_of_any_count(exported):
     import tensorflow as tf
 

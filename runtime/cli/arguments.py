@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict on this grey image stack instead of <data_dir>/test-volume.tif: one multipage "
              "TIFF or a folder of PNG/TIFF slices, any size; masks go to "
              "<model_dir>/predictions/<name>-masks.tif")
+    add("--tta", action="store_true",
+        help="test-time augmentation for evaluate's full-resolution scores and for predict: the mean class "
+             "probabilities of the 8 flips and rotations of each slice (8 times the passes)")
     add("--predict_strategy", choices=PREDICT_STRATEGIES, default=None,
         help="resize: the recipe's (slice resized to 388x388, prediction resized back); tile: the UNet "
              "paper's overlap-tile (mirror-padded 572x572 tiles, stitched at full resolution); "

@@ -8,6 +8,10 @@ slice is mirror-padded by the 92-pixel context the valid convolutions consume
 whose 388x388 centres cover it, and the centres are stitched at full
 resolution, with no resizing of the image at all.
 
+Test-time augmentation (``tta``) averages the class probabilities of the 8
+views of each slice (its four quarter turns, each also mirrored), every view
+mapped back onto the slice before the mean; it costs 8 passes per slice.
+
 Both take a ``ProbabilityFn``: normalised 572x572x1 inputs -> 388x388xK class
 probabilities, which is all they need of a model (a trained Runner, or an
 exported model loaded without the training flags). Slices are processed a
@@ -29,8 +33,9 @@ from data_loading.tiles import CONTEXT, mirror_pad
 
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")
-__all__ = ["CONTEXT", "STRATEGIES", "ProbabilityFn", "class_ids", "mask_values", "predict_class_ids",
-           "predict_probabilities", "tile_grid"]
+VIEWS = 8  # the symmetries of a square: 4 quarter turns, each with and without a mirror
+__all__ = ["CONTEXT", "STRATEGIES", "VIEWS", "ProbabilityFn", "class_ids", "mask_values", "predict_class_ids",
+           "predict_probabilities", "tile_grid", "view", "unview"]
 
 
 def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -76,12 +81,36 @@ def _tiled(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_siz
     return stitched
 
 
-def predict_probabilities(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
-                          strategy: str = "resize") -> list[np.ndarray]:
-    """Class probabilities (height x width x K) for every pixel of each uint8 slice."""
+def view(image: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` (0..7) of a slice (or a probability map): ``k % 4`` quarter turns, then a mirror if ``k >= 4``."""
+    turned = np.rot90(image, k % 4, axes=(0, 1))
+    return np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned)
+
+
+def unview(image: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of ``view``: back onto the slice's own orientation."""
+    unmirrored = image[:, ::-1] if k >= 4 else image
+    return np.ascontiguousarray(np.rot90(unmirrored, -(k % 4), axes=(0, 1)))
+
+
+def _one_pass(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+              strategy: str) -> list[np.ndarray]:
     if strategy == "tile":
         return _tiled(probabilities, slices, batch_size)
     return _resized(probabilities, slices, batch_size)
+
+
+def predict_probabilities(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+                          strategy: str = "resize", tta: bool = False) -> list[np.ndarray]:
+    """Class probabilities (height x width x K) of every pixel of each uint8 slice; ``tta``: the mean of 8 views."""
+    if not tta:
+        return _one_pass(probabilities, slices, batch_size, strategy)
+    total: list[np.ndarray] = []
+    for k in range(VIEWS):
+        seen = _one_pass(probabilities, [view(image, k) for image in slices], batch_size, strategy)
+        back = [unview(p, k) for p in seen]
+        total = [t + b for t, b in zip(total, back, strict=True)] if total else back
+    return [t / VIEWS for t in total]
 
 
 def class_ids(probabilities: np.ndarray) -> np.ndarray:
@@ -94,12 +123,12 @@ def class_ids(probabilities: np.ndarray) -> np.ndarray:
 
 
 def predict_class_ids(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
-                      strategy: str = "resize") -> list[np.ndarray]:
+                      strategy: str = "resize", tta: bool = False) -> list[np.ndarray]:
     """uint8 class ids at each slice's own size; ``batch_size`` slices at a time to bound memory."""
     ids = []
     for start in range(0, len(slices), batch_size):
         chunk = slices[start:start + batch_size]
-        ids.extend(class_ids(p) for p in predict_probabilities(probabilities, chunk, batch_size, strategy))
+        ids.extend(class_ids(p) for p in predict_probabilities(probabilities, chunk, batch_size, strategy, tta))
     return ids
 
 

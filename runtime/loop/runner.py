@@ -85,9 +85,9 @@ class Runner:
         return class_probabilities(self.model(images, training=False))
 
     def _full_resolution_ids(self, slices: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        """Each slice's class ids at its own size, by --predict_strategy."""
+        """Each slice's class ids at its own size, by --predict_strategy (and --tta)."""
         return strategies.predict_class_ids(self._predict_step, slices, self.ctx.args.batch_size,
-                                           self.ctx.args.predict_strategy)
+                                           self.ctx.args.predict_strategy, self.ctx.args.tta)
 
     # Training ---------------------------------------------------------------
 
