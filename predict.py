@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the probabilities of the 8 flips and rotations "
                              "of each slice (8 times the passes)")
+    parser.add_argument("--cell_labels", action="store_true",
+                        help="also write the cells as a label image (0 on membranes, one id per cell, per slice) "
+                             "beside the masks, as <output>-cells.tif")
     parser.add_argument("--overlays", type=int, default=0, metavar="N",
                         help="also write PNG pictures of the first N slices into <output stem>-overlays/")
     parser.add_argument("-b", "--batch_size", type=int, default=4, help="slices (or tiles) per forward pass")
@@ -49,6 +52,7 @@ def run(argv: list[str] | None = None) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data_loading.image_stack import read_image_stack
     from data_loading.tiff_io import write_stack_atomically
+    from runtime.inference.cells import cell_labels, cells_path
     from runtime.inference.export import load_probability_fn
     from runtime.inference.strategies import mask_values, predict_class_ids
     from runtime.reporting.overlays import write_overlays
@@ -61,6 +65,8 @@ def run(argv: list[str] | None = None) -> Path:
     output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
     try:
         write_stack_atomically(output, masks)
+        if args.cell_labels:
+            write_stack_atomically(cells_path(output), cell_labels(ids))
         if args.overlays:
             write_overlays(output.parent / f"{output.stem}-overlays", names, slices, ids, count=args.overlays,
                            num_classes=num_classes)

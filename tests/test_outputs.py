@@ -151,22 +151,29 @@ def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir
 
 
 @pytest.mark.slow
-def test_tta_from_the_checkpoint_and_the_export_give_the_same_masks(trained, exported, isbi_dir, tmp_path):
+def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, exported, isbi_dir, tmp_path):
     out, _ = trained
     model_dir = out / "model"
     stack = tmp_path / "two.tif"
     tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :300, :450]))
     result = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--tta",
                      "--predict_input", str(stack), "--predict_strategy", "tile", "--overlays", "0",
-                     "--log_dir", str(tmp_path / "l"))
+                     "--cell_labels", "--log_dir", str(tmp_path / "l"))
     assert result.returncode == 0, result.stderr[-2000:]
     from_checkpoint = tifffile.imread(model_dir / "predictions" / "two-masks.tif")
+    cells = tifffile.imread(model_dir / "predictions" / "two-cells.tif")
+    assert cells.dtype == np.uint16 and cells.shape == from_checkpoint.shape
+    np.testing.assert_array_equal(cells == 0, from_checkpoint == 0)  # ids on cells, 0 on membranes
+    logged = [r["data"] for r in read_log(tmp_path / "l" / "log.json") if r.get("step") == "PREDICT"]
+    assert logged[0]["cells"] == sum(int(s.max()) for s in cells)
     target = tmp_path / "exported.tif"
     done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(exported / "saved_model"), str(stack),
-                           "-o", str(target), "--strategy", "tile", "--tta"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+                           "-o", str(target), "--strategy", "tile", "--tta", "--cell_labels"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported-cells.tif"), cells)
     evaluated = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
                         "--overlays", "0", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "e"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict on this grey image stack instead of <data_dir>/test-volume.tif: one multipage "
              "TIFF or a folder of PNG/TIFF slices, any size; masks go to "
              "<model_dir>/predictions/<name>-masks.tif")
+    add("--cell_labels", action="store_true",
+        help="predict also writes the cells as a label image beside each masks file (<name>-cells.tif: "
+             "0 on membranes, 1..n one id per 4-connected cell, each slice numbered on its own; uint16, or "
+             "uint32 past 65535 cells)")
     add("--tta", action="store_true",
         help="test-time augmentation for evaluate's full-resolution scores and for predict: the mean class "
              "probabilities of the 8 flips and rotations of each slice (8 times the passes)")

@@ -22,6 +22,7 @@ from data_loading.tiff_io import write_stack_atomically
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
+from runtime.inference.cells import cell_labels, cells_path
 from runtime.inference.export import class_probabilities, export_model
 from runtime.inference.metrics import challenge_scores, class_dice
 from runtime.loop import checkpoints
@@ -304,15 +305,20 @@ class Runner:
         if not workers.is_chief:
             return None
         path = Path(args.model_dir) / source.masks_file
+        summary = {}
         try:
             write_stack_atomically(path, strategies.mask_values(ids, classes))
             write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=args.overlays,
                            num_classes=classes)
+            if args.cell_labels:
+                labels = cell_labels(ids)
+                write_stack_atomically(cells_path(path), labels)
+                summary = {"cell_labels": str(cells_path(path)), "cells": int(sum(s.max() for s in labels))}
         except OSError as error:
             raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
         fractions = np.bincount(ids.ravel(), minlength=classes)[:classes] / ids.size
-        summary = ({"cell_fraction": float(fractions[1])} if classes == 2
-                   else {"class_fractions": [round(float(f), 6) for f in fractions]})
+        summary.update({"cell_fraction": float(fractions[1])} if classes == 2
+                       else {"class_fractions": [round(float(f), 6) for f in fractions]})
         self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(ids),
                                         "strategy": args.predict_strategy, **summary})
         return path
