@@ -81,27 +81,32 @@ def accuracy(data_dir: Path, classes: int, args: argparse.Namespace, work: Path)
 
 
 def by_steps(data_dir: Path, args: argparse.Namespace, work: Path) -> Iterator[dict]:
-    """One resize-trained model on ISBI fold 0, stopped at each step count and scored by both strategies.
+    """Per seed, one resize-trained model on ISBI fold 0, stopped at each step count and scored both ways.
 
-    Resume is exact, so the model at step 200 is the one a straight 200-step run
-    gives: every step count is measured on one training stream.
+    Each later step count resumes the same run (resume is exact), so the model
+    at step 200 is the one a straight 200-step run gives: every step count of
+    a seed is measured on one training stream.
     """
-    model = work / "model-resize"
-    common = ["--data_dir", str(data_dir), "--fold", "0", "--dtype", args.dtype, "--batch_size",
-              str(args.batch_size), "--model_dir", str(model), "--seed", str(args.seed)]
-    minutes = 0.0
-    for steps in args.step_counts:
-        started = time.perf_counter()
-        unet2d("--exec_mode", "train", "--max_steps", str(steps), "--log_every", "20", *common,
-               log_dir=work / f"train-{steps}")
-        minutes += (time.perf_counter() - started) / 60
-        for strategy in MODES:
-            scores = final_eval(unet2d("--exec_mode", "evaluate", "--predict_strategy", strategy, *common,
-                                       log_dir=work / f"eval-{steps}-{strategy}"))
-            row = {"input_mode": "resize", "predict_strategy": strategy, "steps": steps, "seed": args.seed,
-                   "batch_size": args.batch_size, "dtype": args.dtype, "train_minutes": round(minutes, 1)}
-            row.update({key: value for key, value in scores.items() if key in SCORES})
-            yield row
+    for seed in args.seeds:
+        model = work / f"model-resize-{seed}"
+        common = ["--data_dir", str(data_dir), "--fold", "0", "--dtype", args.dtype, "--batch_size",
+                  str(args.batch_size), "--model_dir", str(model), "--seed", str(seed),
+                  "--base_filters", str(args.base_filters)]
+        minutes = 0.0
+        for position, steps in enumerate(args.step_counts):
+            started = time.perf_counter()
+            resume = ["--resume_training"] if position else []
+            unet2d("--exec_mode", "train", "--max_steps", str(steps), "--log_every", "20", *resume, *common,
+                   log_dir=work / f"train-{seed}-{steps}")
+            minutes += (time.perf_counter() - started) / 60
+            for strategy in MODES:
+                scores = final_eval(unet2d("--exec_mode", "evaluate", "--predict_strategy", strategy, *common,
+                                           log_dir=work / f"eval-{seed}-{steps}-{strategy}"))
+                row = {"input_mode": "resize", "predict_strategy": strategy, "steps": steps, "seed": seed,
+                       "base_filters": args.base_filters, "batch_size": args.batch_size, "dtype": args.dtype,
+                       "train_minutes": round(minutes, 1)}
+                row.update({key: value for key, value in scores.items() if key in SCORES})
+                yield row
 
 
 def throughput(data_dir: Path, args: argparse.Namespace, work: Path) -> Iterator[dict]:
@@ -149,11 +154,12 @@ def markdown(results: dict) -> str:
     if "isbi_steps" in results:
         settings, rows = results["isbi_steps"]["settings"], results["isbi_steps"]["rows"]
         lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "",
-                  "| steps | scored by | eval_dice_score (388x388) | V_Rand | V_Info | mask Dice | training min |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
+                  "| seed | steps | scored by | eval_dice_score (388x388) | V_Rand | V_Info | mask Dice "
+                  "| training min |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|"]
         for row in rows:
             cells = [f"{row.get(c, float('nan')):.4f}" for c in SCORES]
-            lines.append(f"| {row['steps']} | {row['predict_strategy']} | " + " | ".join(cells)
+            lines.append(f"| {row['seed']} | {row['steps']} | {row['predict_strategy']} | " + " | ".join(cells)
                          + f" | {row['train_minutes']} |")
         lines.append("")
     if "throughput" in results:
@@ -185,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         "synthetic-em3-20x1024-seed0", help="where the 3-class demo stacks are (generated if missing)")
     parser.add_argument("--steps", default=None,
                         help="training steps [120; throughput: 12; isbi_steps: a comma list, 120,200]")
-    parser.add_argument("--seed", type=int, default=123, help="isbi_steps: the training seed")
+    parser.add_argument("--seeds", default="123", help="isbi_steps: training seeds, a comma list [123]")
+    parser.add_argument("--base_filters", type=int, default=64, help="isbi_steps: UNet width [64, the recipe's]")
     parser.add_argument("--warmup", type=int, default=4, help="throughput: steps left out of the figures")
     parser.add_argument("--repeats", type=int, default=2, help="throughput: A/B rounds")
     parser.add_argument("--batch_size", type=int, default=2)
@@ -200,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.part != "isbi_steps" and len(step_counts) != 1:
         parser.error("--steps: one step count for this part (a list only for isbi_steps)")
     args.step_counts = sorted(step_counts)
+    try:
+        args.seeds = [int(n) for n in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: whole numbers separated by commas, not {args.seeds!r}")
     args.steps = args.step_counts[-1]
     command = "python benchmarks/input_modes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)  # the reader's data, not this machine's path
@@ -213,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             check_data_dir(data_dir)
             title = "ISBI 2012, fold 0"
             if args.part == "isbi_steps":
-                title = (f"ISBI 2012, fold 0: one model trained with resize, scored both ways after "
-                         f"{', '.join(map(str, args.step_counts))} steps (seed {args.seed})")
+                title = (f"ISBI 2012, fold 0: per seed one model trained with resize (--base_filters "
+                         f"{args.base_filters}), scored both ways after {', '.join(map(str, args.step_counts))} steps")
             parts = {"throughput": throughput, "isbi_steps": by_steps,
                      "isbi": lambda data, settings, folder: accuracy(data, 2, settings, folder)}
             runs = parts[args.part](data_dir, args, Path(work))
