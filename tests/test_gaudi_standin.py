@@ -14,7 +14,6 @@ import json
 import socket
 import sys
 import types
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -100,7 +99,7 @@ def test_bf16_on_gaudi_sets_the_conversion_config_not_keras_policy(habana, monke
 
 
 def test_gaudi2_input_pipeline_is_parallel_and_prefetches_to_the_hpu(habana):
-    args = Namespace(batch_size=2, seed=1, augment=True)
+    args = parse_args(["--synth_data", "--batch_size", "2", "--seed", "1"])
     options = stream_options(args, Workers(), select_device(no_hpu=False))
     assert options.parallel_map and options.prefetch_device == "/device:HPU:0"
 
