@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def markdown(results: dict) -> str:
             continue
         settings, rows = results[part]["settings"], results[part]["rows"]
         classes = sorted(k for k in rows[0] if k.startswith("eval_dice_class_"))
-        lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "",
+        lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "", measured(settings),
                   "| trained with | scored by | " + " | ".join(c.replace("eval_", "") for c in classes)
                   + " | V_Rand | V_Info | mask Dice | training min |",
                   "|---|---|" + "---:|" * (len(classes) + 4)]
@@ -153,7 +154,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "isbi_steps" in results:
         settings, rows = results["isbi_steps"]["settings"], results["isbi_steps"]["rows"]
-        lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "",
+        lines += [f"## {settings['title']}", "", f"`{settings['command']}`", "", measured(settings),
                   "| seed | steps | scored by | eval_dice_score (388x388) | V_Rand | V_Info | mask Dice "
                   "| training min |",
                   "|---:|---:|---|---:|---:|---:|---:|---:|"]
@@ -165,6 +166,7 @@ def markdown(results: dict) -> str:
     if "throughput" in results:
         settings, rows = results["throughput"]["settings"], results["throughput"]["rows"]
         lines += ["## Throughput (network inputs of 572x572 per second)", "", f"`{settings['command']}`", "",
+                  measured(settings),
                   "| exec mode | resize | tile | tile / resize |", "|---|---:|---:|---:|"]
         for exec_mode in ("train", "predict"):
             mean = {mode: _mean([r["inputs_per_s"] for r in rows
@@ -173,6 +175,11 @@ def markdown(results: dict) -> str:
             lines.append(f"| {exec_mode} | {_cell(mean['resize'])} | {_cell(mean['tile'])} | {_cell(ratio, 2)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def measured(settings: dict) -> str:
+    """When and on what a part was measured, as a line of its own (empty when not recorded)."""
+    return f"Measured {settings['measured']}.\n" if settings.get("measured") else ""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -230,13 +237,20 @@ def main(argv: list[str] | None = None) -> int:
                      "isbi": lambda data, settings, folder: accuracy(data, 2, settings, folder)}
             runs = parts[args.part](data_dir, args, Path(work))
         settings = {"title": title, "command": command, "steps": args.steps, "batch_size": args.batch_size,
-                    "dtype": args.dtype, "tensorflow": tensorflow_version()}
+                    "dtype": args.dtype, "tensorflow": tensorflow_version(),
+                    "measured": f"{date.today().isoformat()} on {machine_name()}"}
         rows: list[dict] = []
         for row in runs:
             rows.append(row)
             print(json.dumps(row), flush=True)
             write_results(args.out, args.part, rows, settings)
     return 0
+
+
+def machine_name() -> str:
+    """CPU model, cores and the ISA flags that decide the precision, as runtime.cli.machine reports them."""
+    done = subprocess.run([sys.executable, "-m", "runtime.cli.machine"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1].split(":")[0] if done.returncode == 0 and done.stdout.strip() else "?"
 
 
 def tensorflow_version() -> str:
