@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserInputError, exit_status
+from data_loading.input_paths import ensure_writable_dir
 from data_loading.isbi import CHALLENGE_URL, PIXEL_SHA256, SHAPE
 
 PROGRAM = "download_dataset.py"
@@ -51,7 +52,7 @@ def generate(args: argparse.Namespace) -> int:
     from data_loading.synthetic_em import generate_volume
     from data_loading.tiff_io import write_stack_atomically
 
-    check_data_dir(args.data_dir)
+    ensure_writable_dir(args.data_dir, "--data_dir")
     images, labels = generate_volume(args.slices, args.size, args.seed, args.classes)
     test_images, _ = generate_volume(args.slices, args.size, args.seed + 10_000, args.classes)
     for name, stack in (("train-volume.tif", images), ("train-labels.tif", labels), ("test-volume.tif", test_images)):
@@ -65,16 +66,6 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_data_dir(folder: Path) -> None:
-    """A --data_dir that is a file, or cannot be created, is bad input: one line, before any work."""
-    if folder.exists() and not folder.is_dir():
-        raise UserInputError(f"--data_dir is not a folder: {folder}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"cannot create --data_dir {folder}: {error.strerror or error}") from None
-
-
 def download(args: argparse.Namespace) -> int:
     from data_loading.download import fetch_all, make_source
 
@@ -83,7 +74,7 @@ def download(args: argparse.Namespace) -> int:
         sources = [make_source(spec, args.timeout, args.retries, args.backoff) for spec in specs]
     except ValueError as error:
         raise UserInputError(str(error)) from None
-    check_data_dir(args.data_dir)
+    ensure_writable_dir(args.data_dir, "--data_dir")
     report = fetch_all(args.data_dir, sources)
     if not report.failed:
         print(f"ISBI 2012 data ready and verified in {args.data_dir}")

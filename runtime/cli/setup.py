@@ -21,13 +21,13 @@ from data_loading.data_loader import (
     isbi_train,
 )
 from data_loading.image_stack import PredictionInput
-from data_loading.input_paths import check_input
+from data_loading.input_paths import check_input, ensure_writable_dir
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
 from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
 from runtime.execution.model_dir_lock import ModelDirLock
-from runtime.loop.checkpoints import checkpoint_dir, ensure_writable_dir, no_checkpoint, saved_checkpoints
+from runtime.loop.checkpoints import checkpoint_dir, no_checkpoint, saved_checkpoints
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
 from runtime.reporting.dllog import Logger
 from runtime.reporting.tensorboard import TensorBoardWriters

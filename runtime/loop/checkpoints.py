@@ -33,17 +33,6 @@ def checkpoint_dir(model_dir: Path, worker: int | None = None) -> Path:
     return folder / f"worker_{worker}" if worker is not None else folder
 
 
-def ensure_writable_dir(folder: Path, flag: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UserInputError(f"{flag} is not a folder: {folder}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"cannot create {flag} {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserInputError(f"{flag} is not writable: {folder}")
-
-
 def clear_checkpoints(folder: Path) -> bool:
     """Delete the previous run's checkpoints; True if there were any."""
     if folder.is_symlink():
