@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserInputError, exit_status
-from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser
+from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser, cell_threshold
+
+
+def cell_threshold_number(text: str) -> float:
+    """--cell_threshold of unet2d.py without ``best``: an exported model has no evaluation beside it."""
+    if text == "best":
+        raise argparse.ArgumentTypeError("'best' needs the model dir of unet2d.py; pass the number its "
+                                         "evaluation logged as eval_v_rand_thinned_threshold")
+    return float(cell_threshold(text))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,12 +46,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cell_labels", action="store_true",
                         help="also write the cells as a label image (0 on membranes, one id per cell, per slice) "
                              "beside the masks, as <output>-cells.tif")
+    parser.add_argument("--cell_threshold", type=cell_threshold_number, default=None, metavar="T",
+                        help="with --cell_labels: a pixel is cell when its cell probability exceeds T (0 <= T < 1), "
+                             "e.g. the eval_v_rand_thinned_threshold an evaluation logged [default: the masks' "
+                             "class decision]")
     parser.add_argument("--overlays", type=int, default=0, metavar="N",
                         help="also write PNG pictures of the first N slices into <output stem>-overlays/")
     parser.add_argument("-b", "--batch_size", type=int, default=4, help="slices (or tiles) per forward pass")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.overlays < 0:
         parser.error("--batch_size must be at least 1 and --overlays 0 or more")
+    if args.cell_threshold is not None and not args.cell_labels:
+        parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     return args
 
 
@@ -52,21 +66,23 @@ def run(argv: list[str] | None = None) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data_loading.image_stack import read_image_stack
     from data_loading.tiff_io import write_stack_atomically
-    from runtime.inference.cells import cell_labels, cells_path
+    from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
     from runtime.inference.export import load_probability_fn
-    from runtime.inference.strategies import mask_values, predict_class_ids
+    from runtime.inference.strategies import iter_probabilities, mask_values
     from runtime.reporting.overlays import write_overlays
 
     source = Path(args.input)
     slices, names = read_image_stack(source)
     probability_fn, num_classes = load_probability_fn(Path(args.model))
-    ids = np.stack(predict_class_ids(probability_fn, slices, args.batch_size, args.strategy, args.tta))
+    maps = iter_probabilities(probability_fn, slices, args.batch_size, args.strategy, args.tta)
+    ids, cells = ids_and_cells(maps, args.cell_threshold)
+    ids = np.stack(ids)
     masks = mask_values(ids, num_classes)
     output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
     try:
         write_stack_atomically(output, masks)
         if args.cell_labels:
-            write_stack_atomically(cells_path(output), cell_labels(ids))
+            write_stack_atomically(cells_path(output), cell_labels(np.stack(cells) if cells else ids))
         if args.overlays:
             write_overlays(output.parent / f"{output.stem}-overlays", names, slices, ids, count=args.overlays,
                            num_classes=num_classes)

@@ -70,7 +70,8 @@ def fold_logs(results_dir: Path, env: str) -> list[Path]:
     return logs
 
 
-AVERAGED = ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_info", "eval_mask_dice")
+AVERAGED = ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_info", "eval_mask_dice",
+            "eval_v_rand_thinned", "eval_v_info_thinned")
 
 
 def average_folds(results_dir: Path, env: str) -> dict[str, float]:
@@ -113,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 def report(summary: dict[str, float]) -> None:
     print(f"Evaluation dice score: {summary['eval_dice_score']} (average of {summary['folds']} folds)")
     print(f"Evaluation cross-entropy loss: {summary['eval_ce_loss']}")
-    for key, name in (("eval_v_rand", "V_Rand"), ("eval_v_info", "V_Info")):
+    for key, name in (("eval_v_rand", "V_Rand of the mask"), ("eval_v_info", "V_Info of the mask"),
+                      ("eval_v_rand_thinned", "V_Rand (ISBI 2012 challenge score: thinned, best threshold)"),
+                      ("eval_v_info_thinned", "V_Info (ISBI 2012 challenge score: thinned, best threshold)")):
         if key in summary:
-            print(f"Evaluation {name} (ISBI 2012 challenge score): {summary[key]}")
+            print(f"Evaluation {name}: {summary[key]}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def check_average(results, env_name, stdout):
         run_dir = results / f"{env_name}_fold{k}"
         log_json = run_dir / "log.json" if (run_dir / "log.json").exists() else run_dir / "worker_0" / "log.json"
         folds.append(final_eval(read_log(log_json)))
-    for key, printed_as in (("eval_dice_score", "dice score"), ("eval_v_rand", r"V_Rand \(ISBI 2012 challenge score\)"),
-                            ("eval_v_info", r"V_Info \(ISBI 2012 challenge score\)")):
+    challenge = r"\(ISBI 2012 challenge score: thinned, best threshold\)"
+    for key, printed_as in (("eval_dice_score", "dice score"), ("eval_v_rand", "V_Rand of the mask"),
+                            ("eval_v_info", "V_Info of the mask"), ("eval_v_rand_thinned", f"V_Rand {challenge}"),
+                            ("eval_v_info_thinned", f"V_Info {challenge}")):
         printed = float(re.search(rf"Evaluation {printed_as}: ([0-9.e-]+)", stdout).group(1))
         assert printed == pytest.approx(sum(fold[key] for fold in folds) / 5, rel=1e-9), key
 

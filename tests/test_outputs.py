@@ -5,6 +5,7 @@ One short training run on the real data (module fixture) feeds every test here.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from runtime.inference.thinned import BEST_THRESHOLD_FILE, THRESHOLDS
 from runtime.parse_results import final_eval, read_log
 from runtime.plot_curves import main as plot_main
 from tests.conftest import ROOT, run_cli, unet2d_command
@@ -76,8 +78,10 @@ def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_di
     records = read_log(out / "fold0" / "log.json")
     result = final_eval(records)
     assert result["global_step"] == STEPS
-    for key in ("eval_v_rand", "eval_v_info", "eval_mask_dice"):
+    for key in ("eval_v_rand", "eval_v_info", "eval_mask_dice", "eval_v_rand_thinned", "eval_v_info_thinned"):
         assert 0.0 <= result[key] <= 1.0
+    for key in ("eval_v_rand_thinned_threshold", "eval_v_info_thinned_threshold"):
+        assert result[key] in THRESHOLDS
     pictures = sorted((out / "fold0" / "overlays").glob("*.png"))
     assert len(pictures) == 4  # 2 slices at step 2 and at step 3
     with Image.open(pictures[0]) as picture:
@@ -177,7 +181,34 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     evaluated = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
                         "--overlays", "0", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "e"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert 0.0 <= final_eval(read_log(tmp_path / "e" / "log.json"))["eval_v_rand"] <= 1.0
+    scores = final_eval(read_log(tmp_path / "e" / "log.json"))
+    assert 0.0 <= scores["eval_v_rand"] <= 1.0
+    kept = json.loads((model_dir / BEST_THRESHOLD_FILE).read_text())
+    assert kept["cell_threshold"] == scores["eval_v_rand_thinned_threshold"] and kept["step"] == STEPS
+
+    # --cell_threshold best: the cells of P(cell) > the threshold that evaluation kept; the export agrees.
+    best = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--overlays", "0",
+                   "--predict_input", str(stack), "--predict_strategy", "tile", "--cell_labels",
+                   "--cell_threshold", "best", "--log_dir", str(tmp_path / "b"))
+    assert best.returncode == 0, best.stderr[-2000:]
+    logged = [r["data"] for r in read_log(tmp_path / "b" / "log.json") if r.get("step") == "PREDICT"]
+    assert logged[0]["cell_threshold"] == kept["cell_threshold"]
+    by_threshold = tifffile.imread(model_dir / "predictions" / "two-cells.tif")
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(exported / "saved_model"), str(stack),
+                           "-o", str(tmp_path / "t.tif"), "--strategy", "tile", "--cell_labels",
+                           "--cell_threshold", str(kept["cell_threshold"])], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "t-cells.tif"), by_threshold)
+
+
+def test_cell_threshold_best_without_an_evaluation_is_one_line_and_status_2(isbi_dir, tmp_path):
+    """Checked before any training: no mode both evaluates and predicts, so the threshold must be there."""
+    result = run_cli("--synth_data", "--exec_mode", "train_and_predict", "--model_dir", str(tmp_path / "m"),
+                     "--cell_labels", "--cell_threshold", "best", "--log_dir", str(tmp_path / "l"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "best_threshold.json does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -29,6 +29,19 @@ MAX_ELASTIC_GRID = 64
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[2] / "bf16_config" / "unet.json"
 
 
+def cell_threshold(text: str) -> float | str:
+    """``best`` or a probability threshold in [0, 1): the argparse type of --cell_threshold."""
+    if text == "best":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be 'best' or a number in [0, 1), got {text!r}")
+    return value
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse prints the whole usage block on error; users need the one line."""
 
@@ -155,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict also writes the cells as a label image beside each masks file (<name>-cells.tif: "
              "0 on membranes, 1..n one id per 4-connected cell, each slice numbered on its own; uint16, or "
              "uint32 past 65535 cells)")
+    add("--cell_threshold", type=cell_threshold, default=None, metavar="T|best",
+        help="with --cell_labels: a pixel is cell when its cell probability exceeds T (0 <= T < 1); 'best': the "
+             "threshold of the best thinned V_Rand of the last evaluation of this --model_dir "
+             "(<model_dir>/best_threshold.json) [default: the masks' class decision]")
     add("--tta", action="store_true",
         help="test-time augmentation for evaluate's full-resolution scores and for predict: the mean class "
              "probabilities of the 8 flips and rotations of each slice (8 times the passes)")
@@ -211,6 +228,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--cluster_timeout must be a number of seconds above 0, got {args.cluster_timeout}")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
+    if args.cell_threshold is not None and not args.cell_labels:
+        parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     _check_data(parser, args)
 
 

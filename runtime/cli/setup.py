@@ -27,6 +27,7 @@ from data_loading.volumes import plan_pairs, plan_stacks
 from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
 from runtime.execution.model_dir_lock import ModelDirLock
+from runtime.inference.thinned import load_best_threshold
 from runtime.loop.checkpoints import checkpoint_dir, no_checkpoint, saved_checkpoints
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
 from runtime.reporting.dllog import Logger
@@ -162,6 +163,11 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
     reads_checkpoint = "train" not in args.exec_mode and not args.benchmark
     if reads_checkpoint and not args.log_all_workers and not saved_checkpoints(checkpoint_dir(model_dir)):
         raise no_checkpoint(checkpoint_dir(model_dir))
+    if args.cell_threshold == "best" and "predict" in args.exec_mode:
+        try:  # no mode evaluates and predicts in one run: the threshold must be there already
+            load_best_threshold(model_dir)
+        except ValueError as error:
+            raise UserInputError(f"--cell_threshold best: {error}") from None
     return sources
 
 

@@ -8,16 +8,31 @@ than 65535 cells.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from runtime.inference.metrics import cell_regions
+from runtime.inference.strategies import class_ids
+from runtime.inference.thinned import cell_probability
 
 
-def cell_labels(class_ids: np.ndarray) -> np.ndarray:
-    """[slices, height, width] class ids -> the same shape of cell ids, each slice numbered from 1."""
-    labelled = np.stack([cell_regions(ids) for ids in class_ids]) if len(class_ids) else class_ids.astype(np.uint16)
+def ids_and_cells(probability_maps: Iterable[np.ndarray],
+                  threshold: float | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each map's class ids and, with a threshold, its cell mask (P(cell) > threshold); one pass over the maps,
+    so that a stack's float probabilities are never all held at once."""
+    ids, cells = [], []
+    for probabilities in probability_maps:
+        ids.append(class_ids(probabilities))
+        if threshold is not None:
+            cells.append((cell_probability(probabilities) > threshold).astype(np.uint8))
+    return ids, cells
+
+
+def cell_labels(masks: np.ndarray) -> np.ndarray:
+    """[slices, height, width] class ids (or 0/1 cell masks) -> cell ids of that shape, each slice from 1."""
+    labelled = np.stack([cell_regions(mask) for mask in masks]) if len(masks) else masks.astype(np.uint16)
     fits_16_bits = labelled.max(initial=0) <= np.iinfo(np.uint16).max
     return labelled.astype(np.uint16 if fits_16_bits else np.uint32)
 

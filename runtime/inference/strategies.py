@@ -34,8 +34,8 @@ from data_loading.tiles import CONTEXT, mirror_pad
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")
 VIEWS = 8  # the symmetries of a square: 4 quarter turns, each with and without a mirror
-__all__ = ["CONTEXT", "STRATEGIES", "VIEWS", "ProbabilityFn", "class_ids", "mask_values", "predict_class_ids",
-           "predict_probabilities", "tile_grid", "view", "unview"]
+__all__ = ["CONTEXT", "STRATEGIES", "VIEWS", "ProbabilityFn", "class_ids", "iter_probabilities", "mask_values",
+           "predict_class_ids", "predict_probabilities", "tile_grid", "view", "unview"]
 
 
 def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -122,14 +122,18 @@ def class_ids(probabilities: np.ndarray) -> np.ndarray:
     return (classes - 1 - np.argmax(probabilities[..., ::-1], axis=-1)).astype(np.uint8)
 
 
+def iter_probabilities(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+                       strategy: str = "resize", tta: bool = False) -> Iterator[np.ndarray]:
+    """Each slice's class probabilities in turn, ``batch_size`` slices at a time, so a large stack never
+    holds more than a batch of float maps."""
+    for start in range(0, len(slices), batch_size):
+        yield from predict_probabilities(probabilities, slices[start:start + batch_size], batch_size, strategy, tta)
+
+
 def predict_class_ids(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
                       strategy: str = "resize", tta: bool = False) -> list[np.ndarray]:
-    """uint8 class ids at each slice's own size; ``batch_size`` slices at a time to bound memory."""
-    ids = []
-    for start in range(0, len(slices), batch_size):
-        chunk = slices[start:start + batch_size]
-        ids.extend(class_ids(p) for p in predict_probabilities(probabilities, chunk, batch_size, strategy, tta))
-    return ids
+    """uint8 class ids at each slice's own size."""
+    return [class_ids(p) for p in iter_probabilities(probabilities, slices, batch_size, strategy, tta)]
 
 
 def mask_values(ids: np.ndarray, num_classes: int) -> np.ndarray:

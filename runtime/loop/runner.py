@@ -22,9 +22,16 @@ from data_loading.tiff_io import write_stack_atomically
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
-from runtime.inference.cells import cell_labels, cells_path
+from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
 from runtime.inference.export import class_probabilities, export_model
 from runtime.inference.metrics import challenge_scores, class_dice
+from runtime.inference.thinned import (
+    best_over_thresholds,
+    cell_probability,
+    load_best_threshold,
+    save_best_threshold,
+    slice_sweep,
+)
 from runtime.loop import checkpoints
 from runtime.loop.losses import partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
@@ -85,10 +92,13 @@ class Runner:
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
         return class_probabilities(self.model(images, training=False))
 
+    def _full_resolution_probabilities(self, slices: list[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
+        """Each slice's class probabilities at its own size, by --predict_strategy (and --tta)."""
+        return strategies.iter_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
+                                             self.ctx.args.predict_strategy, self.ctx.args.tta)
+
     def _full_resolution_ids(self, slices: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        """Each slice's class ids at its own size, by --predict_strategy (and --tta)."""
-        return strategies.predict_class_ids(self._predict_step, slices, self.ctx.args.batch_size,
-                                           self.ctx.args.predict_strategy, self.ctx.args.tta)
+        return [strategies.class_ids(p) for p in self._full_resolution_probabilities(slices)]
 
     # Training ---------------------------------------------------------------
 
@@ -263,24 +273,33 @@ class Runner:
         if logs_here(ctx.args, ctx.workers):
             data.update(self._challenge_scores(step))
             ctx.logger.log((), {**data, "global_step": step})
+            if "eval_v_rand_thinned_threshold" in data and ctx.workers.is_chief:
+                try:
+                    save_best_threshold(Path(ctx.args.model_dir), step, data)
+                except OSError as error:
+                    self._warn(f"could not keep the best threshold in {ctx.args.model_dir}: {error}")
         if ctx.tensorboard is not None:
             ctx.tensorboard.eval_scalars(step, data)
             ctx.tensorboard.eval_time(step, "end")
         return data
 
     def _challenge_scores(self, step: int) -> dict[str, float]:
-        """V_Rand, V_Info, mask Dice and each class's Dice at the labels' full resolution; pictures."""
+        """V_Rand, V_Info (of the mask, and the organisers' after thinning), mask and class Dice, at full size."""
         validation = getattr(self.ctx.dataset, "validation_slices", None)
         if validation is None:  # synthetic data has no cell regions to score
             return {}
         args = self.ctx.args
         images, labels = validation()
-        predicted = self._full_resolution_ids(images)
+        predicted, sweeps = [], []
+        for truth, probabilities in zip(labels, self._full_resolution_probabilities(images), strict=True):
+            predicted.append(strategies.class_ids(probabilities))
+            sweeps.append(slice_sweep(truth, cell_probability(probabilities)))
         if args.overlays:
             names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
             write_overlays(worker_log_dir(args, self.ctx.workers) / "overlays", names, images, predicted,
                            labels, args.overlays, args.num_classes)
-        return {**challenge_scores(labels, predicted), **class_dice(labels, predicted, args.num_classes)}
+        return {**challenge_scores(labels, predicted), **best_over_thresholds(sweeps),
+                **class_dice(labels, predicted, args.num_classes)}
 
     def predict(self) -> list[Path]:
         """Masks of each test stack (0/255 for two classes, class ids for more), under <model_dir>/predictions."""
@@ -291,17 +310,24 @@ class Runner:
             with ctx.workers.phase("predicting"):
                 self._benchmark_predict()
             return []
+        threshold = self._cell_threshold()  # before the weights: a missing 'best' fails at once
         self._ensure_weights()
         with ctx.workers.phase("predicting"):
-            return [path for source in ctx.prediction_inputs if (path := self._predict_stack(source)) is not None]
+            return [path for source in ctx.prediction_inputs
+                    if (path := self._predict_stack(source, threshold)) is not None]
 
-    def _predict_stack(self, source: PredictionInput) -> Path | None:
+    def _predict_stack(self, source: PredictionInput, threshold: float | None) -> Path | None:
         """One stack: every worker segments its share of the slices, the chief writes the masks."""
         args, workers, classes = self.ctx.args, self.ctx.workers, self.ctx.args.num_classes
         mine = np.arange(workers.rank, len(source.slices), workers.size)  # every size-th slice is this worker's
-        ids = self._full_resolution_ids(source.slices[mine])
-        ids = np.stack(ids) if ids else np.zeros((0, *source.slices.shape[1:]), np.uint8)
-        ids = workers.gather_slices(ids, mine, source.slices.shape)
+        ids, cells = ids_and_cells(self._full_resolution_probabilities(source.slices[mine]), threshold)
+
+        def whole_stack(parts: list[np.ndarray]) -> np.ndarray:
+            mine_only = np.stack(parts) if parts else np.zeros((0, *source.slices.shape[1:]), np.uint8)
+            return workers.gather_slices(mine_only, mine, source.slices.shape)
+
+        ids = whole_stack(ids)
+        cell_mask = whole_stack(cells) if threshold is not None else ids
         if not workers.is_chief:
             return None
         path = Path(args.model_dir) / source.masks_file
@@ -311,9 +337,10 @@ class Runner:
             write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=args.overlays,
                            num_classes=classes)
             if args.cell_labels:
-                labels = cell_labels(ids)
+                labels = cell_labels(cell_mask)
                 write_stack_atomically(cells_path(path), labels)
-                summary = {"cell_labels": str(cells_path(path)), "cells": int(sum(s.max() for s in labels))}
+                summary = {"cell_labels": str(cells_path(path)), "cells": int(sum(s.max() for s in labels)),
+                           "cell_threshold": "class decision" if threshold is None else threshold}
         except OSError as error:
             raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
         fractions = np.bincount(ids.ravel(), minlength=classes)[:classes] / ids.size
@@ -322,6 +349,21 @@ class Runner:
         self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(ids),
                                         "strategy": args.predict_strategy, **summary})
         return path
+
+    def _cell_threshold(self) -> float | None:
+        """--cell_threshold as a number (``best``: the last evaluation's), None for the class decision."""
+        chosen = self.ctx.args.cell_threshold
+        if chosen != "best":
+            return chosen
+        try:
+            threshold, step = load_best_threshold(Path(self.ctx.args.model_dir))
+        except ValueError as error:
+            raise UserInputError(f"--cell_threshold best: {error}") from None
+        newest = checkpoints.latest(self.ctx.checkpoint_dir)
+        if newest and not newest.endswith(f"-{step}") and self.ctx.workers.is_chief:
+            self._warn(f"--cell_threshold best: {threshold} was found by the evaluation at step {step}, "
+                       f"not of the newest checkpoint {Path(newest).name}; evaluate again to refresh it")
+        return threshold
 
     def export(self) -> None:
         """The latest checkpoint's weights as unet2d.keras and a SavedModel, for serving."""
