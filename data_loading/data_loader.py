@@ -12,6 +12,7 @@ import tensorflow as tf
 from common.errors import UserInputError
 from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 from data_loading import preprocessing as pre
+from data_loading.border_weights import training_weight_maps
 from data_loading.input_paths import check_input
 from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
 from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
@@ -54,6 +55,8 @@ class StreamOptions:
     augment: bool = True
     elastic_sigma: float = 0.0  # pixels; 0: no elastic deformation (the recipe)
     elastic_grid: int = 3
+    border_w0: float = 0.0  # the U-Net paper's border weight (data_loading/border_weights.py); 0: none
+    border_sigma: float = 5.0  # pixels of the label images
     rank: int = 0
     num_workers: int = 1
     parallel_map: bool = False  # parallel (and deterministic) preprocessing: on Gaudi2, as in the recipe
@@ -190,34 +193,51 @@ class Dataset(_Streams):
                                  "every replica needs at least one")
         count = tf.constant(len(indices), tf.int64)
         seed = tf.constant(opts.seed + 7919 * shard, tf.int64)  # each replica its own draws
-        pick = self._tile_picker(indices) if self.input_mode == "tile" else self._resized_picker(indices)
+        weighted = opts.border_w0 > 0  # each label then carries its weight map as a last channel
+        weights = self._weight_maps(indices) if weighted else None
+        pick = self._tile_picker(indices, weights) if self.input_mode == "tile" else self._resized_picker(indices,
+                                                                                                          weights)
 
         def sample(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             epoch, position = index // count, index % count
             order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([seed, -1 - epoch])))
             image, label, augment_seed = pick(order[position], tf.stack([seed, index]))
             if opts.augment:
-                image, label = pre.augment(image, label, augment_seed, opts.elastic_sigma, opts.elastic_grid)
-            return image, pre.crop_label(label)
+                image, label = pre.augment(image, label, augment_seed, opts.elastic_sigma, opts.elastic_grid,
+                                           weighted)
+            return image, pre.crop_label(label, weighted)
 
         first_sample = start_step * opts.batch_size
         dataset = self._map(tf.data.Dataset.range(first_sample, 2**62), sample)
         return self._prefetch(dataset.batch(opts.batch_size, drop_remainder=True))
 
-    def _resized_picker(self, indices: np.ndarray):
+    def _weight_maps(self, indices: np.ndarray) -> tuple[list[np.ndarray], float]:
+        """The border weight map of each of these training slices, and the membrane's class weight."""
+        maps, balance = training_weight_maps([self._labels[i] for i in indices], self.num_classes,
+                                             self.options.border_w0, self.options.border_sigma)
+        return maps, float(balance[0])
+
+    def _resized_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):
         """The recipe's: whole slices, resized to 388 and padded to 572 once, up front."""
         images = tf.stack([pre.normalize_image(self._images[i]) for i in indices])
         labels = tf.stack([pre.normalize_label(self._labels[i], self.num_classes) for i in indices])
+        if weights is not None:  # padded with the membrane's weight, as the labels are with membrane
+            maps, membrane = weights
+            labels = tf.concat([labels, tf.stack([pre.normalize_weights(m, membrane) for m in maps])], axis=-1)
         return lambda chosen, sample_seed: (images[chosen], labels[chosen], sample_seed)
 
-    def _tile_picker(self, indices: np.ndarray):
+    def _tile_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):
         """A random full-resolution 572x572 crop of the slice, its label aligned, both with mirrored context."""
-        tiles = TileSampler([self._images[i] for i in indices], [self._labels[i] for i in indices])
+        tiles = TileSampler([self._images[i] for i in indices], [self._labels[i] for i in indices],
+                            None if weights is None else weights[0])
 
         def pick(chosen: tf.Tensor, sample_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(sample_seed, 2))
-            image, label = tiles.crop(tf.cast(chosen, tf.int32), tiles.offset(chosen, crop_seed))
-            return (*self._tile_pair(image, label), augment_seed)
+            crops = tiles.crop(tf.cast(chosen, tf.int32), tiles.offset(chosen, crop_seed), tiles.weights)
+            image, label = self._tile_pair(*crops[:2])
+            if tiles.weights is not None:
+                label = tf.concat([label, crops[2][..., tf.newaxis]], axis=-1)
+            return image, label, augment_seed
         return pick
 
     def _tile_pair(self, image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -67,9 +67,26 @@ def normalize_label(class_ids: tf.Tensor, num_classes: int = NUM_CLASSES) -> tf.
     return tf.one_hot(ids, num_classes)
 
 
-def crop_label(label: tf.Tensor) -> tf.Tensor:
-    """572x572xK label -> the 388x388xK centre the network predicts, hard 0/1 again."""
-    return hard_labels(tf.image.resize_with_crop_or_pad(label, OUTPUT_SIZE, OUTPUT_SIZE))
+def normalize_weights(weights: tf.Tensor, fill: float) -> tf.Tensor:
+    """float HxW weight map -> 572x572x1 as ``normalize_label`` places the labels, ``fill`` where they are padded."""
+    resized = tf.image.resize(tf.cast(weights, tf.float32)[..., tf.newaxis], (OUTPUT_SIZE, OUTPUT_SIZE),
+                              method="bilinear")
+    return tf.image.resize_with_crop_or_pad(resized - fill, INPUT_SIZE, INPUT_SIZE) + fill
+
+
+def _split(label: tf.Tensor, weighted: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Class channels and, if ``weighted``, the weight map packed after them as the last channel."""
+    return (label[..., :-1], label[..., -1:]) if weighted else (label, None)
+
+
+def _join(classes: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
+    return classes if weights is None else tf.concat([classes, weights], axis=-1)
+
+
+def crop_label(label: tf.Tensor, weighted: bool = False) -> tf.Tensor:
+    """572x572xK label -> the 388x388xK centre the network predicts, hard 0/1 again (a packed weight map as is)."""
+    classes, weights = _split(tf.image.resize_with_crop_or_pad(label, OUTPUT_SIZE, OUTPUT_SIZE), weighted)
+    return _join(hard_labels(classes), weights)
 
 
 def elastic_field(seed: tf.Tensor, sigma: float, grid: int, size: int) -> tf.Tensor:
@@ -108,14 +125,17 @@ def warp(image: tf.Tensor, field: tf.Tensor, nearest: bool = False) -> tf.Tensor
     return upper * (1.0 - down) + lower * down
 
 
-def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
-            elastic_sigma: float = 0.0, elastic_grid: int = 3) -> tuple[tf.Tensor, tf.Tensor]:
+def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, elastic_sigma: float = 0.0,
+            elastic_grid: int = 3, weighted: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """Random flips, crop-and-zoom, an optional elastic deformation and brightness; one draw for image and label.
 
     Stateless random ops keyed by ``seed`` (shape [2]) make the augmentation of
     the n-th sample of a run a pure function of (run seed, n). The elastic
     field's seed is folded out of ``seed`` apart from the recipe's four draws,
     so with ``elastic_sigma`` 0 the stream is the recipe's, draw for draw.
+    ``weighted``: the label's last channel is a weight map, moved with the
+    labels but resampled bilinearly (every op acts on each channel alone, so
+    the image and class channels come out as without it).
     """
     flip_lr, flip_ud, crop, brightness = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     pair = tf.concat([image, label], axis=-1)  # same geometry for both, in one op each
@@ -131,7 +151,10 @@ def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
     if elastic_sigma > 0:
         field = elastic_field(tf.random.experimental.stateless_fold_in(seed, ELASTIC_STREAM), elastic_sigma,
                               elastic_grid, INPUT_SIZE)
-        image, label = warp(image, field), warp(hard_labels(label), field, nearest=True)
+        classes, weights = _split(label, weighted)
+        image = warp(image, field)
+        label = _join(warp(hard_labels(classes), field, nearest=True),
+                      None if weights is None else warp(weights, field))
     delta = tf.random.stateless_uniform([], brightness, minval=-0.2, maxval=0.2)
     image = tf.clip_by_value(image + delta, -1.0, 1.0)
     return image, label

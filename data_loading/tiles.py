@@ -78,16 +78,22 @@ class TileSampler:
     zeros.
     """
 
-    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]) -> None:
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray],
+                 weights: list[np.ndarray] | None = None) -> None:
         covered = [covered_size(image.shape) for image in images]
-        image_canvas = np.zeros(self._canvas_shape([image.shape for image in images]), np.uint8)
-        label_canvas = np.zeros_like(image_canvas)
-        for index, (image, label, (height, width)) in enumerate(zip(images, labels, covered, strict=True)):
-            image_canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(image, height, width)
-            label_canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(label, height, width)
-        self.images = tf.constant(image_canvas)
-        self.labels = tf.constant(label_canvas)
+        shape = self._canvas_shape([image.shape for image in images])
+        self.images = tf.constant(self._canvas(images, covered, np.zeros(shape, np.uint8)))
+        self.labels = tf.constant(self._canvas(labels, covered, np.zeros(shape, np.uint8)))
+        # Weight maps (data_loading/border_weights.py), mirrored like the labels they were computed from.
+        self.weights = None if weights is None else tf.constant(self._canvas(weights, covered,
+                                                                             np.zeros(shape, np.float32)))
         self.sizes = tf.constant(covered, tf.int32)
+
+    @staticmethod
+    def _canvas(slices: list[np.ndarray], covered: list[tuple[int, int]], canvas: np.ndarray) -> np.ndarray:
+        for index, (piece, (height, width)) in enumerate(zip(slices, covered, strict=True)):
+            canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(piece, height, width)
+        return canvas
 
     @staticmethod
     def _canvas_shape(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
@@ -106,8 +112,10 @@ class TileSampler:
         draws = tf.random.stateless_uniform([2], seed, minval=0, maxval=2**31 - 1, dtype=tf.int32)
         return draws % limits
 
-    def crop(self, chosen: tf.Tensor, corner: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """uint8 572x572 image and label crops whose centres are the window at ``corner``."""
+    def crop(self, chosen: tf.Tensor, corner: tf.Tensor, canvas: tf.Tensor | None = None) -> tuple[tf.Tensor, ...]:
+        """572x572 image and label crops (uint8) whose centres are the window at ``corner``; with ``canvas``
+        (e.g. ``self.weights``), its crop at the same place too."""
         begin = tf.stack([chosen, corner[0], corner[1]])
         size = [1, INPUT_SIZE, INPUT_SIZE]
-        return tf.slice(self.images, begin, size)[0], tf.slice(self.labels, begin, size)[0]
+        crops = (tf.slice(self.images, begin, size)[0], tf.slice(self.labels, begin, size)[0])
+        return crops if canvas is None else (*crops, tf.slice(canvas, begin, size)[0])

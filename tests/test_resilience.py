@@ -151,9 +151,10 @@ def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
 
 
 @pytest.mark.parametrize("input_mode", ["resize", "tile"])
-def test_elastic_training_resumes_with_the_same_losses(isbi_dir, tmp_path, input_mode):
-    """The elastic field is drawn from (seed, sample) like the rest: a resumed run sees the same samples."""
-    extra = ["--elastic", "--input_mode", input_mode, "--max_steps", "4"]
+def test_elastic_border_weighted_training_resumes_with_the_same_losses(isbi_dir, tmp_path, input_mode):
+    """The elastic field is drawn from (seed, sample) like the rest, the weight maps are computed from the
+    labels alone: a resumed run sees the same samples, weights and all."""
+    extra = ["--elastic", "--border_weights", "--input_mode", input_mode, "--max_steps", "4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_cli(*train_args(isbi_dir, straight, *extra)).returncode == 0
     first = run_cli(*train_args(isbi_dir, split, *extra[:-1], "2"))

@@ -26,6 +26,8 @@ BASE_FILTERS = 64  # the recipe's UNet width
 MAX_BASE_FILTERS = 1024
 MAX_ELASTIC_SIGMA = 100.0  # pixels: beyond this the field tears the 572x572 input apart
 MAX_ELASTIC_GRID = 64
+MAX_BORDER_W0 = 1000.0
+MAX_BORDER_SIGMA = 100.0  # pixels
 DEFAULT_BF16_CONFIG = Path(__file__).resolve().parents[2] / "bf16_config" / "unet.json"
 
 
@@ -123,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="standard deviation of the coarse displacements, in pixels of the 572x572 input [10, the paper's]")
     add("--elastic_grid", type=int, default=3, metavar="N",
         help="the coarse grid is N x N points [3, the paper's]")
+    add("--border_weights", action="store_true",
+        help="the U-Net paper's weighted loss: each pixel's cross-entropy weighs w_c + w0 exp(-(d1 + d2)^2 / "
+             "(2 sigma^2)), d1 and d2 its distances to the nearest and second-nearest cell, w_c balancing the "
+             "class frequencies; the map is computed per training slice and augmented with its labels; the "
+             "Dice term and the evaluation losses are unweighted")
+    add("--border_w0", type=float, default=10.0, metavar="W0",
+        help="the border weight w0 [10, the paper's]")
+    add("--border_sigma", type=float, default=5.0, metavar="PIXELS",
+        help="the border width sigma, in pixels of the label images [5, the paper's]")
     add("--benchmark", dest="benchmark", action="store_true", default=False,
         help="time each step and report images/s and latency percentiles after --warmup_steps; "
              "no checkpoints are written (train and predict modes)")
@@ -195,6 +206,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--elastic_sigma must be a number of pixels in 0..{MAX_ELASTIC_SIGMA}, got {args.elastic_sigma}")
     if not 2 <= args.elastic_grid <= MAX_ELASTIC_GRID:
         parser.error(f"--elastic_grid must be in 2..{MAX_ELASTIC_GRID}, got {args.elastic_grid}")
+    if not (math.isfinite(args.border_w0) and 0 < args.border_w0 <= MAX_BORDER_W0):
+        parser.error(f"--border_w0 must be a number above 0 and at most {MAX_BORDER_W0:g}, got {args.border_w0}")
+    if not (math.isfinite(args.border_sigma) and 0 < args.border_sigma <= MAX_BORDER_SIGMA):
+        parser.error(f"--border_sigma must be a number of pixels above 0 and at most {MAX_BORDER_SIGMA:g}, "
+                     f"got {args.border_sigma}")
+    if args.border_weights and args.synth_data:
+        parser.error("--border_weights weighs the borders between the cells of real labels; --synth_data has none")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f"--learning_rate must be a finite number above 0, got {args.learning_rate}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):

@@ -1,4 +1,4 @@
-"""Training objective: sigmoid cross-entropy + soft Dice loss + L2 weight decay.
+"""Training objective: sigmoid cross-entropy (optionally weighted per pixel) + soft Dice loss + L2 weight decay.
 
 All of it is computed in float32, whatever the model's compute dtype.
 """
@@ -14,10 +14,11 @@ from common.compat import variable_path
 DICE_SMOOTHING = 1e-6
 
 
-def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Mean sigmoid cross-entropy of the logits against one-hot labels."""
+def cross_entropy(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
+    """Mean sigmoid cross-entropy of the logits against one-hot labels; each pixel's terms times its weight."""
     logits = tf.cast(logits, tf.float32)
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+    terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_mean(terms if weights is None else terms * weights[..., tf.newaxis])
 
 
 def dice_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -31,6 +32,11 @@ def dice_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 
 def partial_losses(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cross-entropy and Dice loss. Labels with one channel more than the logits carry a per-pixel weight map
+    there (--border_weights, data_loading/border_weights.py): it weighs the cross-entropy, not the Dice."""
+    if labels.shape[-1] == logits.shape[-1] + 1:
+        labels, weights = labels[..., :-1], labels[..., -1]
+        return cross_entropy(logits, labels, weights), dice_loss(logits, labels)
     return cross_entropy(logits, labels), dice_loss(logits, labels)
 
 
