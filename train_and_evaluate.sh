@@ -13,7 +13,9 @@
 # the default mpirun options); on current TensorFlow, through
 # scripts/launch_workers.py with --distribution multi_worker (LAUNCH_FLAGS adds
 # launcher options). Extra flags go to every fold, e.g. --max_steps 100. The
-# interpreter is $PYTHON, or python3.
+# interpreter is $PYTHON, or python3. With ENSEMBLE=1 the five fold models then
+# segment the test volume together (unet2d.py --ensemble, their probabilities
+# averaged) into <results_dir>/<precision>_<workers>hpu_ensemble/predictions/.
 set -euo pipefail
 
 usage() {
@@ -70,3 +72,19 @@ for fold in 0 1 2 3 4; do
 done
 
 "$python" "$here/runtime/parse_results.py" --model_dir "$results_dir" --env "$env_name"
+
+if [ "${ENSEMBLE:-0}" = 1 ]; then
+  folds=()
+  for fold in 0 1 2 3 4; do folds+=("$results_dir/${env_name}_fold$fold"); done
+  ensemble_dir="$results_dir/${env_name}_ensemble"
+  log="$results_dir/${env_name}_ensemble.log"
+  command=("$python" "$here/unet2d.py" --exec_mode predict --data_dir "$data_dir" --model_dir "$ensemble_dir"
+           --log_dir "$ensemble_dir" --batch_size "$batch_size" --dtype "$precision" "$@" --ensemble "${folds[@]}")
+  echo "ensemble of the 5 folds on the test volume: ${command[*]} > $log"
+  if ! "${command[@]}" > "$log" 2>&1; then
+    echo "the ensemble prediction failed; its log: $log" >&2
+    tail -n 5 "$log" >&2
+    exit 1
+  fi
+  echo "ensemble masks: $ensemble_dir/predictions/"
+fi

@@ -128,7 +128,7 @@ def test_the_stream_carries_the_map_and_is_otherwise_unchanged(tmp_path, input_m
     def batches(w0: float, start: int = 0, count: int = 3):
         options = StreamOptions(batch_size=2, seed=5, elastic_sigma=10.0, border_w0=w0)
         data = Dataset(sources, options, fold=None, input_mode=input_mode, num_classes=classes)
-        return [(i.numpy(), l.numpy()) for i, l in data.train_fn(start_step=start).take(count)]
+        return [(image.numpy(), label.numpy()) for image, label in data.train_fn(start_step=start).take(count)]
 
     weighted, plain = batches(10.0), batches(0.0)
     for (image, label), (plain_image, plain_label) in zip(weighted, plain, strict=True):

@@ -6,8 +6,10 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import tifffile
 
 from runtime.parse_results import final_eval, read_log
 from tests.conftest import ROOT, TEST_WIDTH
@@ -16,8 +18,8 @@ from tests.horovod_support import require_horovod
 SCRIPT = ROOT / "train_and_evaluate.sh"
 
 
-def run_script(*args, timeout=1200):
-    env = {**os.environ, "PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_script(*args, timeout=1200, **extra_env):
+    env = {**os.environ, "PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "3", **extra_env}
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -46,10 +48,17 @@ def auto_dtype() -> str:
 
 
 @pytest.mark.slow
-def test_five_folds_one_worker(isbi_dir, tmp_path):
-    result = run_script(isbi_dir, tmp_path, 1, "auto", 1, "--max_steps", "1", "--log_every", "1", *TEST_WIDTH)
+def test_five_folds_one_worker_then_their_ensemble(isbi_dir, tmp_path):
+    result = run_script(isbi_dir, tmp_path, 1, "auto", 1, "--max_steps", "1", "--log_every", "1", *TEST_WIDTH,
+                        ENSEMBLE="1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    check_average(tmp_path, f"{auto_dtype()}_1hpu", result.stdout)
+    env_name = f"{auto_dtype()}_1hpu"
+    check_average(tmp_path, env_name, result.stdout)
+    ensemble = tmp_path / f"{env_name}_ensemble"
+    restored = [r["data"] for r in read_log(ensemble / "log.json") if r.get("step") == "CHECKPOINT"]
+    assert [Path(p).parts[-3] for p in restored[0]["ensemble"]] == [f"{env_name}_fold{k}" for k in range(5)]
+    masks = list((ensemble / "predictions").glob("*-masks.tif"))
+    assert len(masks) == 1 and tifffile.imread(masks[0]).shape == (30, 512, 512)
 
 
 @pytest.mark.slow

@@ -99,3 +99,22 @@ def test_two_class_ids_give_the_recipes_labels_and_loss():
     for ours_loss, recipe_loss in zip((cross_entropy(logits, ours[None]), dice_loss(logits, ours[None])),
                                       (cross_entropy(logits, theirs[None]), dice_loss(logits, theirs[None]))):
         assert float(ours_loss) == float(recipe_loss)
+
+
+def test_ensemble_losses_are_the_dice_of_the_mean_probabilities_and_the_mean_cross_entropy():
+    from runtime.loop.losses import ensemble_losses
+
+    (first, labels), (second, _) = random_case(10), random_case(11)
+    ce, dice = ensemble_losses([tf.constant(first), tf.constant(second)], tf.constant(labels))
+    expected_ce = (numpy_losses(first, labels)[0] + numpy_losses(second, labels)[0]) / 2
+    np.testing.assert_allclose(float(ce), expected_ce, rtol=1e-5)
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    mean = (softmax(first.astype(np.float64)) + softmax(second.astype(np.float64))) / 2
+    _, expected_dice = numpy_losses(np.log(mean), labels)  # log p: logits whose softmax is p
+    np.testing.assert_allclose(float(dice), expected_dice, rtol=1e-5)
+    alone = ensemble_losses([tf.constant(first)] * 2, tf.constant(labels))
+    np.testing.assert_allclose([float(v) for v in alone], numpy_losses(first, labels), rtol=1e-5)

@@ -227,3 +227,37 @@ def test_predict_cli_refuses_what_is_not_a_model(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(tmp_path), str(slices)], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 2 and "not an exported model" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_an_ensemble_averages_its_models_and_refuses_mismatched_ones(trained, isbi_dir, tmp_path):
+    """The mean of one model's probabilities taken twice is that model: the same masks, the same scores."""
+    out, _ = trained
+    model_dir = out / "model"
+    stack = tmp_path / "pair.tif"
+    tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2]))
+    alone = run_cli("--exec_mode", "predict", "--model_dir", str(model_dir), "--predict_input", str(stack),
+                    "--overlays", "0", "--log_dir", str(tmp_path / "a"))
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    twice = run_cli("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir),
+                    str(model_dir), "--predict_input", str(stack), "--overlays", "0", "--log_dir", str(tmp_path / "b"))
+    assert twice.returncode == 0, twice.stderr[-2000:]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "e" / "predictions" / "pair-masks.tif"),
+                                  tifffile.imread(model_dir / "predictions" / "pair-masks.tif"))
+    restored = [r["data"] for r in read_log(tmp_path / "b" / "log.json") if r.get("step") == "CHECKPOINT"]
+    assert len(restored[0]["ensemble"]) == 2 and restored[0]["step"] == STEPS
+
+    scores = {}
+    for name, extra in (("alone", ["--model_dir", str(model_dir)]),
+                        ("twice", ["--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir), str(model_dir)])):
+        done = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--overlays", "0",
+                       *extra, "--log_dir", str(tmp_path / f"eval_{name}"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores[name] = final_eval(read_log(tmp_path / f"eval_{name}" / "log.json"))
+    for key in ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_rand_thinned", "eval_mask_dice"):
+        assert scores["twice"][key] == pytest.approx(scores["alone"][key], rel=1e-5), key
+
+    wider = run_cli("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir),
+                    "--predict_input", str(stack), "--base_filters", "16")
+    assert wider.returncode == 2 and "holds a model of width 8 with 2 classes" in wider.stderr
+    assert "Traceback" not in wider.stderr

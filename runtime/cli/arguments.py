@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tta", action="store_true",
         help="test-time augmentation for evaluate's full-resolution scores and for predict: the mean class "
              "probabilities of the 8 flips and rotations of each slice (8 times the passes)")
+    add("--ensemble", nargs="+", default=None, metavar="MODEL_DIR",
+        help="evaluate or predict with several trained models at once (e.g. the five folds of "
+             "train_and_evaluate.sh), their class probabilities averaged; --model_dir then only receives the "
+             "outputs. The models must share --base_filters and --num_classes")
     add("--predict_strategy", choices=PREDICT_STRATEGIES, default=None,
         help="resize: the recipe's (slice resized to 388x388, prediction resized back); tile: the UNet "
              "paper's overlap-tile (mirror-padded 572x572 tiles, stitched at full resolution); "
@@ -246,6 +250,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--cluster_timeout must be a number of seconds above 0, got {args.cluster_timeout}")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
+    if args.ensemble and (args.exec_mode not in ("evaluate", "predict") or args.benchmark):
+        parser.error(f"--ensemble averages trained models in --exec_mode evaluate or predict (without "
+                     f"--benchmark), not in {args.exec_mode}{' --benchmark' if args.benchmark else ''}")
     if args.cell_threshold is not None and not args.cell_labels:
         parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     _check_data(parser, args)

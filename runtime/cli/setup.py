@@ -28,7 +28,7 @@ from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
 from runtime.execution.model_dir_lock import ModelDirLock
 from runtime.inference.thinned import load_best_threshold
-from runtime.loop.checkpoints import checkpoint_dir, no_checkpoint, saved_checkpoints
+from runtime.loop.checkpoints import checkpoint_dir, model_shape, no_checkpoint, saved_checkpoints
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
 from runtime.reporting.dllog import Logger
 from runtime.reporting.tensorboard import TensorBoardWriters
@@ -162,7 +162,9 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
         sources = plan_data(args)
         check_fits(sources.memory_needed(args.input_mode, args.num_classes), "the image and label stacks")
     reads_checkpoint = "train" not in args.exec_mode and not args.benchmark
-    if reads_checkpoint and not args.log_all_workers and not saved_checkpoints(checkpoint_dir(model_dir)):
+    if args.ensemble:
+        check_ensemble(args)
+    elif reads_checkpoint and not args.log_all_workers and not saved_checkpoints(checkpoint_dir(model_dir)):
         raise no_checkpoint(checkpoint_dir(model_dir))
     if args.cell_threshold == "best" and "predict" in args.exec_mode:
         try:  # no mode evaluates and predicts in one run: the threshold must be there already
@@ -170,6 +172,22 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
         except ValueError as error:
             raise UserInputError(f"--cell_threshold best: {error}") from None
     return sources
+
+
+def check_ensemble(args: argparse.Namespace) -> None:
+    """Every --ensemble model dir holds a checkpoint of the model this run builds (width and classes)."""
+    for folder in map(Path, args.ensemble):
+        found = saved_checkpoints(checkpoint_dir(folder))
+        if not found:
+            raise no_checkpoint(checkpoint_dir(folder))
+        try:
+            width, classes = model_shape(found[0])
+        except (ValueError, tf.errors.OpError) as error:
+            raise UserInputError(f"--ensemble: cannot read the model in {found[0]}: {error}") from None
+        if (width, classes) != (args.base_filters, args.num_classes):
+            raise UserInputError(f"--ensemble: {folder} holds a model of width {width} with {classes} classes; "
+                                 f"this run builds width {args.base_filters} with {args.num_classes} "
+                                 "(--base_filters, --num_classes): the models of an ensemble must match")
 
 
 def load_dataset(args: argparse.Namespace, options: StreamOptions,

@@ -236,3 +236,15 @@ def restore_model(model: tf.keras.Model, folder: Path, warn: Callable[[str], Non
     parts = {"model": model} if step is None else {"model": model, "step": step}
     restore(tf.train.Checkpoint(**parts), path, partial=True)
     return path
+
+
+def model_shape(path: str) -> tuple[int, int]:
+    """(width, classes) of the UNet in a checkpoint, from its kernels' shapes: the first convolution's
+    3x3x1xF gives the width (--base_filters), the 1x1 output convolution's last dimension the classes."""
+    shapes = [shape for shape in tf.train.load_checkpoint(path).get_variable_to_shape_map().values()
+              if len(shape) == 4]
+    widths = {shape[3] for shape in shapes if shape[:3] == [3, 3, 1]}
+    classes = {shape[3] for shape in shapes if shape[:2] == [1, 1]}
+    if len(widths) != 1 or len(classes) != 1:
+        raise ValueError(f"{path} does not hold one UNet (first kernels {sorted(widths)}, outputs {sorted(classes)})")
+    return widths.pop(), classes.pop()

@@ -40,6 +40,20 @@ def partial_losses(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.
     return cross_entropy(logits, labels), dice_loss(logits, labels)
 
 
+def ensemble_losses(member_logits: list[tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Evaluation losses of models whose probabilities are averaged (--ensemble).
+
+    The Dice loss is that of the averaged probabilities, exactly: their log
+    is a logit whose softmax gives them back. The recipe's sigmoid
+    cross-entropy is a function of each model's logits, not of
+    probabilities, so it is the mean of the members' cross-entropies.
+    """
+    count = len(member_logits)
+    ce = tf.add_n([cross_entropy(logits, labels) for logits in member_logits]) / count
+    mean = tf.add_n([tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1) for logits in member_logits]) / count
+    return ce, dice_loss(tf.math.log(tf.maximum(mean, 1e-30)), labels)
+
+
 def weight_decay(variables: Iterable[tf.Variable], coefficient: float) -> tf.Tensor:
     """coefficient * sum(w^2) / 2 over the weights (batch-norm parameters excluded, as in the recipe)."""
     penalties = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables

@@ -33,7 +33,7 @@ from runtime.inference.thinned import (
     slice_sweep,
 )
 from runtime.loop import checkpoints
-from runtime.loop.losses import partial_losses, weight_decay
+from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
@@ -61,6 +61,8 @@ class Runner:
         self.ctx = ctx
         with ctx.workers.scope():  # tf.distribute mirrors the variables made here on every replica
             self.model = build_model()
+            # --ensemble: one model per model dir, self.model the first; evaluate and predict average them.
+            self.members = [self.model] + [build_model() for _ in (ctx.args.ensemble or [])[1:]]
             self.optimizer = FusedAdam(learning_rate=ctx.args.learning_rate)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
@@ -87,10 +89,13 @@ class Runner:
         return ce, dice
 
     def _eval_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return partial_losses(self.model(images, training=False), labels)
+        logits = [member(images, training=False) for member in self.members]
+        return partial_losses(logits[0], labels) if len(logits) == 1 else ensemble_losses(logits, labels)
 
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
-        return class_probabilities(self.model(images, training=False))
+        """Class probabilities; with --ensemble, the mean of the members'."""
+        members = [class_probabilities(member(images, training=False)) for member in self.members]
+        return tf.add_n(members) / len(members)
 
     def _full_resolution_probabilities(self, slices: list[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
         """Each slice's class probabilities at its own size, by --predict_strategy (and --tta)."""
@@ -239,9 +244,15 @@ class Runner:
     def _ensure_weights(self) -> None:
         if self.weights_ready:
             return
+        folders = [checkpoints.checkpoint_dir(Path(d)) for d in self.ctx.args.ensemble or []]
         with self.ctx.workers.phase("restoring the checkpoint"):
-            path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step)
-        self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
+            if not folders:
+                path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step)
+                self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
+            else:  # the first member's step stands for the ensemble's in the logs
+                paths = [checkpoints.restore_model(member, folder, self._warn, self.step if index == 0 else None)
+                         for index, (member, folder) in enumerate(zip(self.members, folders, strict=True))]
+                self.ctx.logger.log("CHECKPOINT", {"ensemble": paths, "step": int(self.step.numpy())})
         self.weights_ready = True
 
     def evaluate(self, step: int | None = None) -> dict[str, float]:

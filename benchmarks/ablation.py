@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""The U-Net paper's ingredients one by one on ISBI 2012 fold 0: which of them beat the recipe, and at what cost.
+
+    python benchmarks/ablation.py --data_dir $DATA --base_filters 16 --seeds 123,1 --steps 400
+    python benchmarks/ablation.py --data_dir $DATA --picture docs/images/ablation_cells.png
+
+Each configuration adds one ingredient to the one before: the recipe;
++ tile input mode; + elastic deformation; + border weights; + test-time
+augmentation at evaluation (the previous model, scored with --tta). Each
+trains with unet2d.py as a user would (fold 0, batch 2, the fastest
+precision of the machine) and is scored by its own final evaluation: the
+recipe's eval_dice_score, the organisers' thinned V_Rand and V_Info with
+their best thresholds, and the mask scores. The best combination is the one
+of highest mean thinned V_Rand over the seeds. Rows accumulate in --out as
+ablation.json and ablation.md, rewritten after every run; the model dirs stay
+in --work, so --picture can draw the recipe's cells against the best's
+against the truth on one validation slice afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.input_modes import machine_name, tensorflow_version, unet2d  # noqa: E402
+from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
+from runtime.parse_results import final_eval  # noqa: E402
+
+# name -> (training flags, evaluation flags); a configuration with evaluation flags only re-scores the model of
+# the configuration it names.
+CONFIGS: dict[str, tuple[list[str], list[str]]] = {
+    "recipe": ([], []),
+    "+ tile": (["--input_mode", "tile"], []),
+    "+ elastic": (["--input_mode", "tile", "--elastic"], []),
+    "+ border weights": (["--input_mode", "tile", "--elastic", "--border_weights"], []),
+    "+ TTA at evaluation": (["--input_mode", "tile", "--elastic", "--border_weights"], ["--tta"]),
+}
+RESCORED = {"+ TTA at evaluation": "+ border weights"}
+SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_v_info_thinned",
+          "eval_v_info_thinned_threshold", "eval_v_rand", "eval_v_info", "eval_mask_dice")
+
+
+def model_dir(work: Path, name: str, seed: int) -> Path:
+    slug = re.sub(r"[^a-z]+", "_", name.lower()).strip("_")
+    return work / f"{slug}-seed{seed}"
+
+
+def run_config(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train (or re-score) one configuration at one seed; its scores and times."""
+    train_flags, eval_flags = CONFIGS[name]
+    folder = model_dir(args.work, RESCORED.get(name, name), seed)
+    common = ["--data_dir", str(args.data_dir), "--fold", "0", "--batch_size", "2", "--seed", str(seed),
+              "--base_filters", str(args.base_filters), "--model_dir", str(folder), "--overlays", "0", *train_flags]
+    started = time.perf_counter()
+    if name in RESCORED:
+        records = unet2d("--exec_mode", "evaluate", *common, *eval_flags, log_dir=folder / "eval-tta")
+        plain_started = time.perf_counter()
+        unet2d("--exec_mode", "evaluate", *common, log_dir=folder / "eval-plain")
+        timing = {"eval_minutes": round((plain_started - started) / 60, 2),
+                  "eval_minutes_without": round((time.perf_counter() - plain_started) / 60, 2)}
+    else:
+        records = unet2d("--exec_mode", "train_and_evaluate", "--max_steps", str(args.steps), "--log_every", "50",
+                         *common, log_dir=folder)
+        timing = {"train_minutes": round((time.perf_counter() - started) / 60, 2)}
+    scores = final_eval(records) or {}
+    return {"config": name, "seed": seed, "base_filters": args.base_filters, "steps": args.steps, **timing,
+            **{key: scores[key] for key in SCORES if key in scores}}
+
+
+def best_config(rows: list[dict]) -> str | None:
+    """The configuration of highest mean thinned V_Rand over the seeds it was run with."""
+    means = {name: np.mean([r["eval_v_rand_thinned"] for r in rows if r["config"] == name]) for name in CONFIGS
+             if any(r["config"] == name for r in rows)}
+    return max(means, key=means.get) if means else None
+
+
+def widths(rows: list[dict]) -> list[int]:
+    return sorted({r["base_filters"] for r in rows})
+
+
+def markdown(results: dict) -> str:
+    lines = ["# The U-Net paper's ingredients on ISBI 2012 fold 0", "",
+             "Written by `benchmarks/ablation.py`. Batch 2, --dtype auto (the machine's fastest precision). "
+             "Thinned V_Rand / V_Info: the organisers' protocol (best over the thresholds 0.0-0.9 of P(cell), "
+             "the threshold in brackets); mask V_Rand / V_Info: of the class decision, as in earlier tables. "
+             "`--seed` also draws the fold split, so seeds differ in their validation slices too.", ""]
+    for width in widths(results["rows"]):
+        settings = results["settings"][str(width)]
+        lines += [f"## --base_filters {width}", "", f"`{settings['command']}`", "",
+                  f"Measured {settings['measured']}, TensorFlow {settings['tensorflow']}, {settings['steps']} steps.",
+                  ""]
+        lines += table([r for r in results["rows"] if r["base_filters"] == width])
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> list[str]:
+    best = best_config(rows)
+    lines = ["| configuration | seed | eval_dice_score | V_Rand thinned | V_Info thinned | V_Rand mask "
+             "| V_Info mask | mask Dice | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        minutes = row.get("train_minutes", row.get("eval_minutes"))
+        lines.append(f"| {row['config']} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
+                     f"{row.get('eval_v_rand_thinned', float('nan')):.4f} "
+                     f"({row.get('eval_v_rand_thinned_threshold', float('nan')):.1f}) | "
+                     f"{row.get('eval_v_info_thinned', float('nan')):.4f} "
+                     f"({row.get('eval_v_info_thinned_threshold', float('nan')):.1f}) | "
+                     f"{row.get('eval_v_rand', float('nan')):.4f} | {row.get('eval_v_info', float('nan')):.4f} | "
+                     f"{row.get('eval_mask_dice', float('nan')):.4f} | {minutes} |")
+    lines += ["", "Means over the seeds (spread: half the range):", "",
+              "| configuration | seeds | eval_dice_score | V_Rand thinned | V_Info thinned |",
+              "|---|---:|---:|---:|---:|"]
+    for name in CONFIGS:
+        mine = [r for r in rows if r["config"] == name]
+        if not mine:
+            continue
+        cells = []
+        for key in ("eval_dice_score", "eval_v_rand_thinned", "eval_v_info_thinned"):
+            values = [r[key] for r in mine if key in r]
+            cells.append(f"{np.mean(values):.4f} ± {(max(values) - min(values)) / 2:.4f}" if values else "-")
+        lines.append(f"| {name}{' **(best)**' if name == best else ''} | {len(mine)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def write(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "ablation.md").write_text(markdown(results))
+
+
+def picture(args: argparse.Namespace, target: Path) -> None:
+    """One validation slice of fold 0: the recipe's cells, the best configuration's and the truth's, side by side."""
+    import matplotlib
+    import tifffile
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtime.inference.metrics import cell_regions
+
+    results = json.loads((args.out / "ablation.json").read_text())
+    best = best_config([r for r in results["rows"] if r["base_filters"] == args.base_filters])
+    best, seed = RESCORED.get(best, best), args.seeds[0]
+    labels = tifffile.imread(args.data_dir / "train-labels.tif")
+    images = tifffile.imread(args.data_dir / "train-volume.tif")
+    val_slice = args.val_slice
+    stack = args.work / "val-slice.tif"
+    tifffile.imwrite(stack, images[val_slice:val_slice + 1])
+    panels = []
+    for name in ("recipe", best):
+        folder = model_dir(args.work, name, seed)
+        unet2d("--exec_mode", "predict", "--data_dir", str(args.data_dir), "--model_dir", str(folder),
+               "--predict_input", str(stack), "--cell_labels", "--cell_threshold", "best", "--overlays", "0",
+               "--base_filters", str(args.base_filters), *CONFIGS[name][0], log_dir=folder / "picture")
+        panels.append((name, tifffile.imread(folder / "predictions" / "val-slice-cells.tif")[0]))
+    panels.append(("truth", cell_regions((labels[val_slice] > 0).astype(np.uint8))))
+    colours = np.random.default_rng(0).uniform(0.25, 1.0, (65536, 3))
+    colours[0] = 0.0
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    for axis, (name, cells) in zip(axes, panels, strict=True):
+        axis.imshow(colours[cells % 65536], interpolation="nearest")
+        axis.set_title(f"{name}: {int(cells.max())} cells")
+        axis.axis("off")
+    figure.suptitle(f"ISBI 2012 training slice {val_slice} (fold 0 validation), seed {seed}, "
+                    f"--base_filters {args.base_filters}, {args.steps} steps; cells at each model's best threshold")
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=80)
+    print(f"wrote {target}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, default=None, help="the ISBI 2012 stacks [../shared or ./data]")
+    parser.add_argument("--base_filters", type=int, default=64, help="UNet width [64, the recipe's]")
+    parser.add_argument("--seeds", default="123", help="training seeds, a comma list [123]")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, a comma list [all]")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "unet2d" / "ablation",
+                        help="where the model dirs are kept")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--picture", type=Path, default=None, help="draw the picture from the runs in --work")
+    parser.add_argument("--val_slice", type=int, default=19,
+                        help="the training slice the picture shows [19: in fold 0's validation set at seed 123]")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.data_dir = args.data_dir or default_data_dir()
+    check_data_dir(args.data_dir)
+    if args.picture:
+        picture(args, args.picture)
+        return 0
+    configs = [c.strip() for c in args.configs.split(",")]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
+    command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
+    path = args.out / "ablation.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"rows": [], "settings": {}}
+    results["settings"][str(args.base_filters)] = {
+        "command": command, "steps": args.steps, "tensorflow": tensorflow_version(),
+        "measured": f"{date.today().isoformat()} on {machine_name()}"}
+    for seed in args.seeds:
+        for name in configs:
+            row = run_config(name, seed, args)
+            results["rows"] = [r for r in results["rows"] if (r["config"], r["seed"], r["base_filters"])
+                               != (name, seed, args.base_filters)] + [row]
+            print(json.dumps(row), flush=True)
+            write(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
