@@ -27,10 +27,10 @@ def launch(launcher, args, extra_env=None, timeout=600):
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
-def train_two_workers(launcher, isbi_dir, out, extra_env=None):
+def train_two_workers(launcher, isbi_dir, out, extra_env=None, extra_args=()):
     args = ["--data_dir", str(isbi_dir), "--exec_mode", "train", "--fold", "0", "--batch_size", "1",
             "--max_steps", "6", "--log_every", "1", "--dtype", "fp32", "--use_horovod", "--log_all_workers",
-            "--model_dir", str(out), "--log_dir", str(out / "logs")]
+            "--model_dir", str(out), "--log_dir", str(out / "logs"), *extra_args]
     result = launch(launcher, args, extra_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -76,7 +76,9 @@ def test_without_allreduce_ranks_drift_apart(horovod, isbi_dir, tmp_path):
 
 def test_horovodrun_ranks_stay_identical(horovod, isbi_dir, tmp_path):
     horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    train_two_workers([horovodrun, "-np", "2", "--gloo"], isbi_dir, tmp_path)
+    # With the U-Net paper's options, so they are shown to run under Horovod too.
+    train_two_workers([horovodrun, "-np", "2", "--gloo"], isbi_dir, tmp_path,
+                      extra_args=("--elastic", "--border_weights"))
     assert_ranks(tmp_path, identical=True)
 
 

@@ -56,8 +56,9 @@ def ok(result):
     return result
 
 
-def reference(data_dir: Path, replicas: int):
-    """One model in this process trained on the replicas' batches, gradients averaged: what both engines must give."""
+def reference(data_dir: Path, replicas: int, border_w0: float = 0.0):
+    """One model in this process trained on the replicas' batches, gradients averaged: what both engines must give.
+    ``border_w0``: with --border_weights (the labels then carry the weight map to the loss)."""
     from common import compat
     from data_loading.data_loader import Dataset, StreamOptions
     from model.unet import build_unet
@@ -68,8 +69,8 @@ def reference(data_dir: Path, replicas: int):
     model = build_unet(123, matmul_filter_gradient=True, base_filters=TEST_BASE_FILTERS)
     optimizer = FusedAdam(learning_rate=1e-4)
     optimizer.build(model.trainable_variables)
-    data = Dataset.isbi(data_dir, StreamOptions(batch_size=1, seed=123, augment=False, num_workers=replicas), fold=0,
-                   need_test=False)
+    options = StreamOptions(batch_size=1, seed=123, augment=False, num_workers=replicas, border_w0=border_w0)
+    data = Dataset.isbi(data_dir, options, fold=0, need_test=False)
     streams = [iter(data.train_fn(shard=shard)) for shard in range(replicas)]
     rng = compat.rng_state_variables(model)
     for _ in range(GLOBAL_STEPS):
@@ -146,6 +147,11 @@ def two_replica_reference(isbi_dir):
     return reference(isbi_dir, 2)
 
 
+@pytest.fixture(scope="module")
+def two_replica_weighted_reference(isbi_dir):
+    return reference(isbi_dir, 2, border_w0=10.0)
+
+
 def test_two_workers_hold_identical_state_equal_to_one_worker(isbi_dir, tmp_path, two_replica_reference):
     result = ok(launch(2, train_flags(isbi_dir, tmp_path, 2, "--log_all_workers")))
     folders = [tmp_path / "model" / "model_checkpoint" / f"worker_{rank}" for rank in (0, 1)]
@@ -162,12 +168,14 @@ def test_two_workers_hold_identical_state_equal_to_one_worker(isbi_dir, tmp_path
     assert "launch_workers.py: worker 1 is process" in result.stderr
 
 
-def test_mirrored_on_two_logical_cpus_equals_one_worker(isbi_dir, tmp_path, two_replica_reference):
-    ok(run_cli(*train_flags(isbi_dir, tmp_path, 2), "--distribution", "mirrored",
+def test_mirrored_on_two_logical_cpus_equals_one_worker_with_border_weights(isbi_dir, tmp_path,
+                                                                           two_replica_weighted_reference):
+    """With --border_weights, so the weight maps are shown to reach each replica's loss with its own batch."""
+    ok(run_cli(*train_flags(isbi_dir, tmp_path, 2, "--border_weights"), "--distribution", "mirrored",
                env={"UNET2D_CPU_REPLICAS": "2"}, timeout=900))
     prefix = tf.train.latest_checkpoint(str(tmp_path / "model" / "model_checkpoint"))
     assert prefix.endswith(f"checkpoint-{GLOBAL_STEPS}")
-    assert_same_training(restored(prefix), two_replica_reference)
+    assert_same_training(restored(prefix), two_replica_weighted_reference)
     setup = merged_data(read_log(tmp_path / "logs" / "log.json"), "SETUP")
     assert setup["engine"] == "mirrored" and setup["workers"] == 1 and setup["replicas"] == 2
 
@@ -289,3 +297,8 @@ def test_two_workers_split_predict_and_write_the_single_workers_masks(isbi_dir, 
     assert set(np.unique(single)) <= {0, 255}
     logged = merged_data(read_log(tmp_path / "two" / "log.json"), "PREDICT")
     assert logged["slices"] == 3
+    # An --ensemble of the model with itself, split over the two workers: the same masks again.
+    model = str(tmp_path / "model")
+    ensemble = [*predict[:-1], str(tmp_path / "ensemble"), "--ensemble", model, model]
+    ok(launch(2, [*ensemble, "--log_dir", str(tmp_path / "three")]))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ensemble" / "predictions" / "stack-masks.tif"), single)
