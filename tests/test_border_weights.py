@@ -143,6 +143,7 @@ def test_the_stream_carries_the_map_and_is_otherwise_unchanged(tmp_path, input_m
     np.testing.assert_array_equal(resumed[1], weighted[2][1])
 
 
+@pytest.mark.slow
 def test_cli_trains_with_border_weights_and_refuses_labels_without_cells(tmp_path):
     small_volume(tmp_path)
     common = ["--exec_mode", "train", "--max_steps", "2", "--batch_size", "1", "--base_filters", "4",
