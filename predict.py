@@ -2,6 +2,7 @@
 """Segment your own EM stack with an exported model; none of the training flags are needed.
 
     python predict.py /tmp/unet2d/export my-stack.tif --output my-masks.tif --strategy tile
+    python predict.py cv/fold*/export my-stack.tif    # several models: their probabilities averaged
 
 MODEL is what ``unet2d.py --exec_mode export`` wrote: the export folder, its
 ``unet2d.keras`` or its ``saved_model/``. INPUT is one multipage grey TIFF or a
@@ -34,7 +35,9 @@ def cell_threshold_number(text: str) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(prog="predict.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("model", help="export folder, unet2d.keras file or SavedModel folder")
+    parser.add_argument("model", nargs="+",
+                        help="export folder, unet2d.keras file or SavedModel folder; several: an ensemble, their "
+                             "class probabilities averaged (e.g. the exports of the five folds)")
     parser.add_argument("input", help="multipage grey TIFF, or a folder of PNG/TIFF slices")
     parser.add_argument("-o", "--output", default=None,
                         help="masks file (default: <input name>-masks.tif beside the input)")
@@ -67,13 +70,13 @@ def run(argv: list[str] | None = None) -> Path:
     from data_loading.image_stack import read_image_stack
     from data_loading.tiff_io import write_stack_atomically
     from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
-    from runtime.inference.export import load_probability_fn
+    from runtime.inference.export import load_ensemble_probability_fn
     from runtime.inference.strategies import iter_probabilities, mask_values
     from runtime.reporting.overlays import write_overlays
 
     source = Path(args.input)
     slices, names = read_image_stack(source)
-    probability_fn, num_classes = load_probability_fn(Path(args.model))
+    probability_fn, num_classes = load_ensemble_probability_fn([Path(model) for model in args.model])
     maps = iter_probabilities(probability_fn, slices, args.batch_size, args.strategy, args.tta)
     ids, cells = ids_and_cells(maps, args.cell_threshold)
     ids = np.stack(ids)

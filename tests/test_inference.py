@@ -180,3 +180,17 @@ def test_tta_class_ids_have_each_slices_size():
     ids = predict_class_ids(centre_as_probability, slices, 1, "tile", tta=True)
     assert [i.shape for i in ids] == [(50, 70), (64, 64)]
     assert ids[0].min() == 1 and ids[1].max() == 0
+
+
+def test_an_ensemble_of_exports_averages_them_and_refuses_different_class_counts(monkeypatch):
+    from runtime.inference import export
+
+    models = {"a": (lambda x: tf.fill([1, 2, 2, 2], 0.2), 2), "b": (lambda x: tf.fill([1, 2, 2, 2], 0.6), 2),
+              "c": (lambda x: tf.fill([1, 2, 2, 3], 0.3), 3)}
+    monkeypatch.setattr(export, "load_probability_fn", lambda path: models[str(path)])
+    mean, classes = export.load_ensemble_probability_fn(["a", "b"])
+    assert classes == 2 and np.allclose(mean(tf.zeros([1, 572, 572, 1])).numpy(), 0.4)
+    alone, _ = export.load_ensemble_probability_fn(["a"])
+    assert alone is models["a"][0]
+    with pytest.raises(UserInputError, match=r"same number of classes: a \(2\), c \(3\)"):
+        export.load_ensemble_probability_fn(["a", "c"])

@@ -261,3 +261,19 @@ def test_an_ensemble_averages_its_models_and_refuses_mismatched_ones(trained, is
                     "--predict_input", str(stack), "--base_filters", "16")
     assert wider.returncode == 2 and "holds a model of width 8 with 2 classes" in wider.stderr
     assert "Traceback" not in wider.stderr
+
+
+@pytest.mark.slow
+def test_predict_py_takes_several_models_as_an_ensemble(exported, isbi_dir, tmp_path):
+    """The .keras file and the SavedModel of one export, averaged: the masks of either alone."""
+    stack = tmp_path / "small.tif"
+    tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :200, :260]))
+    outputs = {}
+    for name, models in (("one", [exported / "unet2d.keras"]),
+                         ("two", [exported / "unet2d.keras", exported / "saved_model"])):
+        done = subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, models), str(stack),
+                               "-o", str(tmp_path / f"{name}.tif")], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[name] = tifffile.imread(tmp_path / f"{name}.tif")
+    np.testing.assert_array_equal(outputs["two"], outputs["one"])

@@ -127,6 +127,20 @@ def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
                          f"or an export folder holding {KERAS_FILE})")
 
 
+def load_ensemble_probability_fn(paths: list[Path]) -> tuple[ProbabilityFn, int]:
+    """``load_probability_fn`` of several exported models, their probabilities averaged; they must agree on
+    the classes (their widths may differ: each is only asked for probabilities)."""
+    loaded = [load_probability_fn(path) for path in paths]
+    classes = [count for _, count in loaded]
+    if len(set(classes)) > 1:
+        named = ", ".join(f"{path} ({count})" for path, count in zip(paths, classes, strict=True))
+        raise UserInputError(f"the models of an ensemble must have the same number of classes: {named}")
+    functions = [function for function, _ in loaded]
+    if len(functions) == 1:
+        return functions[0], classes[0]
+    return (lambda inputs: tf.add_n([function(inputs) for function in functions]) / len(functions)), classes[0]
+
+
 def _saved_model_probabilities(signatures) -> tuple[ProbabilityFn, int]:
     if "class_probabilities" in signatures:
         signature = signatures["class_probabilities"]
