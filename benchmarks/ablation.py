@@ -150,31 +150,35 @@ def picture(args: argparse.Namespace, target: Path) -> None:
     from runtime.inference.metrics import cell_regions
 
     results = json.loads((args.out / "ablation.json").read_text())
-    best = best_config([r for r in results["rows"] if r["base_filters"] == args.base_filters])
-    best, seed = RESCORED.get(best, best), args.seeds[0]
+    rows = [r for r in results["rows"] if r["base_filters"] == args.base_filters]
+    best, seed = best_config(rows), args.seeds[0]
     labels = tifffile.imread(args.data_dir / "train-labels.tif")
     images = tifffile.imread(args.data_dir / "train-volume.tif")
     val_slice = args.val_slice
     stack = args.work / "val-slice.tif"
     tifffile.imwrite(stack, images[val_slice:val_slice + 1])
     panels = []
-    for name in ("recipe", best):
-        folder = model_dir(args.work, name, seed)
+    for name in ("recipe", best):  # each at the threshold of its own best thinned V_Rand (this seed)
+        threshold = next(r["eval_v_rand_thinned_threshold"] for r in rows if (r["config"], r["seed"]) == (name, seed))
+        folder = model_dir(args.work, RESCORED.get(name, name), seed)
+        train_flags, eval_flags = CONFIGS[name]
         unet2d("--exec_mode", "predict", "--data_dir", str(args.data_dir), "--model_dir", str(folder),
-               "--predict_input", str(stack), "--cell_labels", "--cell_threshold", "best", "--overlays", "0",
-               "--base_filters", str(args.base_filters), *CONFIGS[name][0], log_dir=folder / "picture")
-        panels.append((name, tifffile.imread(folder / "predictions" / "val-slice-cells.tif")[0]))
+               "--predict_input", str(stack), "--cell_labels", "--cell_threshold", str(threshold),
+               "--overlays", "0", "--base_filters", str(args.base_filters), *train_flags, *eval_flags,
+               log_dir=folder / "picture")
+        panels.append((f"{name} (P(cell) > {threshold})",
+                       tifffile.imread(folder / "predictions" / "val-slice-cells.tif")[0]))
     panels.append(("truth", cell_regions((labels[val_slice] > 0).astype(np.uint8))))
     colours = np.random.default_rng(0).uniform(0.25, 1.0, (65536, 3))
     colours[0] = 0.0
     figure, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     for axis, (name, cells) in zip(axes, panels, strict=True):
-        axis.imshow(colours[cells % 65536], interpolation="nearest")
+        axis.imshow(colours[cells.astype(np.int64) % len(colours)], interpolation="nearest")
         axis.set_title(f"{name}: {int(cells.max())} cells")
         axis.axis("off")
     figure.suptitle(f"ISBI 2012 training slice {val_slice} (fold 0 validation), seed {seed}, "
-                    f"--base_filters {args.base_filters}, {args.steps} steps; cells at each model's best threshold")
-    figure.tight_layout()
+                    f"--base_filters {args.base_filters}, {args.steps} steps")
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=80)
     print(f"wrote {target}")
