@@ -46,6 +46,9 @@ CONFIGS: dict[str, tuple[list[str], list[str]]] = {
     "+ TTA at evaluation": (["--input_mode", "tile", "--elastic", "--border_weights"], ["--tta"]),
 }
 RESCORED = {"+ TTA at evaluation": "+ border weights"}
+SPELLED_OUT = {"recipe": "the recipe", "+ tile": "tile", "+ elastic": "tile + elastic",
+               "+ border weights": "tile + elastic + border weights",
+               "+ TTA at evaluation": "tile + elastic + border weights + TTA"}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_v_info_thinned",
           "eval_v_info_thinned_threshold", "eval_v_rand", "eval_v_info", "eval_mask_dice")
 
@@ -166,7 +169,7 @@ def picture(args: argparse.Namespace, target: Path) -> None:
                "--predict_input", str(stack), "--cell_labels", "--cell_threshold", str(threshold),
                "--overlays", "0", "--base_filters", str(args.base_filters), *train_flags, *eval_flags,
                log_dir=folder / "picture")
-        panels.append((f"{name} (P(cell) > {threshold})",
+        panels.append((f"{SPELLED_OUT[name]} (P(cell) > {threshold})",
                        tifffile.imread(folder / "predictions" / "val-slice-cells.tif")[0]))
     panels.append(("truth", cell_regions((labels[val_slice] > 0).astype(np.uint8))))
     colours = np.random.default_rng(0).uniform(0.25, 1.0, (65536, 3))
