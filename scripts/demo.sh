@@ -39,6 +39,8 @@ Demo finished. Outputs:
   logs                  $out/logs/train/log.json, $out/logs/predict/log.json
   TensorBoard           $(dirname "$python")/tensorboard --logdir $out/logs/train
 The evaluation Dice is the eval_dice_score in the last training log lines above, beside
-the challenge scores eval_v_rand and eval_v_info. In the pictures, red marks predicted
-membranes, green true membranes the model missed, yellow membranes both agree on.
+the ISBI 2012 challenge scores as the organisers compute them (eval_v_rand_thinned and
+eval_v_info_thinned, with their best thresholds) and those of the mask as is (eval_v_rand,
+eval_v_info). In the pictures, red marks predicted membranes, green true membranes the
+model missed, yellow membranes both agree on.
 DONE
