@@ -27,7 +27,6 @@ is (no thinning, the class decision); both are logged, under different names.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 from skimage.segmentation import watershed
 
+from data_loading.tiff_io import atomic_output
 from runtime.inference.metrics import MEMBRANE, cell_regions
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(10))  # the organisers' sweep, 0.0 to 0.9
@@ -126,10 +126,8 @@ def save_best_threshold(model_dir: Path, step: int, scores: dict[str, float]) ->
     """Keep the evaluation's best V_Rand threshold beside the checkpoints, for ``--cell_threshold best``."""
     record = {"step": step, "cell_threshold": scores["eval_v_rand_thinned_threshold"],
               "eval_v_rand_thinned": scores["eval_v_rand_thinned"]}
-    path = Path(model_dir) / BEST_THRESHOLD_FILE
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(temporary, path)  # never a half-written file under the final name
+    with atomic_output(Path(model_dir) / BEST_THRESHOLD_FILE) as temporary:  # never half-written
+        temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def load_best_threshold(model_dir: Path) -> tuple[float, int]:

@@ -34,10 +34,10 @@ def dice_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 def partial_losses(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Cross-entropy and Dice loss. Labels with one channel more than the logits carry a per-pixel weight map
     there (--border_weights, data_loading/border_weights.py): it weighs the cross-entropy, not the Dice."""
+    weights = None
     if labels.shape[-1] == logits.shape[-1] + 1:
         labels, weights = labels[..., :-1], labels[..., -1]
-        return cross_entropy(logits, labels, weights), dice_loss(logits, labels)
-    return cross_entropy(logits, labels), dice_loss(logits, labels)
+    return cross_entropy(logits, labels, weights), dice_loss(logits, labels)
 
 
 def ensemble_losses(member_logits: list[tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

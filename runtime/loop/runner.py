@@ -102,9 +102,6 @@ class Runner:
         return strategies.iter_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
                                              self.ctx.args.predict_strategy, self.ctx.args.tta)
 
-    def _full_resolution_ids(self, slices: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        return [strategies.class_ids(p) for p in self._full_resolution_probabilities(slices)]
-
     # Training ---------------------------------------------------------------
 
     def _start_step(self) -> int:
