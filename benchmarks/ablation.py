@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """The U-Net paper's ingredients one by one on ISBI 2012 fold 0: which of them beat the recipe, and at what cost.
 
-    python benchmarks/ablation.py --data_dir $DATA --base_filters 16 --seeds 123,1 --steps 400
+    python benchmarks/ablation.py --data_dir $DATA --base_filters 16 --seeds 123,1,2 --steps 400
     python benchmarks/ablation.py --data_dir $DATA --picture docs/images/ablation_cells.png
 
 Each configuration adds one ingredient to the one before: the recipe;
 + tile input mode; + elastic deformation; + border weights; + test-time
-augmentation at evaluation (the previous model, scored with --tta). Each
-trains with unet2d.py as a user would (fold 0, batch 2, the fastest
-precision of the machine) and is scored by its own final evaluation: the
-recipe's eval_dice_score, the organisers' thinned V_Rand and V_Info with
-their best thresholds, and the mask scores. The best combination is the one
-of highest mean thinned V_Rand over the seeds. Rows accumulate in --out as
+augmentation at evaluation (the previous model, scored with --tta); and
+tile + elastic + TTA (the elastic model, scored with --tta). Each trains
+with unet2d.py as a user would (fold 0, batch 2, the fastest precision of
+the machine) and is scored by its own final evaluation: the recipe's
+eval_dice_score, the organisers' thinned V_Rand and V_Info with their best
+thresholds, and the mask scores. Every seed scores the same validation
+slices (--split_seed, 123 by default), so the seeds differ only in
+training, and each configuration is also compared with the recipe seed by
+seed. The best combination is the one of highest mean thinned V_Rand over
+the seeds. Rows accumulate in --out as
 ablation.json and ablation.md, rewritten after every run; the model dirs stay
 in --work, so --picture can draw the recipe's cells against the best's
 against the truth on one validation slice afterwards.
@@ -44,26 +48,33 @@ CONFIGS: dict[str, tuple[list[str], list[str]]] = {
     "+ elastic": (["--input_mode", "tile", "--elastic"], []),
     "+ border weights": (["--input_mode", "tile", "--elastic", "--border_weights"], []),
     "+ TTA at evaluation": (["--input_mode", "tile", "--elastic", "--border_weights"], ["--tta"]),
+    "tile + elastic + TTA": (["--input_mode", "tile", "--elastic"], ["--tta"]),
 }
-RESCORED = {"+ TTA at evaluation": "+ border weights"}
+RESCORED = {"+ TTA at evaluation": "+ border weights", "tile + elastic + TTA": "+ elastic"}
 SPELLED_OUT = {"recipe": "the recipe", "+ tile": "tile", "+ elastic": "tile + elastic",
                "+ border weights": "tile + elastic + border weights",
-               "+ TTA at evaluation": "tile + elastic + border weights + TTA"}
+               "+ TTA at evaluation": "tile + elastic + border weights + TTA",
+               "tile + elastic + TTA": "tile + elastic + TTA"}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_v_info_thinned",
           "eval_v_info_thinned_threshold", "eval_v_rand", "eval_v_info", "eval_mask_dice")
 
 
-def model_dir(work: Path, name: str, seed: int) -> Path:
+def model_dir(args: argparse.Namespace, name: str, seed: int) -> Path:
     slug = re.sub(r"[^a-z]+", "_", name.lower()).strip("_")
-    return work / f"{slug}-seed{seed}"
+    return args.work / f"{slug}-w{args.base_filters}-seed{seed}-split{args.split_seed}"
+
+
+def split_flags(split_seed: int | None) -> list[str]:
+    return [] if split_seed is None else ["--split_seed", str(split_seed)]
 
 
 def run_config(name: str, seed: int, args: argparse.Namespace) -> dict:
     """Train (or re-score) one configuration at one seed; its scores and times."""
     train_flags, eval_flags = CONFIGS[name]
-    folder = model_dir(args.work, RESCORED.get(name, name), seed)
+    folder = model_dir(args, RESCORED.get(name, name), seed)
     common = ["--data_dir", str(args.data_dir), "--fold", "0", "--batch_size", "2", "--seed", str(seed),
-              "--base_filters", str(args.base_filters), "--model_dir", str(folder), "--overlays", "0", *train_flags]
+              *split_flags(args.split_seed), "--base_filters", str(args.base_filters), "--model_dir", str(folder),
+              "--overlays", "0", *train_flags]
     started = time.perf_counter()
     if name in RESCORED:
         records = unet2d("--exec_mode", "evaluate", *common, *eval_flags, log_dir=folder / "eval-tta")
@@ -76,7 +87,8 @@ def run_config(name: str, seed: int, args: argparse.Namespace) -> dict:
                          *common, log_dir=folder)
         timing = {"train_minutes": round((time.perf_counter() - started) / 60, 2)}
     scores = final_eval(records) or {}
-    return {"config": name, "seed": seed, "base_filters": args.base_filters, "steps": args.steps, **timing,
+    return {"config": name, "seed": seed, "split_seed": args.split_seed, "base_filters": args.base_filters,
+            "steps": args.steps, **timing,
             **{key: scores[key] for key in SCORES if key in scores}}
 
 
@@ -87,26 +99,51 @@ def best_config(rows: list[dict]) -> str | None:
     return max(means, key=means.get) if means else None
 
 
-def widths(rows: list[dict]) -> list[int]:
-    return sorted({r["base_filters"] for r in rows})
+def section(width: int, split_seed: int | None) -> str:
+    """Key of one table: rows of one width and one split (None: the split drawn by each seed, as --seed does)."""
+    return str(width) if split_seed is None else f"{width}-split{split_seed}"
 
 
 def markdown(results: dict) -> str:
     lines = ["# The U-Net paper's ingredients on ISBI 2012 fold 0", "",
              "Written by `benchmarks/ablation.py`. Batch 2, --dtype auto (the machine's fastest precision). "
              "Thinned V_Rand / V_Info: the organisers' protocol (best over the thresholds 0.0-0.9 of P(cell), "
-             "the threshold in brackets); mask V_Rand / V_Info: of the class decision, as in earlier tables. "
-             "`--seed` also draws the fold split, so seeds differ in their validation slices too.", ""]
-    for width in widths(results["rows"]):
-        settings = results["settings"][str(width)]
-        lines += [f"## --base_filters {width}", "", f"`{settings['command']}`", "",
-                  f"Measured {settings['measured']}, TensorFlow {settings['tensorflow']}, {settings['steps']} steps.",
-                  ""]
-        lines += table([r for r in results["rows"] if r["base_filters"] == width])
+             "the threshold in brackets); mask V_Rand / V_Info: of the class decision, as in earlier tables.", ""]
+    keys = sorted({(r["base_filters"], r.get("split_seed") is not None, r.get("split_seed") or 0)
+                   for r in results["rows"]}, key=lambda k: (-k[1], k[0]))
+    for width, fixed, split_seed in keys:
+        split_seed = split_seed if fixed else None
+        settings = results["settings"][section(width, split_seed)]
+        split = (f"`--split_seed {split_seed}`: every seed scores the same validation slices" if fixed else
+                 "no `--split_seed`: each `--seed` also draws its own fold split, so the seeds differ in their "
+                 "validation slices too")
+        lines += [f"## --base_filters {width}, {'fixed split' if fixed else 'split by seed'}", "",
+                  f"`{settings['command']}`", "",
+                  f"Measured {settings['measured']}, TensorFlow {settings['tensorflow']}, {settings['steps']} steps; "
+                  f"{split}.", ""]
+        lines += table([r for r in results["rows"]
+                        if r["base_filters"] == width and r.get("split_seed") == split_seed], paired_with_recipe=fixed)
     return "\n".join(lines)
 
 
-def table(rows: list[dict]) -> list[str]:
+def paired(rows: list[dict]) -> list[str]:
+    """Each configuration minus the recipe, seed by seed (same validation slices): mean, and min..max."""
+    recipe = {r["seed"]: r for r in rows if r["config"] == "recipe"}
+    lines = ["", "Minus the recipe of the same seed (mean, min..max over the seeds):", "",
+             "| configuration | seeds | eval_dice_score | V_Rand thinned |", "|---|---:|---:|---:|"]
+    for name in CONFIGS:
+        mine = [r for r in rows if r["config"] == name and r["seed"] in recipe and name != "recipe"]
+        if not mine:
+            continue
+        cells = []
+        for key in ("eval_dice_score", "eval_v_rand_thinned"):
+            deltas = [r[key] - recipe[r["seed"]][key] for r in mine]
+            cells.append(f"{np.mean(deltas):+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})")
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
     best = best_config(rows)
     lines = ["| configuration | seed | eval_dice_score | V_Rand thinned | V_Info thinned | V_Rand mask "
              "| V_Info mask | mask Dice | minutes |",
@@ -132,6 +169,8 @@ def table(rows: list[dict]) -> list[str]:
             values = [r[key] for r in mine if key in r]
             cells.append(f"{np.mean(values):.4f} ± {(max(values) - min(values)) / 2:.4f}" if values else "-")
         lines.append(f"| {name}{' **(best)**' if name == best else ''} | {len(mine)} | " + " | ".join(cells) + " |")
+    if paired_with_recipe:
+        lines += paired(rows)
     lines.append("")
     return lines
 
@@ -153,7 +192,8 @@ def picture(args: argparse.Namespace, target: Path) -> None:
     from runtime.inference.metrics import cell_regions
 
     results = json.loads((args.out / "ablation.json").read_text())
-    rows = [r for r in results["rows"] if r["base_filters"] == args.base_filters]
+    rows = [r for r in results["rows"] if r["base_filters"] == args.base_filters
+            and r.get("split_seed") == args.split_seed]
     best, seed = best_config(rows), args.seeds[0]
     labels = tifffile.imread(args.data_dir / "train-labels.tif")
     images = tifffile.imread(args.data_dir / "train-volume.tif")
@@ -163,7 +203,7 @@ def picture(args: argparse.Namespace, target: Path) -> None:
     panels = []
     for name in ("recipe", best):  # each at the threshold of its own best thinned V_Rand (this seed)
         threshold = next(r["eval_v_rand_thinned_threshold"] for r in rows if (r["config"], r["seed"]) == (name, seed))
-        folder = model_dir(args.work, RESCORED.get(name, name), seed)
+        folder = model_dir(args, RESCORED.get(name, name), seed)
         train_flags, eval_flags = CONFIGS[name]
         unet2d("--exec_mode", "predict", "--data_dir", str(args.data_dir), "--model_dir", str(folder),
                "--predict_input", str(stack), "--cell_labels", "--cell_threshold", str(threshold),
@@ -193,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base_filters", type=int, default=64, help="UNet width [64, the recipe's]")
     parser.add_argument("--seeds", default="123", help="training seeds, a comma list [123]")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--split_seed", type=int, default=123,
+                        help="seed of the fold split, the same for every seed [123]; -1: each seed draws its own")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, a comma list [all]")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "unet2d" / "ablation",
                         help="where the model dirs are kept")
@@ -202,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training slice the picture shows [19: in fold 0's validation set at seed 123]")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.split_seed = None if args.split_seed < 0 else args.split_seed
     args.data_dir = args.data_dir or default_data_dir()
     check_data_dir(args.data_dir)
     if args.picture:
@@ -215,14 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
     path = args.out / "ablation.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": [], "settings": {}}
-    results["settings"][str(args.base_filters)] = {
+    results["settings"][section(args.base_filters, args.split_seed)] = {
         "command": command, "steps": args.steps, "tensorflow": tensorflow_version(),
         "measured": f"{date.today().isoformat()} on {machine_name()}"}
     for seed in args.seeds:
         for name in configs:
             row = run_config(name, seed, args)
-            results["rows"] = [r for r in results["rows"] if (r["config"], r["seed"], r["base_filters"])
-                               != (name, seed, args.base_filters)] + [row]
+            results["rows"] = [r for r in results["rows"] if (r["config"], r["seed"], r["base_filters"],
+                                                              r.get("split_seed")) != (name, seed, args.base_filters,
+                                                                                       args.split_seed)] + [row]
             print(json.dumps(row), flush=True)
             write(args.out, results)
     return 0

@@ -130,15 +130,17 @@ class Dataset(_Streams):
     """
 
     def __init__(self, sources: DataSources, options: StreamOptions, fold: int | None,
-                 fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = NUM_CLASSES) -> None:
+                 fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = NUM_CLASSES,
+                 split_seed: int | None = None) -> None:
         super().__init__(options)
         self.input_mode, self.num_classes = input_mode, num_classes
         self.train_volumes = read_labelled(sources.train, num_classes)
         self.val_volumes = read_labelled(sources.val, num_classes)
         self.test_volumes = read_unlabelled(sources.test)
         self._images, self._labels = _slices(self.train_volumes)
+        split_seed = options.seed if split_seed is None else split_seed
         self.train_indices, self.val_indices = fold_indices(len(self._images), None if sources.val else fold,
-                                                            options.seed, fold_scheme)
+                                                            split_seed, fold_scheme)
         if not self._images:
             self.train_indices = self.val_indices = np.array([], dtype=np.int64)
         self._val_images, self._val_labels = self._images, self._labels

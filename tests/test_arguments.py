@@ -86,6 +86,8 @@ def test_help_explains_every_flag():
     *[(["--synth_data", "--elastic", f"--elastic_sigma={sigma}"], "--elastic_sigma must be a number of pixels")
       for sigma in ("nan", "-1", "1000")],
     (["--synth_data", "--elastic", "--elastic_grid", "1"], "--elastic_grid must be in 2..64"),
+    (["--synth_data", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["--synth_data", "--split_seed", str(2 ** 32)], "--split_seed must be in 0..4294967295"),
 ])
 def test_bad_flags_give_one_line_and_status_2(argv, message):
     result = run_cli(*argv)

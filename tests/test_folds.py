@@ -64,3 +64,15 @@ def test_disjoint_split_covers_every_slice_once():
 def test_no_fold_trains_on_everything():
     train, val = fold_indices(30, None, 123)
     assert sorted(train.tolist()) == list(range(30)) and len(val) == 0
+
+
+def test_split_seed_fixes_the_validation_slices_whatever_the_seed(isbi_dir):
+    from data_loading.data_loader import Dataset, StreamOptions
+
+    def val_slices(seed: int, split_seed: int | None) -> list[int]:
+        dataset = Dataset.isbi(isbi_dir, StreamOptions(batch_size=1, seed=seed), 0, need_test=False,
+                               split_seed=split_seed)
+        return dataset.val_indices.tolist()
+
+    assert val_slices(1, None) == fold_indices(30, 0, 1)[1].tolist() != SEED_123_FOLD_0_VAL  # the recipe: --seed
+    assert val_slices(1, 123) == val_slices(7, 123) == SEED_123_FOLD_0_VAL

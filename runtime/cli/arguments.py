@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--learning_rate", type=float, default=0.0001, help="Adam learning rate")
     add("--seed", type=int, default=123,
         help="random seed of the fold split, weight initialisation, shuffling and augmentation")
+    add("--split_seed", type=int, default=None,
+        help="seed of the fold split alone [--seed]: fix it to compare seeds on the same validation slices")
     add("--dump_config", default=None, metavar="DIR",
         help="folder for debug traces (TensorFlow's debug-info dump)")
     add("--augment", dest="augment", action="store_true", default=True,
@@ -227,6 +229,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.use_horovod = args.distribution == "horovod"
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    for flag, seed in (("--seed", args.seed), ("--split_seed", args.split_seed)):
+        if seed is not None and not 0 <= seed < 2 ** 32:  # NumPy's legacy generator draws the split
+            parser.error(f"{flag} must be in 0..{2 ** 32 - 1}, got {seed}")
     if args.fold is not None and not 0 <= args.fold < NUM_FOLDS:
         parser.error(f"--fold must be in 0..{NUM_FOLDS - 1}, got {args.fold}")
     if not 1 <= args.base_filters <= MAX_BASE_FILTERS:

@@ -202,7 +202,8 @@ def load_dataset(args: argparse.Namespace, options: StreamOptions,
     if args.synth_data:
         return SyntheticDataset(options, args.num_classes)
     sources = sources or check_inputs(args)
-    return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes)
+    return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes,
+                   split_seed=args.split_seed)
 
 
 def load_prediction_inputs(args: argparse.Namespace, dataset: Dataset | SyntheticDataset) -> list[PredictionInput]:
