@@ -19,6 +19,7 @@ from runtime.inference.strategies import (
     tile_grid,
     unview,
     view,
+    views_mapped_back,
 )
 
 OUT = 388
@@ -173,6 +174,22 @@ def test_tta_is_the_mean_over_views_and_commutes_with_every_view():
     for k in range(8):  # the averaged network no longer cares which way the slice is turned
         turned = predict_probabilities(left_leaning, [view(slices[0], k)], 2, "tile", tta=True)[0]
         np.testing.assert_allclose(unview(turned, k), averaged, atol=1e-6)
+
+
+def test_views_in_the_graph_are_the_slice_views_mapped_back():
+    batch = np.random.default_rng(3).normal(size=(2, 10, 10, 1)).astype(np.float32)
+    ramp = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
+
+    def centre_plus_ramp(x: tf.Tensor) -> tf.Tensor:  # turning the input does not turn the ramp
+        return x[:, 2:-2, 2:-2, :] + ramp
+
+    assert len(views_mapped_back(centre_plus_ramp, tf.constant(batch), tta=False)) == 1
+    outputs = views_mapped_back(centre_plus_ramp, tf.constant(batch), tta=True)
+    assert len(outputs) == 8
+    for k, output in enumerate(outputs):
+        for image, mapped in zip(batch, output.numpy(), strict=True):
+            np.testing.assert_array_equal(mapped, unview(np.asarray(centre_plus_ramp(view(image, k)[None]))[0], k))
+    np.testing.assert_allclose(np.mean(outputs, axis=0), batch[:, 2:-2, 2:-2] + ramp.mean(), atol=1e-5)
 
 
 def test_tta_class_ids_have_each_slices_size():

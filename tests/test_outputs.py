@@ -183,6 +183,9 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     scores = final_eval(read_log(tmp_path / "e" / "log.json"))
     assert 0.0 <= scores["eval_v_rand"] <= 1.0
+    single_pass = final_eval(read_log(out / "fold0" / "log.json"))  # the same checkpoint, scored without --tta
+    for key in ("eval_dice_score", "eval_ce_loss", "eval_mask_dice"):  # the recipe's scores follow --tta too
+        assert 0.0 <= scores[key] and abs(scores[key] - single_pass[key]) > 1e-6, key
     kept = json.loads((model_dir / BEST_THRESHOLD_FILE).read_text())
     assert kept["cell_threshold"] == scores["eval_v_rand_thinned_threshold"] and kept["step"] == STEPS
 

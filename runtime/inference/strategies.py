@@ -35,7 +35,7 @@ ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> 
 STRATEGIES = ("resize", "tile")
 VIEWS = 8  # the symmetries of a square: 4 quarter turns, each with and without a mirror
 __all__ = ["CONTEXT", "STRATEGIES", "VIEWS", "ProbabilityFn", "class_ids", "iter_probabilities", "mask_values",
-           "predict_class_ids", "predict_probabilities", "tile_grid", "view", "unview"]
+           "predict_class_ids", "predict_probabilities", "tile_grid", "view", "views_mapped_back", "unview"]
 
 
 def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -91,6 +91,19 @@ def unview(image: np.ndarray, k: int) -> np.ndarray:
     """The inverse of ``view``: back onto the slice's own orientation."""
     unmirrored = image[:, ::-1] if k >= 4 else image
     return np.ascontiguousarray(np.rot90(unmirrored, -(k % 4), axes=(0, 1)))
+
+
+def views_mapped_back(network: Callable[[tf.Tensor], tf.Tensor], images: tf.Tensor, tta: bool) -> list[tf.Tensor]:
+    """A network's outputs for a [B, H, W, C] batch in the graph: one, or with ``tta`` one per view, each turned
+    back onto the batch's own orientation (as ``view`` and ``unview`` do for one slice), ready to be averaged.
+    The outputs are the centres of the inputs, so any view of an input has the same view of its output."""
+    outputs = []
+    for k in range(VIEWS if tta else 1):
+        turned = tf.image.rot90(images, k % 4)  # counter-clockwise, as np.rot90 over (rows, columns)
+        output = network(tf.reverse(turned, axis=[2]) if k >= 4 else turned)
+        unmirrored = tf.reverse(output, axis=[2]) if k >= 4 else output
+        outputs.append(tf.image.rot90(unmirrored, (4 - k % 4) % 4))
+    return outputs
 
 
 def _one_pass(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,

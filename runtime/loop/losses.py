@@ -41,7 +41,7 @@ def partial_losses(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.
 
 
 def ensemble_losses(member_logits: list[tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Evaluation losses of models whose probabilities are averaged (--ensemble).
+    """Evaluation losses of models (or views, --tta) whose probabilities are averaged (--ensemble).
 
     The Dice loss is that of the averaged probabilities, exactly: their log
     is a logit whose softmax gives them back. The recipe's sigmoid

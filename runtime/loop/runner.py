@@ -89,7 +89,11 @@ class Runner:
         return ce, dice
 
     def _eval_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        logits = [member(images, training=False) for member in self.members]
+        """The recipe's losses; with --ensemble and --tta, those of the mean over the members and the views,
+        so that eval_dice_score scores what predict writes."""
+        logits = [output for member in self.members
+                  for output in strategies.views_mapped_back(lambda x, m=member: m(x, training=False), images,
+                                                              self.ctx.args.tta)]
         return partial_losses(logits[0], labels) if len(logits) == 1 else ensemble_losses(logits, labels)
 
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
