@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 from common.compat import KERAS_MAJOR
-from runtime.parse_results import merged_data, read_log
+from runtime.parse_results import final_eval, merged_data, read_log
 from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 
 LAUNCHER = ROOT / "scripts" / "launch_workers.py"
@@ -178,6 +178,16 @@ def test_mirrored_on_two_logical_cpus_equals_one_worker_with_border_weights(isbi
     assert_same_training(restored(prefix), two_replica_weighted_reference)
     setup = merged_data(read_log(tmp_path / "logs" / "log.json"), "SETUP")
     assert setup["engine"] == "mirrored" and setup["workers"] == 1 and setup["replicas"] == 2
+    # Evaluation with --tta (8 views in the graph) scores under the engine as in one plain process.
+    scores = []
+    for name, engine, env in (("mirrored", ["--distribution", "mirrored"], {"UNET2D_CPU_REPLICAS": "2"}),
+                              ("single", [], {})):
+        ok(run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
+                   "--dtype", "fp32", "--tta", "--overlays", "0", "--model_dir", str(tmp_path / "model"),
+                   "--log_dir", str(tmp_path / name), *engine, env=env, timeout=600))
+        scores.append(final_eval(read_log(tmp_path / name / "log.json")))
+    for key in ("eval_dice_score", "eval_ce_loss", "eval_v_rand_thinned"):
+        assert scores[0][key] == pytest.approx(scores[1][key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("tf_config, message", [
