@@ -1,0 +1,68 @@
+"""benchmarks/ablation.py's bookkeeping: which runs it starts, how it picks the best, what its tables say.
+
+No training here: unet2d is replaced by a recorder, the rows are made up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from benchmarks import ablation
+
+
+def row(config: str, seed: int, dice: float, v_rand: float, split_seed: int | None = 123) -> dict:
+    return {"config": config, "seed": seed, "split_seed": split_seed, "base_filters": 8, "steps": 400,
+            "train_minutes": 1.0, "eval_dice_score": dice, "eval_v_rand_thinned": v_rand,
+            "eval_v_rand_thinned_threshold": 0.5, "eval_v_info_thinned": 0.9, "eval_v_info_thinned_threshold": 0.5}
+
+
+def test_the_best_is_the_largest_smaller_gain_over_the_recipe():
+    rows = [row("recipe", s, 0.80, 0.80) for s in (1, 2)]
+    rows += [row("+ tile", s, 0.79, 0.95) for s in (1, 2)]  # far better cells, worse pixels
+    rows += [row("+ elastic", s, 0.82, 0.84) for s in (1, 2)]  # better at both
+    assert ablation.best_config(rows) == "+ elastic"
+    assert ablation.best_config([r for r in rows if r["config"] != "recipe"]) == "+ tile"  # V_Rand alone
+
+
+def test_tables_pair_each_seed_with_its_recipe_and_keep_splits_apart():
+    rows = [row("recipe", 1, 0.80, 0.80), row("recipe", 2, 0.70, 0.70),
+            row("+ elastic", 1, 0.81, 0.90), row("+ elastic", 2, 0.73, 0.75),
+            row("recipe", 1, 0.5, 0.5, split_seed=None)]
+    settings = {"command": "c", "measured": "today", "tensorflow": "2.x", "steps": 400}
+    text = ablation.markdown({"rows": rows, "settings": {"8-split123": settings, "8": settings}})
+    fixed, by_seed = text.split("## --base_filters 8, split by seed")
+    assert "## --base_filters 8, fixed split" in fixed and "`--split_seed 123`" in fixed
+    assert "| + elastic | 2 | +0.0200 (+0.0100..+0.0300) | +0.0750 (+0.0500..+0.1000) |" in fixed
+    assert "| recipe | 2 | 0.7500 ± 0.0500 |" in fixed and "+ elastic **(best)**" in fixed
+    assert "0.5000" in by_seed and "0.5000" not in fixed and "Minus the recipe" not in by_seed
+
+
+def test_runs_fix_the_split_and_rescoring_evaluates_the_trained_model(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append((flags, log_dir)) or [])
+    args = argparse.Namespace(data_dir=Path("data"), base_filters=8, steps=400, split_seed=123, work=tmp_path)
+    trained = ablation.run_config("+ elastic", 7, args)
+    assert trained["split_seed"] == 123 and trained["seed"] == 7
+    flags = calls[0][0]
+    assert flags[:2] == ("--exec_mode", "train_and_evaluate") and "--tta" not in flags
+    for flag, value in (("--seed", "7"), ("--split_seed", "123"), ("--input_mode", "tile"), ("--max_steps", "400")):
+        assert flags[flags.index(flag) + 1] == value
+    assert "--elastic" in flags and "--border_weights" not in flags
+    calls.clear()
+    ablation.run_config("tile + elastic + TTA", 7, args)
+    (with_tta, _), (without, _) = calls  # scored with --tta, then again without, for the time it adds
+    assert with_tta[:2] == without[:2] == ("--exec_mode", "evaluate") and "--tta" in with_tta
+    model_dir = with_tta[with_tta.index("--model_dir") + 1]
+    assert model_dir == flags[flags.index("--model_dir") + 1]  # the elastic model of the same seed and split
+
+
+@pytest.mark.parametrize("split_seed", [None, 5])
+def test_model_dirs_differ_by_width_seed_and_split(tmp_path, split_seed):
+    args = argparse.Namespace(base_filters=8, split_seed=split_seed, work=tmp_path)
+    wider = argparse.Namespace(base_filters=16, split_seed=split_seed, work=tmp_path)
+    dirs = {ablation.model_dir(args, "recipe", 1), ablation.model_dir(args, "recipe", 2),
+            ablation.model_dir(wider, "recipe", 1), ablation.model_dir(args, "+ tile", 1)}
+    assert len(dirs) == 4
