@@ -155,7 +155,8 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
     lines = ["| configuration | seed | eval_dice_score | V_Rand thinned | V_Info thinned | V_Rand mask "
              "| V_Info mask | mask Dice | minutes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))  # in the order they were first run
+    for row in sorted(rows, key=lambda r: (seeds.index(r["seed"]), list(CONFIGS).index(r["config"]))):
         minutes = row.get("train_minutes", row.get("eval_minutes"))
         lines.append(f"| {row['config']} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
                      f"{row.get('eval_v_rand_thinned', float('nan')):.4f} "
