@@ -127,7 +127,7 @@ def markdown(results: dict) -> str:
         lines += [f"## --base_filters {width}, {'fixed split' if fixed else 'split by seed'}", "",
                   f"`{settings['command']}`", "",
                   f"Measured {settings['measured']}, TensorFlow {settings['tensorflow']}, {settings['steps']} steps; "
-                  f"{split}.", ""]
+                  f"{split}.", "", *([settings["note"], ""] if "note" in settings else [])]
         lines += table([r for r in results["rows"]
                         if r["base_filters"] == width and r.get("split_seed") == split_seed], paired_with_recipe=fixed)
     return "\n".join(lines)
