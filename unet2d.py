@@ -97,8 +97,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
                          "precision": "fp32 (exports are float32)" if exporting else precision.describe(),
                          "synthetic_data": args.synth_data})
     if dataset is not None:
-        logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme,
-                            "split_seed": args.seed if args.split_seed is None else args.split_seed})
+        logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
     if tensorboard is not None:
         tensorboard.hyperparameters(vars(args))
 

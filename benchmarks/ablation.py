@@ -116,10 +116,9 @@ def markdown(results: dict) -> str:
              "the threshold in brackets); mask V_Rand / V_Info: of the class decision, as in earlier tables. "
              "**(best)**: the configuration whose smaller gain over the recipe, in mean eval_dice_score and in "
              "mean thinned V_Rand, is largest.", ""]
-    keys = sorted({(r["base_filters"], r.get("split_seed") is not None, r.get("split_seed") or 0)
-                   for r in results["rows"]}, key=lambda k: (-k[1], k[0]))
-    for width, fixed, split_seed in keys:
-        split_seed = split_seed if fixed else None
+    keys = {(r["base_filters"], r.get("split_seed")) for r in results["rows"]}
+    for width, split_seed in sorted(keys, key=lambda k: (k[1] is None, k[0])):  # fixed splits first
+        fixed = split_seed is not None
         settings = results["settings"][section(width, split_seed)]
         split = (f"`--split_seed {split_seed}`: every seed scores the same validation slices" if fixed else
                  "no `--split_seed`: each `--seed` also draws its own fold split, so the seeds differ in their "

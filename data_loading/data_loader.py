@@ -138,9 +138,9 @@ class Dataset(_Streams):
         self.val_volumes = read_labelled(sources.val, num_classes)
         self.test_volumes = read_unlabelled(sources.test)
         self._images, self._labels = _slices(self.train_volumes)
-        split_seed = options.seed if split_seed is None else split_seed
+        self.split_seed = options.seed if split_seed is None else split_seed  # the recipe: --seed draws the split
         self.train_indices, self.val_indices = fold_indices(len(self._images), None if sources.val else fold,
-                                                            split_seed, fold_scheme)
+                                                            self.split_seed, fold_scheme)
         if not self._images:
             self.train_indices = self.val_indices = np.array([], dtype=np.int64)
         self._val_images, self._val_labels = self._images, self._labels
@@ -279,7 +279,8 @@ class Dataset(_Streams):
     def describe_split(self) -> dict[str, object]:
         described: dict[str, object] = {"train_slices": self.train_indices.tolist(),
                                         "val_slices": self.val_indices.tolist(),
-                                        "input_mode": self.input_mode, "num_classes": self.num_classes}
+                                        "split_seed": self.split_seed, "input_mode": self.input_mode,
+                                        "num_classes": self.num_classes}
         if self._images:
             described["slice_size"] = list(self._images[0].shape)
         volumes = self.train_volumes + self.val_volumes + self.test_volumes
