@@ -2,6 +2,7 @@
 """The U-Net paper's ingredients one by one on ISBI 2012 fold 0: which of them beat the recipe, and at what cost.
 
     python benchmarks/ablation.py --data_dir $DATA --base_filters 16 --seeds 123,1,2 --steps 400
+    python benchmarks/ablation.py --data_dir $DATA --configs "recipe,+ elastic,tile + elastic + TTA" --resume
     python benchmarks/ablation.py --data_dir $DATA --picture docs/images/ablation_cells.png
 
 Each configuration adds one ingredient to the one before: the recipe;
@@ -18,7 +19,9 @@ seed. The best combination is the one whose smaller gain over the recipe,
 in mean Dice and in mean thinned V_Rand, is largest. Rows accumulate in --out as
 ablation.json and ablation.md, rewritten after every run; the model dirs stay
 in --work, so --picture can draw the recipe's cells against the best's
-against the truth on one validation slice afterwards.
+against the truth on one validation slice afterwards. At full width a run
+can outlast a sitting (over 2 hours on a CPU without bfloat16): --resume
+picks each one up from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -83,9 +86,13 @@ def run_config(name: str, seed: int, args: argparse.Namespace) -> dict:
         timing = {"eval_minutes": round((plain_started - started) / 60, 2),
                   "eval_minutes_without": round((time.perf_counter() - plain_started) / 60, 2)}
     else:
+        resume = ["--resume_training", "--checkpoint_minutes", "10"] if args.resume else []
         records = unet2d("--exec_mode", "train_and_evaluate", "--max_steps", str(args.steps), "--log_every", "50",
-                         *common, log_dir=folder)
+                         *common, *resume, log_dir=folder)
         timing = {"train_minutes": round((time.perf_counter() - started) / 60, 2)}
+        restored = [r["data"]["step"] for r in records if r.get("step") == "CHECKPOINT" and "restored" in r["data"]]
+        if restored:  # the minutes are this part's only
+            timing["resumed_at_step"] = restored[-1]
     scores = final_eval(records) or {}
     return {"config": name, "seed": seed, "split_seed": args.split_seed, "base_filters": args.base_filters,
             "steps": args.steps, **timing,
@@ -157,6 +164,8 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
     seeds = list(dict.fromkeys(r["seed"] for r in rows))  # in the order they were first run
     for row in sorted(rows, key=lambda r: (seeds.index(r["seed"]), list(CONFIGS).index(r["config"]))):
         minutes = row.get("train_minutes", row.get("eval_minutes"))
+        if "resumed_at_step" in row:
+            minutes = f"{minutes} from step {row['resumed_at_step']}"
         lines.append(f"| {row['config']} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
                      f"{row.get('eval_v_rand_thinned', float('nan')):.4f} "
                      f"({row.get('eval_v_rand_thinned_threshold', float('nan')):.1f}) | "
@@ -246,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "unet2d" / "ablation",
                         help="where the model dirs are kept")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume each training run from its newest checkpoint in --work (written every 10 "
+                             "minutes), for runs longer than one sitting; a finished run is only scored again")
     parser.add_argument("--picture", type=Path, default=None, help="draw the picture from the runs in --work")
     parser.add_argument("--val_slice", type=int, default=19,
                         help="the training slice the picture shows [19: in fold 0's validation set at seed 123]")

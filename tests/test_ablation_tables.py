@@ -43,14 +43,15 @@ def test_tables_pair_each_seed_with_its_recipe_and_keep_splits_apart():
 def test_runs_fix_the_split_and_rescoring_evaluates_the_trained_model(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append((flags, log_dir)) or [])
-    args = argparse.Namespace(data_dir=Path("data"), base_filters=8, steps=400, split_seed=123, work=tmp_path)
+    args = argparse.Namespace(data_dir=Path("data"), base_filters=8, steps=400, split_seed=123, work=tmp_path,
+                              resume=False)
     trained = ablation.run_config("+ elastic", 7, args)
     assert trained["split_seed"] == 123 and trained["seed"] == 7
     flags = calls[0][0]
     assert flags[:2] == ("--exec_mode", "train_and_evaluate") and "--tta" not in flags
     for flag, value in (("--seed", "7"), ("--split_seed", "123"), ("--input_mode", "tile"), ("--max_steps", "400")):
         assert flags[flags.index(flag) + 1] == value
-    assert "--elastic" in flags and "--border_weights" not in flags
+    assert "--elastic" in flags and "--border_weights" not in flags and "--resume_training" not in flags
     calls.clear()
     ablation.run_config("tile + elastic + TTA", 7, args)
     (with_tta, _), (without, _) = calls  # scored with --tta, then again without, for the time it adds
@@ -66,3 +67,17 @@ def test_model_dirs_differ_by_width_seed_and_split(tmp_path, split_seed):
     dirs = {ablation.model_dir(args, "recipe", 1), ablation.model_dir(args, "recipe", 2),
             ablation.model_dir(wider, "recipe", 1), ablation.model_dir(args, "+ tile", 1)}
     assert len(dirs) == 4
+
+
+def test_resume_continues_from_the_checkpoint_and_says_so(monkeypatch, tmp_path):
+    restored = {"type": "LOG", "step": "CHECKPOINT", "data": {"restored": "ckpt-250", "step": 250}}
+    calls = []
+    monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append(flags) or [restored])
+    args = argparse.Namespace(data_dir=Path("data"), base_filters=8, steps=400, split_seed=123, work=tmp_path,
+                              resume=True)
+    trained = ablation.run_config("recipe", 7, args)
+    assert "--resume_training" in calls[0] and calls[0][calls[0].index("--checkpoint_minutes") + 1] == "10"
+    assert trained["resumed_at_step"] == 250
+    del trained["train_minutes"]
+    text = "\n".join(ablation.table([{**row("recipe", 7, 0.8, 0.8), **trained}]))
+    assert "| 1.0 from step 250 |" in text  # the minutes of the part after the restore only
