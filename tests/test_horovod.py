@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.parse_results import merged_data, read_log
+from runtime.parse_results import final_eval, merged_data, read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
@@ -135,3 +135,20 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(horovod, isbi_dir
     saved = [tf.train.latest_checkpoint(str(tmp_path / "model_checkpoint" / f"worker_{rank}")) for rank in (0, 1)]
     assert all(saved) and saved[0].rsplit("-", 1)[1] == saved[1].rsplit("-", 1)[1]
     assert int(saved[0].rsplit("-", 1)[1]) < 30
+
+
+def test_evaluate_with_tta_under_horovod_scores_as_one_process(horovod, isbi_dir, tmp_path):
+    """Each rank scores its share of the validation batches in 8 views; the sums give one process's scores."""
+    common = ["--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
+              "--dtype", "fp32", "--tta", "--overlays", "0", "--model_dir", str(tmp_path / "model")]
+    trained = run_cli(*common[:2], "--exec_mode", "train", "--fold", "0", "--batch_size", "2", "--max_steps", "2",
+                      "--dtype", "fp32", "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path / "train"))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    single = run_cli(*common, "--log_dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = launch(MPIRUN, [*common, "--use_horovod", "--log_dir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    scores = [final_eval(read_log(tmp_path / name / "log.json")) for name in ("two", "single")]
+    assert merged_data(read_log(tmp_path / "two" / "log.json"), "SETUP")["replicas"] == 2
+    for key in ("eval_dice_score", "eval_ce_loss", "eval_v_rand_thinned"):
+        assert scores[0][key] == pytest.approx(scores[1][key], rel=1e-5), key
