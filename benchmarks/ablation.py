@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import time
 from datetime import date
@@ -91,12 +92,30 @@ def run_config(name: str, seed: int, args: argparse.Namespace) -> dict:
                          *common, *resume, log_dir=folder)
         timing = {"train_minutes": round((time.perf_counter() - started) / 60, 2)}
         restored = [r["data"]["step"] for r in records if r.get("step") == "CHECKPOINT" and "restored" in r["data"]]
-        if restored:  # the minutes are this part's only
-            timing["resumed_at_step"] = restored[-1]
+        if restored:  # this call's minutes would miss the earlier parts
+            timing = {"train_minutes": round(args.steps * mean_step_seconds(records) / 60, 2),
+                      "resumed_at_step": restored[-1]}
     scores = final_eval(records) or {}
     return {"config": name, "seed": seed, "split_seed": args.split_seed, "base_filters": args.base_filters,
             "steps": args.steps, **timing,
             **{key: scores[key] for key in SCORES if key in scores}}
+
+
+def mean_step_seconds(records: list[dict]) -> float:
+    """Seconds per training step over every window the log holds, of all the parts of a resumed run."""
+    steps = seconds = 0.0
+    start = 0
+    for record in records:
+        step, data = record.get("step"), record.get("data", {})
+        if step == "CHECKPOINT" and "restored" in data:
+            start = data["step"]
+        elif step == "CHECKPOINT" and data.get("message", "").startswith("no checkpoint"):
+            start = 0
+        elif isinstance(step, list) and len(step) == 2 and "iter duration [ms]" in data:
+            steps += step[0] - start
+            seconds += (step[0] - start) * data["iter duration [ms]"] / 1000.0
+            start = step[0]
+    return seconds / steps if steps else float("nan")
 
 
 def best_config(rows: list[dict]) -> str | None:
@@ -153,7 +172,7 @@ def paired(rows: list[dict]) -> list[str]:
             deltas = [r[key] - recipe[r["seed"]][key] for r in mine]
             cells.append(f"{np.mean(deltas):+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})")
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
-    return lines
+    return lines if len(lines) > 5 else []  # nothing to pair yet
 
 
 def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
@@ -165,7 +184,7 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
     for row in sorted(rows, key=lambda r: (seeds.index(r["seed"]), list(CONFIGS).index(r["config"]))):
         minutes = row.get("train_minutes", row.get("eval_minutes"))
         if "resumed_at_step" in row:
-            minutes = f"{minutes} from step {row['resumed_at_step']}"
+            minutes = f"{minutes} (resumed)"
         lines.append(f"| {row['config']} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
                      f"{row.get('eval_v_rand_thinned', float('nan')):.4f} "
                      f"({row.get('eval_v_rand_thinned_threshold', float('nan')):.1f}) | "
@@ -173,6 +192,9 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
                      f"({row.get('eval_v_info_thinned_threshold', float('nan')):.1f}) | "
                      f"{row.get('eval_v_rand', float('nan')):.4f} | {row.get('eval_v_info', float('nan')):.4f} | "
                      f"{row.get('eval_mask_dice', float('nan')):.4f} | {minutes} |")
+    if any("resumed_at_step" in row for row in rows):
+        lines += ["", "(resumed): picked up from its checkpoint by `--resume`; its minutes are the steps times "
+                      "the mean time of a logged step, start-up and evaluation left out."]
     lines += ["", "Means over the seeds (spread: half the range):", "",
               "| configuration | seeds | eval_dice_score | V_Rand thinned | V_Info thinned |",
               "|---|---:|---:|---:|---:|"]
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
-    command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
     path = args.out / "ablation.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": [], "settings": {}}

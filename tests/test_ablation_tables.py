@@ -69,15 +69,23 @@ def test_model_dirs_differ_by_width_seed_and_split(tmp_path, split_seed):
     assert len(dirs) == 4
 
 
-def test_resume_continues_from_the_checkpoint_and_says_so(monkeypatch, tmp_path):
-    restored = {"type": "LOG", "step": "CHECKPOINT", "data": {"restored": "ckpt-250", "step": 250}}
+def test_resume_continues_from_the_checkpoint_and_counts_every_part(monkeypatch, tmp_path):
+    def window(done, ms):
+        return {"type": "LOG", "step": [done, 400], "data": {"iter duration [ms]": ms}}
+
+    log = [{"type": "LOG", "step": "CHECKPOINT", "data": {"message": "no checkpoint in m; starting at step 0"}},
+           window(1, 20_000.0), window(50, 10_000.0), window(70, 10_000.0),  # killed after step 70
+           {"type": "LOG", "step": "CHECKPOINT", "data": {"restored": "ckpt-60", "step": 60}},
+           window(61, 20_000.0), window(100, 10_000.0)]
+    assert ablation.mean_step_seconds(log) == pytest.approx((20 + 49 * 10 + 20 * 10 + 20 + 39 * 10) / 110)
     calls = []
-    monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append(flags) or [restored])
+    monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append(flags) or log)
     args = argparse.Namespace(data_dir=Path("data"), base_filters=8, steps=400, split_seed=123, work=tmp_path,
                               resume=True)
     trained = ablation.run_config("recipe", 7, args)
     assert "--resume_training" in calls[0] and calls[0][calls[0].index("--checkpoint_minutes") + 1] == "10"
-    assert trained["resumed_at_step"] == 250
-    del trained["train_minutes"]
+    assert trained["resumed_at_step"] == 60
+    assert trained["train_minutes"] == pytest.approx(400 * ablation.mean_step_seconds(log) / 60, abs=0.01)
     text = "\n".join(ablation.table([{**row("recipe", 7, 0.8, 0.8), **trained}]))
-    assert "| 1.0 from step 250 |" in text  # the minutes of the part after the restore only
+    assert f"| {trained['train_minutes']} (resumed) |" in text and "(resumed): picked up from" in text
+    assert "Minus the recipe" not in text  # no other configuration to pair with it
