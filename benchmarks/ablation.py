@@ -161,8 +161,7 @@ def markdown(results: dict) -> str:
 def paired(rows: list[dict]) -> list[str]:
     """Each configuration minus the recipe, seed by seed (same validation slices): mean, and min..max."""
     recipe = {r["seed"]: r for r in rows if r["config"] == "recipe"}
-    lines = ["", "Minus the recipe of the same seed (mean, min..max over the seeds):", "",
-             "| configuration | seeds | eval_dice_score | V_Rand thinned |", "|---|---:|---:|---:|"]
+    lines = []
     for name in CONFIGS:
         mine = [r for r in rows if r["config"] == name and r["seed"] in recipe and name != "recipe"]
         if not mine:
@@ -172,7 +171,10 @@ def paired(rows: list[dict]) -> list[str]:
             deltas = [r[key] - recipe[r["seed"]][key] for r in mine]
             cells.append(f"{np.mean(deltas):+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})")
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
-    return lines if len(lines) > 5 else []  # nothing to pair yet
+    if not lines:  # nothing to pair yet
+        return []
+    return ["", "Minus the recipe of the same seed (mean, min..max over the seeds):", "",
+            "| configuration | seeds | eval_dice_score | V_Rand thinned |", "|---|---:|---:|---:|", *lines]
 
 
 def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
