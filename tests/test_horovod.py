@@ -139,10 +139,10 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(horovod, isbi_dir
 
 def test_evaluate_with_tta_under_horovod_scores_as_one_process(horovod, isbi_dir, tmp_path):
     """Each rank scores its share of the validation batches in 8 views; the sums give one process's scores."""
-    common = ["--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
-              "--dtype", "fp32", "--tta", "--overlays", "0", "--model_dir", str(tmp_path / "model")]
-    trained = run_cli(*common[:2], "--exec_mode", "train", "--fold", "0", "--batch_size", "2", "--max_steps", "2",
-                      "--dtype", "fp32", "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path / "train"))
+    shared = ["--data_dir", str(isbi_dir), "--fold", "0", "--batch_size", "2", "--dtype", "fp32",
+              "--model_dir", str(tmp_path / "model")]
+    common = ["--exec_mode", "evaluate", "--tta", "--overlays", "0", *shared]
+    trained = run_cli("--exec_mode", "train", "--max_steps", "2", *shared, "--log_dir", str(tmp_path / "train"))
     assert trained.returncode == 0, trained.stderr[-3000:]
     single = run_cli(*common, "--log_dir", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr[-3000:]
