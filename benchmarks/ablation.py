@@ -183,11 +183,13 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
              "| V_Info mask | mask Dice | minutes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     seeds = list(dict.fromkeys(r["seed"] for r in rows))  # in the order they were first run
+    one_seed = len(seeds) == 1  # no spread to show: the best is marked in this table, and no means follow
     for row in sorted(rows, key=lambda r: (seeds.index(r["seed"]), list(CONFIGS).index(r["config"]))):
         minutes = row.get("train_minutes", row.get("eval_minutes"))
         if "resumed_at_step" in row:
             minutes = f"{minutes} (resumed)"
-        lines.append(f"| {row['config']} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
+        name = f"{row['config']}{' **(best)**' if one_seed and row['config'] == best else ''}"
+        lines.append(f"| {name} | {row['seed']} | {row.get('eval_dice_score', float('nan')):.4f} | "
                      f"{row.get('eval_v_rand_thinned', float('nan')):.4f} "
                      f"({row.get('eval_v_rand_thinned_threshold', float('nan')):.1f}) | "
                      f"{row.get('eval_v_info_thinned', float('nan')):.4f} "
@@ -197,9 +199,19 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
     if any("resumed_at_step" in row for row in rows):
         lines += ["", "(resumed): picked up from its checkpoint by `--resume`; its minutes are the steps times "
                       "the mean time of a logged step, start-up and evaluation left out."]
-    lines += ["", "Means over the seeds (spread: half the range):", "",
-              "| configuration | seeds | eval_dice_score | V_Rand thinned | V_Info thinned |",
-              "|---|---:|---:|---:|---:|"]
+    if not one_seed:
+        lines += means(rows, best)
+    if paired_with_recipe:
+        lines += paired(rows)
+    lines.append("")
+    return lines
+
+
+def means(rows: list[dict], best: str | None) -> list[str]:
+    """Each configuration's mean over its seeds, with half the range as the spread the goal is judged by."""
+    lines = ["", "Means over the seeds (spread: half the range):", "",
+             "| configuration | seeds | eval_dice_score | V_Rand thinned | V_Info thinned |",
+             "|---|---:|---:|---:|---:|"]
     for name in CONFIGS:
         mine = [r for r in rows if r["config"] == name]
         if not mine:
@@ -209,9 +221,6 @@ def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
             values = [r[key] for r in mine if key in r]
             cells.append(f"{np.mean(values):.4f} ± {(max(values) - min(values)) / 2:.4f}" if values else "-")
         lines.append(f"| {name}{' **(best)**' if name == best else ''} | {len(mine)} | " + " | ".join(cells) + " |")
-    if paired_with_recipe:
-        lines += paired(rows)
-    lines.append("")
     return lines
 
 

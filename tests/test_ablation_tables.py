@@ -40,6 +40,15 @@ def test_tables_pair_each_seed_with_its_recipe_and_keep_splits_apart():
     assert "0.5000" in by_seed and "0.5000" not in fixed and "Minus the recipe" not in by_seed
 
 
+def test_one_seed_marks_the_best_in_its_rows_and_shows_no_spread():
+    rows = [row("recipe", 123, 0.80, 0.70), row("+ elastic", 123, 0.82, 0.75)]
+    settings = {"command": "c", "measured": "today", "tensorflow": "2.x", "steps": 400}
+    text = ablation.markdown({"rows": rows, "settings": {"8-split123": settings}})
+    assert "| + elastic **(best)** | 123 | 0.8200 |" in text
+    assert "Means over the seeds" not in text and "± 0.0000" not in text
+    assert "| + elastic | 1 | +0.0200 (+0.0200..+0.0200) | +0.0500 (+0.0500..+0.0500) |" in text
+
+
 def test_runs_fix_the_split_and_rescoring_evaluates_the_trained_model(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append((flags, log_dir)) or [])
