@@ -16,7 +16,8 @@ thresholds, and the mask scores. Every seed scores the same validation
 slices (--split_seed, 123 by default), so the seeds differ only in
 training, and each configuration is also compared with the recipe seed by
 seed. The best combination is the one whose smaller gain over the recipe,
-in mean Dice and in mean thinned V_Rand, is largest. Rows accumulate in --out as
+in mean Dice and in mean thinned V_Rand, is largest; the tables mark it
+only when that gain is positive. Rows accumulate in --out as
 ablation.json and ablation.md, rewritten after every run; the model dirs stay
 in --work, so --picture can draw the recipe's cells against the best's
 against the truth on one validation slice afterwards. At full width a run
@@ -118,16 +119,32 @@ def mean_step_seconds(records: list[dict]) -> float:
     return seconds / steps if steps else float("nan")
 
 
-def best_config(rows: list[dict]) -> str | None:
-    """The configuration whose smaller gain over the recipe, of the two the goal asks for (mean eval_dice_score
-    and mean thinned V_Rand), is largest; without recipe rows, the one of highest mean thinned V_Rand."""
+def smaller_gains(rows: list[dict]) -> dict[str, float]:
+    """Each configuration's smaller gain over the recipe, of the two the goal asks for (mean eval_dice_score and
+    mean thinned V_Rand); empty without recipe rows."""
     means = {name: [np.mean([r[key] for r in rows if r["config"] == name])
                     for key in ("eval_dice_score", "eval_v_rand_thinned")]
              for name in CONFIGS if any(r["config"] == name for r in rows)}
-    if "recipe" not in means:
-        return max(means, key=lambda name: means[name][1]) if means else None
-    recipe = means.pop("recipe")
-    return max(means, key=lambda name: min(mine - base for mine, base in zip(means[name], recipe))) if means else None
+    recipe = means.pop("recipe", None)
+    return {} if recipe is None else {name: min(mine - base for mine, base in zip(values, recipe))
+                                      for name, values in means.items()}
+
+
+def best_config(rows: list[dict]) -> str | None:
+    """The configuration of largest smaller gain over the recipe; without recipe rows, the one of highest mean
+    thinned V_Rand."""
+    gains = smaller_gains(rows)
+    if gains:
+        return max(gains, key=gains.get)
+    names = [name for name in CONFIGS if any(r["config"] == name for r in rows)]
+    return max(names, key=lambda name: np.mean([r["eval_v_rand_thinned"] for r in rows if r["config"] == name]),
+               default=None)
+
+
+def marked_best(rows: list[dict]) -> str | None:
+    """The configuration a table marks **(best)**: none when even the best of them loses to the recipe."""
+    best, gains = best_config(rows), smaller_gains(rows)
+    return best if best is not None and gains.get(best, 1.0) > 0 else None
 
 
 def section(width: int, split_seed: int | None) -> str:
@@ -141,7 +158,7 @@ def markdown(results: dict) -> str:
              "Thinned V_Rand / V_Info: the organisers' protocol (best over the thresholds 0.0-0.9 of P(cell), "
              "the threshold in brackets); mask V_Rand / V_Info: of the class decision, as in earlier tables. "
              "**(best)**: the configuration whose smaller gain over the recipe, in mean eval_dice_score and in "
-             "mean thinned V_Rand, is largest.", ""]
+             "mean thinned V_Rand, is largest, when that gain is positive.", ""]
     keys = {(r["base_filters"], r.get("split_seed")) for r in results["rows"]}
     for width, split_seed in sorted(keys, key=lambda k: (k[1] is None, k[0])):  # fixed splits first
         fixed = split_seed is not None
@@ -178,7 +195,7 @@ def paired(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
-    best = best_config(rows)
+    best = marked_best(rows)
     lines = ["| configuration | seed | eval_dice_score | V_Rand thinned | V_Info thinned | V_Rand mask "
              "| V_Info mask | mask Dice | minutes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -49,6 +49,13 @@ def test_one_seed_marks_the_best_in_its_rows_and_shows_no_spread():
     assert "| + elastic | 1 | +0.0200 (+0.0200..+0.0200) | +0.0500 (+0.0500..+0.0500) |" in text
 
 
+def test_no_configuration_is_marked_best_when_all_lose_to_the_recipe():
+    rows = [row("recipe", 123, 0.84, 0.74), row("+ elastic", 123, 0.83, 0.48), row("+ tile", 123, 0.83, 0.55)]
+    assert ablation.best_config(rows) == "+ tile"  # the picture still compares the nearest one with the recipe
+    settings = {"command": "c", "measured": "today", "tensorflow": "2.x", "steps": 400}
+    assert "**(best)** |" not in ablation.markdown({"rows": rows, "settings": {"8-split123": settings}})
+
+
 def test_runs_fix_the_split_and_rescoring_evaluates_the_trained_model(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(ablation, "unet2d", lambda *flags, log_dir: calls.append((flags, log_dir)) or [])
