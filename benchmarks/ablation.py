@@ -119,26 +119,28 @@ def mean_step_seconds(records: list[dict]) -> float:
     return seconds / steps if steps else float("nan")
 
 
+def config_means(rows: list[dict], key: str) -> dict[str, float]:
+    """Each configuration's mean of one score over its seeds, in the order of CONFIGS."""
+    return {name: float(np.mean([r[key] for r in rows if r["config"] == name]))
+            for name in CONFIGS if any(r["config"] == name for r in rows)}
+
+
 def smaller_gains(rows: list[dict]) -> dict[str, float]:
     """Each configuration's smaller gain over the recipe, of the two the goal asks for (mean eval_dice_score and
     mean thinned V_Rand); empty without recipe rows."""
-    means = {name: [np.mean([r[key] for r in rows if r["config"] == name])
-                    for key in ("eval_dice_score", "eval_v_rand_thinned")]
-             for name in CONFIGS if any(r["config"] == name for r in rows)}
-    recipe = means.pop("recipe", None)
-    return {} if recipe is None else {name: min(mine - base for mine, base in zip(values, recipe))
-                                      for name, values in means.items()}
+    dice, v_rand = config_means(rows, "eval_dice_score"), config_means(rows, "eval_v_rand_thinned")
+    if "recipe" not in dice:
+        return {}
+    return {name: min(dice[name] - dice["recipe"], v_rand[name] - v_rand["recipe"])
+            for name in dice if name != "recipe"}
 
 
 def best_config(rows: list[dict]) -> str | None:
     """The configuration of largest smaller gain over the recipe; without recipe rows, the one of highest mean
     thinned V_Rand."""
-    gains = smaller_gains(rows)
-    if gains:
-        return max(gains, key=gains.get)
-    names = [name for name in CONFIGS if any(r["config"] == name for r in rows)]
-    return max(names, key=lambda name: np.mean([r["eval_v_rand_thinned"] for r in rows if r["config"] == name]),
-               default=None)
+    has_recipe = any(r["config"] == "recipe" for r in rows)
+    ranking = smaller_gains(rows) if has_recipe else config_means(rows, "eval_v_rand_thinned")
+    return max(ranking, key=ranking.get, default=None)
 
 
 def marked_best(rows: list[dict]) -> str | None:
