@@ -154,6 +154,21 @@ def section(width: int, split_seed: int | None) -> str:
     return str(width) if split_seed is None else f"{width}-split{split_seed}"
 
 
+def commands_of(settings: dict) -> list[str]:
+    """The commands that wrote a section's rows (older results files kept only the last one)."""
+    return settings.get("commands") or [settings["command"]]
+
+
+def record_run(settings: dict | None, command: str, steps: int) -> dict:
+    """A section's settings after one more invocation. Runs of one section are often split over sittings and
+    configurations, so every command is kept: the table then says how each of its rows was made."""
+    settings = dict(settings or {})
+    commands = commands_of(settings) if settings else []
+    settings.pop("command", None)
+    return {**settings, "commands": list(dict.fromkeys([*commands, command])), "steps": steps,
+            "tensorflow": tensorflow_version(), "measured": f"{date.today().isoformat()} on {machine_name()}"}
+
+
 def markdown(results: dict) -> str:
     lines = ["# The U-Net paper's ingredients on ISBI 2012 fold 0", "",
              "Written by `benchmarks/ablation.py`. Batch 2, --dtype auto (the machine's fastest precision). "
@@ -165,13 +180,15 @@ def markdown(results: dict) -> str:
     for width, split_seed in sorted(keys, key=lambda k: (k[1] is None, k[0])):  # fixed splits first
         fixed = split_seed is not None
         settings = results["settings"][section(width, split_seed)]
+        commands = commands_of(settings)
         split = (f"`--split_seed {split_seed}`: every seed scores the same validation slices" if fixed else
                  "no `--split_seed`: each `--seed` also draws its own fold split, so the seeds differ in their "
                  "validation slices too")
         lines += [f"## --base_filters {width}, {'fixed split' if fixed else 'split by seed'}", "",
-                  f"`{settings['command']}`", "",
-                  f"Measured {settings['measured']}, TensorFlow {settings['tensorflow']}, {settings['steps']} steps; "
-                  f"{split}.", "", *([settings["note"], ""] if "note" in settings else [])]
+                  *[line for command in commands for line in (f"`{command}`", "")],
+                  f"{'Last measured' if len(commands) > 1 else 'Measured'} {settings['measured']}, "
+                  f"TensorFlow {settings['tensorflow']}, {settings['steps']} steps; {split}.", "",
+                  *([settings["note"], ""] if "note" in settings else [])]
         lines += table([r for r in results["rows"]
                         if r["base_filters"] == width and r.get("split_seed") == split_seed], paired_with_recipe=fixed)
     return "\n".join(lines)
@@ -329,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
     path = args.out / "ablation.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": [], "settings": {}}
-    results["settings"][section(args.base_filters, args.split_seed)] = {
-        "command": command, "steps": args.steps, "tensorflow": tensorflow_version(),
-        "measured": f"{date.today().isoformat()} on {machine_name()}"}
+    key = section(args.base_filters, args.split_seed)
+    results["settings"][key] = record_run(results["settings"].get(key), command, args.steps)
     for seed in args.seeds:
         for name in configs:
             row = run_config(name, seed, args)
