@@ -194,8 +194,12 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def paired(rows: list[dict]) -> list[str]:
-    """Each configuration minus the recipe, seed by seed (same validation slices): mean, and min..max."""
+PAIRED_SCORES = {"eval_dice_score": "eval_dice_score", "eval_v_rand_thinned": "V_Rand thinned"}
+
+
+def paired(rows: list[dict], scores: dict[str, str] = PAIRED_SCORES) -> list[str]:
+    """Each configuration minus the recipe, seed by seed (same validation slices): mean, and min..max, of each
+    score (key -> column title)."""
     recipe = {r["seed"]: r for r in rows if r["config"] == "recipe"}
     lines = []
     for name in CONFIGS:
@@ -203,14 +207,15 @@ def paired(rows: list[dict]) -> list[str]:
         if not mine:
             continue
         cells = []
-        for key in ("eval_dice_score", "eval_v_rand_thinned"):
+        for key in scores:
             deltas = [r[key] - recipe[r["seed"]][key] for r in mine]
             cells.append(f"{np.mean(deltas):+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})")
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
     if not lines:  # nothing to pair yet
         return []
     return ["", "Minus the recipe of the same seed (mean, min..max over the seeds):", "",
-            "| configuration | seeds | eval_dice_score | V_Rand thinned |", "|---|---:|---:|---:|", *lines]
+            f"| configuration | seeds | {' | '.join(scores.values())} |", "|---|---:|" + "---:|" * len(scores),
+            *lines]
 
 
 def table(rows: list[dict], paired_with_recipe: bool = False) -> list[str]:
