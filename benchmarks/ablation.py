@@ -154,6 +154,12 @@ def section(width: int, split_seed: int | None) -> str:
     return str(width) if split_seed is None else f"{width}-split{split_seed}"
 
 
+def invocation(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was started, for its results file, with the machine's data path left out."""
+    command = f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
+
+
 def commands_of(settings: dict) -> list[str]:
     """The commands that wrote a section's rows (older results files kept only the last one)."""
     return settings.get("commands") or [settings["command"]]
@@ -347,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
-    command = "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
+    command = invocation("ablation.py", argv)
     path = args.out / "ablation.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": [], "settings": {}}
     key = section(args.base_filters, args.split_seed)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -150,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--configs: unknown {unknown}; choose from {list(ablation.CONFIGS)}")
     path = args.out / "threshold_sweep.json"
     results = json.loads(path.read_text()) if path.is_file() else {"commands": [], "rows": []}
-    command = "python benchmarks/threshold_sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results["commands"] = list(dict.fromkeys([*results["commands"], command.replace(str(args.data_dir), "$DATA")]))
+    command = ablation.invocation("threshold_sweep.py", argv)
+    results["commands"] = list(dict.fromkeys([*results["commands"], command]))
     results.update(tensorflow=tensorflow_version(), measured=f"{date.today().isoformat()} on {machine_name()}")
     for seed in args.seeds:
         for name in configs:
