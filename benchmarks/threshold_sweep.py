@@ -33,11 +33,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import ablation  # noqa: E402
 from benchmarks.input_modes import machine_name, tensorflow_version, unet2d  # noqa: E402
 from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.inference.thinned import THRESHOLDS, slice_sweep  # noqa: E402
+from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, best_of_means, slice_sweep  # noqa: E402
 from runtime.parse_results import read_log  # noqa: E402
 
-ABOVE = (0.95, 0.98, 0.99)  # finer steps where the organisers' sweep stops
-SWEEP = (*THRESHOLDS, *ABOVE)
+ABOVE = FINER_THRESHOLDS[len(THRESHOLDS):]  # where the organisers' sweep stops, as unet2d.py --finer_sweep
 
 
 def validation_slices(model_dir: Path) -> list[int]:
@@ -48,21 +47,15 @@ def validation_slices(model_dir: Path) -> list[int]:
     raise SystemExit(f"no DATA record with val_slices in {model_dir / 'log.json'}: train it with ablation.py first")
 
 
-def best(means: np.ndarray, thresholds: tuple[float, ...], column: int) -> tuple[float, float]:
-    """The best mean score of one column (0: V_Rand, 1: V_Info) and its lowest threshold among ``thresholds``."""
-    rows = [SWEEP.index(t) for t in thresholds]
-    index = rows[int(np.argmax(means[rows, column]))]
-    return float(means[index, column]), SWEEP[index]
-
-
 def summary(name: str, means: np.ndarray) -> dict:
     """A configuration's scores: best over the organisers' thresholds, best over the finer sweep, V_Rand at each."""
+    best = best_of_means(means, FINER_THRESHOLDS)
     row = {"config": name}
-    for label, thresholds in (("organisers", THRESHOLDS), ("finer", SWEEP)):
-        for column, score in enumerate(("v_rand", "v_info")):
-            value, threshold = best(means, thresholds, column)
-            row[f"{label}_{score}"], row[f"{label}_{score}_threshold"] = value, threshold
-    row["v_rand_at"] = {str(t): float(means[SWEEP.index(t), 0]) for t in (0.9, *ABOVE)}
+    for label, suffix in (("organisers", ""), ("finer", "_finer")):
+        for score in ("v_rand", "v_info"):
+            row[f"{label}_{score}"] = best[f"eval_{score}_thinned{suffix}"]
+            row[f"{label}_{score}_threshold"] = best[f"eval_{score}_thinned{suffix}_threshold"]
+    row["v_rand_at"] = {str(t): float(means[FINER_THRESHOLDS.index(t), 0]) for t in (0.9, *ABOVE)}
     return row
 
 
@@ -85,8 +78,8 @@ def rescore(name: str, seed: int, args: argparse.Namespace) -> dict:
     truths = (tifffile.imread(args.data_dir / "train-labels.tif")[indices] > 0).astype(np.uint8)
     strategy = "tile" if "tile" in train_flags else "resize"
     maps = predict_probabilities(probability_fn, list(images), 2, strategy, "--tta" in eval_flags)
-    means = np.mean([slice_sweep(truth, cell_probability(m), SWEEP) for truth, m in zip(truths, maps, strict=True)],
-                    axis=0)
+    means = np.mean([slice_sweep(truth, cell_probability(m), FINER_THRESHOLDS)
+                     for truth, m in zip(truths, maps, strict=True)], axis=0)
     return {**summary(name, means), "seed": seed, "base_filters": args.base_filters,
             "split_seed": args.split_seed, "val_slices": indices}
 

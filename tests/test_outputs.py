@@ -16,7 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from runtime.inference.thinned import BEST_THRESHOLD_FILE, THRESHOLDS
+from runtime.inference.thinned import BEST_THRESHOLD_FILE, FINER_THRESHOLDS, THRESHOLDS
 from runtime.parse_results import final_eval, read_log
 from runtime.plot_curves import main as plot_main
 from tests.conftest import ROOT, run_cli, unet2d_command
@@ -179,15 +179,19 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported-cells.tif"), cells)
     evaluated = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
-                        "--overlays", "0", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "e"))
+                        "--finer_sweep", "--overlays", "0", "--model_dir", str(model_dir),
+                        "--log_dir", str(tmp_path / "e"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     scores = final_eval(read_log(tmp_path / "e" / "log.json"))
     assert 0.0 <= scores["eval_v_rand"] <= 1.0
+    assert scores["eval_v_rand_thinned_threshold"] in THRESHOLDS  # the organisers' scores stay beside the finer
+    assert scores["eval_v_rand_thinned_finer_threshold"] in FINER_THRESHOLDS
+    assert scores["eval_v_rand_thinned_finer"] >= scores["eval_v_rand_thinned"]
     single_pass = final_eval(read_log(out / "fold0" / "log.json"))  # the same checkpoint, scored without --tta
     for key in ("eval_dice_score", "eval_ce_loss", "eval_mask_dice"):  # the recipe's scores follow --tta too
         assert 0.0 <= scores[key] and abs(scores[key] - single_pass[key]) > 1e-6, key
     kept = json.loads((model_dir / BEST_THRESHOLD_FILE).read_text())
-    assert kept["cell_threshold"] == scores["eval_v_rand_thinned_threshold"] and kept["step"] == STEPS
+    assert kept["cell_threshold"] == scores["eval_v_rand_thinned_finer_threshold"] and kept["step"] == STEPS
 
     # --cell_threshold best: the cells of P(cell) > the threshold that evaluation kept; the export agrees.
     best = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--overlays", "0",

@@ -11,8 +11,12 @@ from scipy.ndimage import gaussian_filter
 
 from runtime.inference.metrics import cell_regions, challenge_scores
 from runtime.inference.thinned import (
+    FINER_THRESHOLDS,
     THRESHOLDS,
+    best_of_means,
     foreground_restricted_scores,
+    load_best_threshold,
+    save_best_threshold,
     slice_sweep,
     thinned_regions,
     thinned_scores,
@@ -143,3 +147,35 @@ def test_scores_match_their_definitions_on_random_label_images(seed):
 def test_the_sweep_is_the_organisers_ten_thresholds():
     assert THRESHOLDS == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     assert all(math.isclose(b - a, 0.1) for a, b in zip(THRESHOLDS, THRESHOLDS[1:]))
+
+
+def test_the_finer_sweep_finds_a_membrane_the_organisers_thresholds_miss():
+    """The full-width models' case: the true membrane at P(cell) = 0.93, above the organisers' last threshold.
+    At 0.0-0.9 the two cells merge (2/3, the lowest threshold named); only 0.95 splits them. At 0.98 and 0.99
+    no pixel is cell any more (2/65, as in the test above). The organisers' names keep the organisers' best."""
+    truth = two_cells()
+    cell_prob = np.where(truth == 0, 0.93, 0.97)
+    scores = thinned_scores([truth], [cell_prob], FINER_THRESHOLDS)
+    assert scores == pytest.approx({
+        "eval_v_rand_thinned": 2 / 3, "eval_v_rand_thinned_threshold": 0.0,
+        "eval_v_info_thinned": 0.0, "eval_v_info_thinned_threshold": 0.0,
+        "eval_v_rand_thinned_finer": 1.0, "eval_v_rand_thinned_finer_threshold": 0.95,
+        "eval_v_info_thinned_finer": 1.0, "eval_v_info_thinned_finer_threshold": 0.95}, abs=1e-12)
+    assert slice_sweep(truth, cell_prob, FINER_THRESHOLDS)[-1, 0] == pytest.approx(2 / 65)
+    assert thinned_scores([truth], [cell_prob]) == {key: value for key, value in scores.items()
+                                                    if "_finer" not in key}  # the organisers' sweep alone
+
+
+def test_ties_go_to_the_lowest_threshold_in_either_sweep():
+    scores = best_of_means(np.ones((len(FINER_THRESHOLDS), 2)), FINER_THRESHOLDS)
+    assert {scores[key] for key in scores if key.endswith("_threshold")} == {0.0}
+    assert FINER_THRESHOLDS == (*THRESHOLDS, 0.95, 0.98, 0.99)
+
+
+def test_cell_threshold_best_takes_the_finer_sweep_when_evaluation_ran_it(tmp_path):
+    organisers = {"eval_v_rand_thinned": 0.7, "eval_v_rand_thinned_threshold": 0.9}
+    save_best_threshold(tmp_path, 400, organisers)
+    assert load_best_threshold(tmp_path) == (0.9, 400)
+    save_best_threshold(tmp_path, 500, {**organisers, "eval_v_rand_thinned_finer": 0.88,
+                                        "eval_v_rand_thinned_finer_threshold": 0.98})
+    assert load_best_threshold(tmp_path) == (0.98, 500)

@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --cell_labels: a pixel is cell when its cell probability exceeds T (0 <= T < 1); 'best': the "
              "threshold of the best thinned V_Rand of the last evaluation of this --model_dir "
              "(<model_dir>/best_threshold.json) [default: the masks' class decision]")
+    add("--finer_sweep", action="store_true",
+        help="evaluate also scores the thinned V_Rand/V_Info at P(cell) > 0.95, 0.98 and 0.99, past the "
+             "organisers' 0.0-0.9, and logs the best of all 13 as eval_v_rand_thinned_finer (and _threshold) "
+             "beside the organisers' scores; --cell_threshold best then takes its threshold. For short-trained "
+             "models whose best cells lie above 0.9")
     add("--tta", action="store_true",
         help="test-time augmentation for evaluate's full-resolution scores and for predict: the mean class "
              "probabilities of the 8 flips and rotations of each slice (8 times the passes)")
@@ -258,6 +263,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.ensemble and (args.exec_mode not in ("evaluate", "predict") or args.benchmark):
         parser.error(f"--ensemble averages trained models in --exec_mode evaluate or predict (without "
                      f"--benchmark), not in {args.exec_mode}{' --benchmark' if args.benchmark else ''}")
+    if args.finer_sweep and "evaluate" not in args.exec_mode:
+        parser.error(f"--finer_sweep widens the thresholds evaluation scores; --exec_mode {args.exec_mode} "
+                     "does not evaluate")
     if args.cell_threshold is not None and not args.cell_labels:
         parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     _check_data(parser, args)

@@ -26,6 +26,8 @@ from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
 from runtime.inference.export import class_probabilities, export_model
 from runtime.inference.metrics import challenge_scores, class_dice
 from runtime.inference.thinned import (
+    FINER_THRESHOLDS,
+    THRESHOLDS,
     best_over_thresholds,
     cell_probability,
     load_best_threshold,
@@ -302,15 +304,16 @@ class Runner:
             return {}
         args = self.ctx.args
         images, labels = validation()
+        thresholds = FINER_THRESHOLDS if args.finer_sweep else THRESHOLDS
         predicted, sweeps = [], []
         for truth, probabilities in zip(labels, self._full_resolution_probabilities(images), strict=True):
             predicted.append(strategies.class_ids(probabilities))
-            sweeps.append(slice_sweep(truth, cell_probability(probabilities)))
+            sweeps.append(slice_sweep(truth, cell_probability(probabilities), thresholds))
         if args.overlays:
             names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
             write_overlays(worker_log_dir(args, self.ctx.workers) / "overlays", names, images, predicted,
                            labels, args.overlays, args.num_classes)
-        return {**challenge_scores(labels, predicted), **best_over_thresholds(sweeps),
+        return {**challenge_scores(labels, predicted), **best_over_thresholds(sweeps, thresholds),
                 **class_dice(labels, predicted, args.num_classes)}
 
     def predict(self) -> list[Path]:
