@@ -112,11 +112,12 @@ def best_of_means(means: np.ndarray, thresholds: Sequence[float]) -> dict[str, f
     """The best of each score in a [thresholds, 2] table of means, and its (lowest best) threshold: over the
     organisers' thresholds under the organisers' names and, when ``thresholds`` goes on past them, over all of
     them under ``*_finer`` names."""
-    scores = {}
     organisers = [row for row, threshold in enumerate(thresholds) if threshold in THRESHOLDS]
-    for suffix, rows in (("", organisers), ("_finer", list(range(len(thresholds))))):
-        if suffix and len(rows) == len(organisers):
-            break
+    sweeps = {"": organisers}
+    if len(organisers) < len(thresholds):
+        sweeps["_finer"] = list(range(len(thresholds)))
+    scores = {}
+    for suffix, rows in sweeps.items():
         for column, name in enumerate(("eval_v_rand_thinned", "eval_v_info_thinned")):
             best = rows[int(np.argmax(means[rows, column]))]
             scores[name + suffix] = float(means[best, column])
@@ -146,7 +147,7 @@ def save_best_threshold(model_dir: Path, step: int, scores: dict[str, float]) ->
     suffix = "_finer" if "eval_v_rand_thinned_finer" in scores else ""
     record = {"step": step, "cell_threshold": scores[f"eval_v_rand_thinned{suffix}_threshold"],
               "eval_v_rand_thinned": scores[f"eval_v_rand_thinned{suffix}"],
-              "sweep": "finer" if suffix else "organisers'"}
+              "sweep": "finer" if suffix else "organisers"}
     with atomic_output(Path(model_dir) / BEST_THRESHOLD_FILE) as temporary:  # never half-written
         temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
 
