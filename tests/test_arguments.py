@@ -98,6 +98,12 @@ def test_bad_flags_give_one_line_and_status_2(argv, message):
     assert "Traceback" not in result.stderr
 
 
+def test_finer_sweep_goes_wherever_evaluation_runs():
+    for argv in (["--exec_mode", "evaluate"], ["--exec_mode", "train_and_evaluate"],
+                 ["--exec_mode", "train", "--evaluate_every", "100"]):
+        assert parse_args(["--data_dir", "x", "--fold", "0", *argv, "--finer_sweep"]).finer_sweep
+
+
 def test_export_and_predicting_own_stack_need_no_data_dir():
     assert parse_args(["--exec_mode", "export"]).exec_mode == "export"
     args = parse_args(["--exec_mode", "predict", "--predict_input", "stack.tif", "--predict_strategy", "tile"])

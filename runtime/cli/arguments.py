@@ -263,9 +263,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.ensemble and (args.exec_mode not in ("evaluate", "predict") or args.benchmark):
         parser.error(f"--ensemble averages trained models in --exec_mode evaluate or predict (without "
                      f"--benchmark), not in {args.exec_mode}{' --benchmark' if args.benchmark else ''}")
-    if args.finer_sweep and "evaluate" not in args.exec_mode:
+    evaluates = "evaluate" in args.exec_mode or ("train" in args.exec_mode and args.evaluate_every > 0)
+    if args.finer_sweep and not evaluates:
         parser.error(f"--finer_sweep widens the thresholds evaluation scores; --exec_mode {args.exec_mode} "
-                     "does not evaluate")
+                     "does not evaluate (give --evaluate_every N to evaluate while training)")
     if args.cell_threshold is not None and not args.cell_labels:
         parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     _check_data(parser, args)
