@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluates(args: argparse.Namespace) -> bool:
+    """Whether this run scores validation slices: an evaluate mode, or training with --evaluate_every."""
+    return "evaluate" in args.exec_mode or ("train" in args.exec_mode and args.evaluate_every > 0)
+
+
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject flag combinations that would only fail (or silently do nothing) hours later."""
     if not (math.isfinite(args.elastic_sigma) and 0 <= args.elastic_sigma <= MAX_ELASTIC_SIGMA):
@@ -263,8 +268,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.ensemble and (args.exec_mode not in ("evaluate", "predict") or args.benchmark):
         parser.error(f"--ensemble averages trained models in --exec_mode evaluate or predict (without "
                      f"--benchmark), not in {args.exec_mode}{' --benchmark' if args.benchmark else ''}")
-    evaluates = "evaluate" in args.exec_mode or ("train" in args.exec_mode and args.evaluate_every > 0)
-    if args.finer_sweep and not evaluates:
+    if args.finer_sweep and not evaluates(args):
         parser.error(f"--finer_sweep widens the thresholds evaluation scores; --exec_mode {args.exec_mode} "
                      "does not evaluate (give --evaluate_every N to evaluate while training)")
     if args.cell_threshold is not None and not args.cell_labels:

@@ -24,6 +24,7 @@ from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input, ensure_writable_dir
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
+from runtime.cli.arguments import evaluates
 from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
 from runtime.execution.model_dir_lock import ModelDirLock
@@ -134,7 +135,7 @@ def plan_data(args: argparse.Namespace) -> DataSources:
     if need_train:
         sources.train.extend(plan_pairs(args.train_images, args.train_labels, "--train_images", "--train_labels")
                              if args.train_images else isbi_train(args.data_dir))
-    if args.val_images and ("evaluate" in mode or ("train" in mode and args.evaluate_every)):
+    if args.val_images and evaluates(args):
         sources.val.extend(plan_pairs(args.val_images, args.val_labels, "--val_images", "--val_labels"))
     if "predict" in mode:
         if args.predict_input:
