@@ -7,8 +7,9 @@
 
 Each configuration adds one ingredient to the one before: the recipe;
 + tile input mode; + elastic deformation; + border weights; + test-time
-augmentation at evaluation (the previous model, scored with --tta); and
-tile + elastic + TTA (the elastic model, scored with --tta). Each trains
+augmentation at evaluation (the previous model, scored with --tta);
+tile + elastic + TTA (the elastic model, scored with --tta); and the border
+weights without their class balance (--border_class_weights uniform). Each trains
 with unet2d.py as a user would (fold 0, batch 2, the fastest precision of
 the machine) and is scored by its own final evaluation: the recipe's
 eval_dice_score, the organisers' thinned V_Rand and V_Info with their best
@@ -54,12 +55,15 @@ CONFIGS: dict[str, tuple[list[str], list[str]]] = {
     "+ border weights": (["--input_mode", "tile", "--elastic", "--border_weights"], []),
     "+ TTA at evaluation": (["--input_mode", "tile", "--elastic", "--border_weights"], ["--tta"]),
     "tile + elastic + TTA": (["--input_mode", "tile", "--elastic"], ["--tta"]),
+    "+ border weights (w_c = 1)": (["--input_mode", "tile", "--elastic", "--border_weights",
+                                    "--border_class_weights", "uniform"], []),
 }
 RESCORED = {"+ TTA at evaluation": "+ border weights", "tile + elastic + TTA": "+ elastic"}
 SPELLED_OUT = {"recipe": "the recipe", "+ tile": "tile", "+ elastic": "tile + elastic",
                "+ border weights": "tile + elastic + border weights",
                "+ TTA at evaluation": "tile + elastic + border weights + TTA",
-               "tile + elastic + TTA": "tile + elastic + TTA"}
+               "tile + elastic + TTA": "tile + elastic + TTA",
+               "+ border weights (w_c = 1)": "tile + elastic + border weights without class balance"}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_v_info_thinned",
           "eval_v_info_thinned_threshold", "eval_v_rand", "eval_v_info", "eval_mask_dice")
 

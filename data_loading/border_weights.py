@@ -7,7 +7,9 @@ second-nearest cell, the cells being the 4-connected regions of the
 non-membrane classes (a pixel inside a cell is at distance 0 from it).
 ``w_c`` balances the class frequencies of the training labels: class k
 weighs 1 / (K f_k), so every class carries the same total weight and the
-mean of w_c over the pixels is 1. Only the narrow membranes between two
+mean of w_c over the pixels is 1 (``balance=False`` sets w_c to 1 for every
+class instead: a variant beyond the paper, for when the balancing shifts the
+probabilities towards the rare class more than a score can bear). Only the narrow membranes between two
 cells get the extra w0 (a membrane pixel 1 pixel from each of two cells
 gets about 0.92 w0 with sigma 5); a lone membrane far from any second cell
 gets almost none.
@@ -74,11 +76,11 @@ def border_weight_map(class_ids: np.ndarray, weights_of_classes: np.ndarray, w0:
     return (weights_of_classes[class_ids] + border).astype(np.float32)
 
 
-def training_weight_maps(labels: Sequence[np.ndarray], num_classes: int, w0: float,
-                         sigma: float) -> tuple[list[np.ndarray], np.ndarray]:
-    """The map of every training slice and the class weights they share; refused (exit 2) without cells."""
+def training_weight_maps(labels: Sequence[np.ndarray], num_classes: int, w0: float, sigma: float,
+                         balance: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    """The map of every training slice and the class weights w_c they share; refused (exit 2) without cells."""
     if not any(np.any(ids != MEMBRANE) for ids in labels):
         raise UserInputError("--border_weights needs cells in the training labels: every training label pixel "
                              "is class 0 (membrane), so there are no borders between cells to weigh")
-    balance = class_weights(labels, num_classes)
-    return [border_weight_map(ids, balance, w0, sigma) for ids in labels], balance
+    w_c = class_weights(labels, num_classes) if balance else np.ones(num_classes)
+    return [border_weight_map(ids, w_c, w0, sigma) for ids in labels], w_c

@@ -57,6 +57,7 @@ class StreamOptions:
     elastic_grid: int = 3
     border_w0: float = 0.0  # the U-Net paper's border weight (data_loading/border_weights.py); 0: none
     border_sigma: float = 5.0  # pixels of the label images
+    border_balance: bool = True  # w_c balances the class frequencies (the paper's); False: w_c = 1
     rank: int = 0
     num_workers: int = 1
     parallel_map: bool = False  # parallel (and deterministic) preprocessing: on Gaudi2, as in the recipe
@@ -216,7 +217,8 @@ class Dataset(_Streams):
     def _weight_maps(self, indices: np.ndarray) -> tuple[list[np.ndarray], float]:
         """The border weight map of each of these training slices, and the membrane's class weight."""
         maps, balance = training_weight_maps([self._labels[i] for i in indices], self.num_classes,
-                                             self.options.border_w0, self.options.border_sigma)
+                                             self.options.border_w0, self.options.border_sigma,
+                                             self.options.border_balance)
         return maps, float(balance[0])
 
     def _resized_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the border weight w0 [10, the paper's]")
     add("--border_sigma", type=float, default=5.0, metavar="PIXELS",
         help="the border width sigma, in pixels of the label images [5, the paper's]")
+    add("--border_class_weights", choices=("balanced", "uniform"), default="balanced",
+        help="w_c of the border-weighted loss: balanced, 1 / (K f_k) for a class of frequency f_k (the paper's), "
+             "or uniform, 1 for every class, so that only the borders weigh more [balanced]")
     add("--benchmark", dest="benchmark", action="store_true", default=False,
         help="time each step and report images/s and latency percentiles after --warmup_steps; "
              "no checkpoints are written (train and predict modes)")
@@ -229,6 +232,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"got {args.border_sigma}")
     if args.border_weights and args.synth_data:
         parser.error("--border_weights weighs the borders between the cells of real labels; --synth_data has none")
+    if args.border_class_weights != "balanced" and not args.border_weights:
+        parser.error(f"--border_class_weights {args.border_class_weights} sets w_c of the border-weighted loss: "
+                     "add --border_weights")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f"--learning_rate must be a finite number above 0, got {args.learning_rate}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):

@@ -75,6 +75,7 @@ def stream_options(args: argparse.Namespace, workers: Workers, device: Device) -
         batch_size=args.batch_size, seed=args.seed, augment=args.augment,
         elastic_sigma=args.elastic_sigma if args.elastic else 0.0, elastic_grid=args.elastic_grid,
         border_w0=args.border_w0 if args.border_weights else 0.0, border_sigma=args.border_sigma,
+        border_balance=args.border_class_weights == "balanced",
         rank=workers.replica_shards()[0], num_workers=workers.replicas,  # one input shard per replica
         parallel_map=device.is_gaudi2,  # as the recipe: parallel, deterministic mapping on Gaudi2
         prefetch_device=device.name if device.is_gaudi else None)
