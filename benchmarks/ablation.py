@@ -9,7 +9,8 @@ Each configuration adds one ingredient to the one before: the recipe;
 + tile input mode; + elastic deformation; + border weights; + test-time
 augmentation at evaluation (the previous model, scored with --tta);
 tile + elastic + TTA (the elastic model, scored with --tta); and the border
-weights without their class balance (--border_class_weights uniform). Each trains
+weights without their class balance (--border_class_weights uniform), scored
+without and with --tta. Each trains
 with unet2d.py as a user would (fold 0, batch 2, the fastest precision of
 the machine) and is scored by its own final evaluation: the recipe's
 eval_dice_score, the organisers' thinned V_Rand and V_Info with their best
@@ -46,6 +47,7 @@ from benchmarks.input_modes import machine_name, tensorflow_version, unet2d  # n
 from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
 from runtime.parse_results import final_eval  # noqa: E402
 
+UNIFORM_BORDER_WEIGHTS = ["--input_mode", "tile", "--elastic", "--border_weights", "--border_class_weights", "uniform"]
 # name -> (training flags, evaluation flags); a configuration with evaluation flags only re-scores the model of
 # the configuration it names.
 CONFIGS: dict[str, tuple[list[str], list[str]]] = {
@@ -55,15 +57,17 @@ CONFIGS: dict[str, tuple[list[str], list[str]]] = {
     "+ border weights": (["--input_mode", "tile", "--elastic", "--border_weights"], []),
     "+ TTA at evaluation": (["--input_mode", "tile", "--elastic", "--border_weights"], ["--tta"]),
     "tile + elastic + TTA": (["--input_mode", "tile", "--elastic"], ["--tta"]),
-    "+ border weights (w_c = 1)": (["--input_mode", "tile", "--elastic", "--border_weights",
-                                    "--border_class_weights", "uniform"], []),
+    "+ border weights (w_c = 1)": (UNIFORM_BORDER_WEIGHTS, []),
+    "+ TTA at evaluation (w_c = 1)": (UNIFORM_BORDER_WEIGHTS, ["--tta"]),
 }
-RESCORED = {"+ TTA at evaluation": "+ border weights", "tile + elastic + TTA": "+ elastic"}
+RESCORED = {"+ TTA at evaluation": "+ border weights", "tile + elastic + TTA": "+ elastic",
+            "+ TTA at evaluation (w_c = 1)": "+ border weights (w_c = 1)"}
 SPELLED_OUT = {"recipe": "the recipe", "+ tile": "tile", "+ elastic": "tile + elastic",
                "+ border weights": "tile + elastic + border weights",
                "+ TTA at evaluation": "tile + elastic + border weights + TTA",
                "tile + elastic + TTA": "tile + elastic + TTA",
-               "+ border weights (w_c = 1)": "tile + elastic + border weights without class balance"}
+               "+ border weights (w_c = 1)": "tile + elastic + border weights without class balance",
+               "+ TTA at evaluation (w_c = 1)": "tile + elastic + border weights without class balance + TTA"}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_v_info_thinned",
           "eval_v_info_thinned_threshold", "eval_v_rand", "eval_v_info", "eval_mask_dice")
 

@@ -89,6 +89,8 @@ def test_help_explains_every_flag():
     (["--synth_data", "--seed", "-1"], "--seed must be in 0..4294967295"),
     (["--synth_data", "--split_seed", str(2 ** 32)], "--split_seed must be in 0..4294967295"),
     (["--synth_data", "--exec_mode", "train", "--finer_sweep"], "--exec_mode train does not evaluate"),
+    (["--data_dir", "x", "--border_class_weights", "uniform"], "add --border_weights"),
+    (["--data_dir", "x", "--border_weights", "--border_class_weights", "none"], "invalid choice"),
 ])
 def test_bad_flags_give_one_line_and_status_2(argv, message):
     result = run_cli(*argv)

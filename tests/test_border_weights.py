@@ -84,6 +84,16 @@ def test_a_single_cell_has_no_border_and_far_cells_none_either():
     np.testing.assert_allclose(border_weight_map(far, balance), by_hand(far, balance, 10.0, 5.0), atol=1e-6)
 
 
+def test_uniform_class_weights_leave_only_the_border_term():
+    """--border_class_weights uniform: w_c = 1 for every class, the border term as in the paper."""
+    ids = three_cells()
+    maps, w_c = training_weight_maps([ids, ids[::-1]], 3, 10.0, 5.0, balance=False)
+    np.testing.assert_array_equal(w_c, np.ones(3))
+    np.testing.assert_allclose(maps[0], by_hand(ids, np.ones(3), 10.0, 5.0), rtol=1e-6)
+    balanced, _ = training_weight_maps([ids, ids[::-1]], 3, 10.0, 5.0)
+    np.testing.assert_allclose(maps[0] - 1.0, balanced[0] - class_weights([ids, ids[::-1]], 3)[ids], atol=1e-5)
+
+
 def test_labels_without_cells_are_refused():
     with pytest.raises(UserInputError, match="needs cells in the training labels"):
         training_weight_maps([np.zeros((8, 8), np.uint8)] * 2, 2, 10.0, 5.0)
@@ -141,6 +151,20 @@ def test_the_stream_carries_the_map_and_is_otherwise_unchanged(tmp_path, input_m
         assert weights[membrane].mean() > 2 * weights[~membrane].mean()  # the map follows the membranes
     resumed = batches(10.0, start=2, count=1)[0]
     np.testing.assert_array_equal(resumed[1], weighted[2][1])
+
+
+@pytest.mark.parametrize("input_mode", ["resize", "tile"])
+def test_the_stream_weighs_with_the_class_balance_chosen(tmp_path, input_mode):
+    """Balanced, the majority class (cells) weighs below 1 away from borders; uniform, nothing weighs below 1."""
+    sources = small_volume(tmp_path)
+
+    def lowest_weight(balance: bool) -> float:
+        options = StreamOptions(batch_size=2, seed=5, elastic_sigma=10.0, border_w0=10.0, border_balance=balance)
+        data = Dataset(sources, options, fold=None, input_mode=input_mode, num_classes=2)
+        return min(float(label[..., 2].numpy().min()) for _, label in data.train_fn().take(2))
+
+    assert lowest_weight(True) < 0.6
+    assert 1.0 - 1e-4 <= lowest_weight(False) < 1.01  # cell centres: w_c = 1, the border term all but gone
 
 
 @pytest.mark.slow
