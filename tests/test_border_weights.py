@@ -153,6 +153,22 @@ def test_the_stream_carries_the_map_and_is_otherwise_unchanged(tmp_path, input_m
     np.testing.assert_array_equal(resumed[1], weighted[2][1])
 
 
+def test_the_flags_reach_the_stream_options():
+    from runtime.cli.arguments import parse_args
+    from runtime.cli.setup import stream_options
+    from runtime.execution.device import select_device
+    from runtime.execution.distribution import Workers
+
+    def options(*flags: str) -> StreamOptions:
+        return stream_options(parse_args(["--data_dir", "x", "--exec_mode", "train", *flags]), Workers(), select_device(no_hpu=True))
+
+    assert options().border_w0 == 0.0  # off by default: the recipe
+    paper = options("--border_weights")
+    assert (paper.border_w0, paper.border_sigma, paper.border_balance) == (10.0, 5.0, True)
+    uniform = options("--border_weights", "--border_w0", "4", "--border_class_weights", "uniform")
+    assert (uniform.border_w0, uniform.border_balance) == (4.0, False)
+
+
 @pytest.mark.parametrize("input_mode", ["resize", "tile"])
 def test_the_stream_weighs_with_the_class_balance_chosen(tmp_path, input_mode):
     """Balanced, the majority class (cells) weighs below 1 away from borders; uniform, nothing weighs below 1."""
