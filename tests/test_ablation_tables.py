@@ -27,6 +27,18 @@ def test_the_best_is_the_largest_smaller_gain_over_the_recipe():
     assert ablation.best_config([r for r in rows if r["config"] != "recipe"]) == "+ tile"  # V_Rand alone
 
 
+def test_gains_count_in_the_recipes_spread_of_each_score():
+    """Dice varies less from seed to seed than V_Rand here: a smaller raw Dice gain can be the larger in spreads."""
+    rows = [row("recipe", 1, 0.80, 0.80), row("recipe", 2, 0.82, 0.90)]  # spreads: 0.01 Dice, 0.05 V_Rand
+    rows += [row("+ elastic", s, d + 0.015, v + 0.03) for s, d, v in ((1, 0.80, 0.80), (2, 0.82, 0.90))]
+    rows += [row("+ tile", s, d + 0.012, v + 0.10) for s, d, v in ((1, 0.80, 0.80), (2, 0.82, 0.90))]
+    assert ablation.recipe_spreads(rows) == pytest.approx((0.01, 0.05))
+    gains = ablation.smaller_gains(rows)
+    assert gains["+ elastic"] == pytest.approx(0.6) and gains["+ tile"] == pytest.approx(1.2)
+    assert ablation.best_config(rows) == "+ tile"  # in raw gains "+ elastic" (0.015 against 0.012) would be
+    assert ablation.recipe_spreads(rows[:1]) is None  # one seed: no spread, the raw gains rank
+
+
 def test_tables_pair_each_seed_with_its_recipe_and_keep_splits_apart():
     rows = [row("recipe", 1, 0.80, 0.80), row("recipe", 2, 0.70, 0.70),
             row("+ elastic", 1, 0.81, 0.90), row("+ elastic", 2, 0.73, 0.75),

@@ -160,7 +160,8 @@ def test_the_flags_reach_the_stream_options():
     from runtime.execution.distribution import Workers
 
     def options(*flags: str) -> StreamOptions:
-        return stream_options(parse_args(["--data_dir", "x", "--exec_mode", "train", *flags]), Workers(), select_device(no_hpu=True))
+        args = parse_args(["--data_dir", "x", "--exec_mode", "train", *flags])
+        return stream_options(args, Workers(), select_device(no_hpu=True))
 
     assert options().border_w0 == 0.0  # off by default: the recipe
     paper = options("--border_weights")
