@@ -216,10 +216,10 @@ class Dataset(_Streams):
 
     def _weight_maps(self, indices: np.ndarray) -> tuple[list[np.ndarray], float]:
         """The border weight map of each of these training slices, and the membrane's class weight."""
-        maps, balance = training_weight_maps([self._labels[i] for i in indices], self.num_classes,
-                                             self.options.border_w0, self.options.border_sigma,
-                                             self.options.border_balance)
-        return maps, float(balance[0])
+        maps, w_c = training_weight_maps([self._labels[i] for i in indices], self.num_classes,
+                                         self.options.border_w0, self.options.border_sigma,
+                                         self.options.border_balance)
+        return maps, float(w_c[0])
 
     def _resized_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):
         """The recipe's: whole slices, resized to 388 and padded to 572 once, up front."""
