@@ -20,8 +20,8 @@ training, and each configuration is also compared with the recipe seed by
 seed. The best combination is the one whose smaller gain over the recipe,
 in mean Dice and in mean thinned V_Rand, is largest, each gain counted in
 the recipe's seed spread of its score when there are two seeds or more;
-the tables mark it only when that gain is positive. Rows accumulate in --out as
-ablation.json and ablation.md, rewritten after every run; the model dirs stay
+the tables mark it only when that gain is positive. Rows accumulate in
+--out as ablation.json and ablation.md, rewritten after every run; the model dirs stay
 in --work, so --picture can draw the recipe's cells against the best's
 against the truth on one validation slice afterwards. At full width a run
 can outlast a sitting (over 2 hours on a CPU without bfloat16): --resume
@@ -134,11 +134,15 @@ def config_means(rows: list[dict], key: str) -> dict[str, float]:
             for name in CONFIGS if any(r["config"] == name for r in rows)}
 
 
+def half_range(values: list[float]) -> float:
+    """The seed-to-seed spread the goal is judged by."""
+    return (max(values) - min(values)) / 2
+
+
 def recipe_spreads(rows: list[dict]) -> tuple[float, float] | None:
-    """Half the range of the recipe's eval_dice_score and thinned V_Rand over its seeds: the spread the goal
-    names; None below two seeds, or where either is 0."""
+    """The recipe's spread of eval_dice_score and of thinned V_Rand; None below two seeds, or where either is 0."""
     recipe = [r for r in rows if r["config"] == "recipe"]
-    spreads = tuple(float(np.ptp([r[key] for r in recipe])) / 2 for key in ("eval_dice_score", "eval_v_rand_thinned"))
+    spreads = tuple(half_range([r[key] for r in recipe]) for key in ("eval_dice_score", "eval_v_rand_thinned"))
     return spreads if len(recipe) >= 2 and min(spreads) > 0 else None
 
 
@@ -287,7 +291,7 @@ def means(rows: list[dict], best: str | None) -> list[str]:
         cells = []
         for key in ("eval_dice_score", "eval_v_rand_thinned", "eval_v_info_thinned"):
             values = [r[key] for r in mine if key in r]
-            cells.append(f"{np.mean(values):.4f} ± {(max(values) - min(values)) / 2:.4f}" if values else "-")
+            cells.append(f"{np.mean(values):.4f} ± {half_range(values):.4f}" if values else "-")
         lines.append(f"| {name}{' **(best)**' if name == best else ''} | {len(mine)} | " + " | ".join(cells) + " |")
     return lines
 

@@ -35,7 +35,7 @@ def test_gains_count_in_the_recipes_spread_of_each_score():
     assert ablation.recipe_spreads(rows) == pytest.approx((0.01, 0.05))
     gains = ablation.smaller_gains(rows)
     assert gains["+ elastic"] == pytest.approx(0.6) and gains["+ tile"] == pytest.approx(1.2)
-    assert ablation.best_config(rows) == "+ tile"  # in raw gains "+ elastic" (0.015 against 0.012) would be
+    assert ablation.best_config(rows) == "+ tile"  # raw gains would pick "+ elastic" (0.015 against 0.012)
     assert ablation.recipe_spreads(rows[:1]) is None  # one seed: no spread, the raw gains rank
 
 
