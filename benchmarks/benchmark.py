@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.input_modes import tensorflow_version  # noqa: E402
 from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
 from runtime.parse_results import merged_data, read_log  # noqa: E402
 
@@ -77,11 +78,6 @@ def machine_record() -> dict:
     from runtime.execution.device import describe_cpu
     return {"platform": platform.platform(), **describe_cpu(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "tensorflow": tensorflow_version()}
-
-
-def tensorflow_version() -> str:
-    from importlib.metadata import version
-    return version("tensorflow")
 
 
 def markdown(results: list[dict], pipeline: list[dict]) -> str:

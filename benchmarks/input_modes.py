@@ -28,6 +28,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@cache
 def machine_name() -> str:
     """CPU model, cores and the ISA flags that decide the precision, as runtime.cli.machine reports them."""
     done = subprocess.run([sys.executable, "-m", "runtime.cli.machine"], cwd=ROOT, capture_output=True, text=True)
@@ -254,9 +257,14 @@ def machine_name() -> str:
 
 
 def tensorflow_version() -> str:
-    done = subprocess.run([sys.executable, "-c", "import tensorflow as tf; print(tf.__version__)"],
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return done.stdout.strip()
+    """The installed TensorFlow's version, read from its package metadata (importing it takes seconds).
+    Gaudi's stack installs it as tensorflow-cpu."""
+    for package in ("tensorflow", "tensorflow-cpu"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return "?"
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "full-width model); -m 'not slow' is the quick tier")
     config.addinivalue_line("markers", "bf16_kernels: runs bfloat16 convolutions or matmuls in this process; "
                                        "skipped only where bf16 cannot run at all (runtime.execution.device)")
+    config.addinivalue_line("markers", "one_stack: code whose path is the same on every TensorFlow version (bash "
+                                       "scripts, benchmark bookkeeping, the test-data fallback); skipped where "
+                                       "UNET2D_ONE_STACK_DONE=1 says another stack's run covers it")
 
 
 @cache
@@ -121,6 +124,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skips["real_isbi"] = pytest.mark.skip(reason="needs the real ISBI 2012 pixels; running on synthetic data")
     if bf16_unrunnable():
         skips["bf16_kernels"] = pytest.mark.skip(reason=f"bf16 cannot run here: {bf16_unrunnable()}")
+    if os.environ.get("UNET2D_ONE_STACK_DONE") == "1":
+        skips["one_stack"] = pytest.mark.skip(reason="the same on every stack: run on the current stack")
     for item in items:
         for keyword, skip in skips.items():
             if keyword in item.keywords:

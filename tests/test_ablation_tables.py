@@ -12,6 +12,8 @@ import pytest
 
 from benchmarks import ablation
 
+pytestmark = pytest.mark.one_stack  # benchmark bookkeeping: the same on every stack
+
 
 def row(config: str, seed: int, dice: float, v_rand: float, split_seed: int | None = 123) -> dict:
     return {"config": config, "seed": seed, "split_seed": split_seed, "base_filters": 8, "steps": 400,

@@ -47,6 +47,7 @@ def auto_dtype() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.one_stack  # one worker: the Python under the script is the same on both stacks
 @pytest.mark.slow
 def test_five_folds_one_worker_then_their_ensemble(isbi_dir, tmp_path):
     result = run_script(isbi_dir, tmp_path, 1, "auto", 1, "--max_steps", "1", "--log_every", "1", *TEST_WIDTH,
@@ -80,6 +81,7 @@ def test_five_folds_two_workers(isbi_dir, tmp_path):
         assert setup and "engine : multi_worker" in setup[0] and "replicas : 2" in setup[0], setup
 
 
+@pytest.mark.one_stack
 @pytest.mark.parametrize("args, message", [
     ((), "expected at least 5 arguments"),
     (("DATA", "out", "8", "fp16", "1"), "precision must be auto, fp32 or bf16"),
@@ -93,6 +95,7 @@ def test_usage_errors(isbi_dir, tmp_path, args, message):
     assert result.returncode == 2 and "usage:" in result.stderr and message in result.stderr
 
 
+@pytest.mark.one_stack
 @pytest.mark.slow
 def test_stops_at_the_first_failed_fold(isbi_copy, tmp_path):
     (isbi_copy / "train-labels.tif").write_bytes(b"broken")

@@ -151,7 +151,7 @@ def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
 
 
 @pytest.mark.parametrize("input_mode", ["resize", "tile"])
-def test_elastic_border_weighted_training_resumes_with_the_same_losses(isbi_dir, tmp_path, input_mode):
+def test_elastic_border_weighted_training_resumes_with_the_same_losses(reference, isbi_dir, tmp_path, input_mode):
     """The elastic field is drawn from (seed, sample) like the rest, the weight maps are computed from the
     labels alone: a resumed run sees the same samples, weights and all."""
     extra = ["--elastic", "--border_weights", "--input_mode", input_mode, "--max_steps", "4"]
@@ -161,11 +161,10 @@ def test_elastic_border_weighted_training_resumes_with_the_same_losses(isbi_dir,
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_cli(*train_args(isbi_dir, split, *extra, "--resume_training"))
     assert second.returncode == 0, second.stderr[-2000:]
-    reference, resumed = step_losses(straight / "logs" / "log.json"), step_losses(split / "logs" / "log.json")
+    straight_losses, resumed = step_losses(straight / "logs" / "log.json"), step_losses(split / "logs" / "log.json")
     assert sorted(resumed) == [1, 2, 3, 4]
     tolerance = 1e-6 if KERAS_MAJOR >= 3 else 2e-5
     for step in (3, 4):
-        np.testing.assert_allclose(resumed[step], reference[step], rtol=tolerance, err_msg=f"step {step}")
-    plain = tmp_path / "plain"
-    assert run_cli(*train_args(isbi_dir, plain, "--input_mode", input_mode, "--max_steps", "1")).returncode == 0
-    assert step_losses(plain / "logs" / "log.json")[1] != reference[1]  # the field changed what step 1 saw
+        np.testing.assert_allclose(resumed[step], straight_losses[step], rtol=tolerance, err_msg=f"step {step}")
+    if input_mode == "resize":  # the module's reference run is this one without the field and the weights
+        assert reference[1] != resumed[1]  # they changed what step 1 saw (tile mode: the stream's own tests)

@@ -34,6 +34,7 @@ def test_labels_are_exact_and_match_the_image():
     assert same > other
 
 
+@pytest.mark.one_stack
 @pytest.mark.slow
 def test_cli_writes_files_the_training_cli_accepts(tmp_path):
     data = tmp_path / "demo"

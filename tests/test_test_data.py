@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from tests import conftest
@@ -41,6 +42,7 @@ def test_a_folder_of_other_pixels_is_used_but_not_taken_for_isbi(monkeypatch, tm
         conftest.find_test_data.cache_clear()
 
 
+@pytest.mark.one_stack
 def test_without_any_data_the_suite_runs_on_generated_data(tmp_path):
     """A data-reading slice of the suite, as on a machine with no ../shared and no ./data."""
     empty = tmp_path / "empty"

@@ -12,6 +12,8 @@ import pytest
 
 from benchmarks import threshold_sweep as sweep
 
+pytestmark = pytest.mark.one_stack  # benchmark bookkeeping: the same on every stack
+
 
 def made_up_means() -> np.ndarray:
     """V_Rand rising up to 0.98 then falling; V_Info best at 0.5, inside the organisers' sweep."""
