@@ -9,7 +9,7 @@ import tensorflow as tf
 from common import compat
 from common.compat import keras, variable_path
 from model.matmul_conv import MIN_CHANNELS, MatmulGradConv2D, conv3x3_bias_relu, filter_gradient
-from model.unet import build_unet
+from model.unet import BASE_FILTERS, build_unet
 from runtime.execution.device import select_device
 
 
@@ -104,7 +104,7 @@ def tensorflow_own_bf16_kernels() -> bool:
 
 
 def unet_gradients(bf16: bool, matmul_filter_gradient: bool,
-                   base_filters: int = 64) -> tuple[keras.Model, tf.Tensor, list[tf.Tensor]]:
+                   base_filters: int = BASE_FILTERS) -> tuple[keras.Model, tf.Tensor, list[tf.Tensor]]:
     """Logits and weight gradients of a seeded UNet on one image, for a loss that sums the logits."""
     compat.set_mixed_bfloat16(bf16)
     try:
@@ -167,7 +167,7 @@ def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul, request):
         width = 8
         plain, _, float32_grads = unet_gradients(bf16=False, matmul_filter_gradient=False, base_filters=width)
     else:
-        width = 64
+        width = BASE_FILTERS
         plain, _, float32_grads = float32_unet
     _, _, bf16_grads = unet_gradients(bf16=True, matmul_filter_gradient=matmul, base_filters=width)
     errors = {variable_path(v): relative_error(g, ref) for v, g, ref in
