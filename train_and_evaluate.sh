@@ -16,6 +16,8 @@
 # interpreter is $PYTHON, or python3. With ENSEMBLE=1 the five fold models then
 # segment the test volume together (unet2d.py --ensemble, their probabilities
 # averaged) into <results_dir>/<precision>_<workers>hpu_ensemble/predictions/.
+# FOLDS runs and averages only some folds, e.g. FOLDS="2 4" to re-run two that
+# failed (default "0 1 2 3 4"); ENSEMBLE=1 then joins those folds' models.
 set -euo pipefail
 
 usage() {
@@ -31,6 +33,12 @@ shift 5
 [[ $precision == auto || $precision == fp32 || $precision == bf16 ]] \
   || usage "precision must be auto, fp32 or bf16, got '$precision'"
 [[ $workers =~ ^[1-9][0-9]*$ ]] || usage "workers must be a positive integer, got '$workers'"
+read -r -a folds <<< "${FOLDS:-0 1 2 3 4}"
+[ ${#folds[@]} -gt 0 ] || usage "FOLDS is empty; give fold numbers 0-4, e.g. FOLDS=\"0 3\""
+for fold in "${folds[@]}"; do
+  [[ $fold =~ ^[0-4]$ ]] || usage "FOLDS must hold fold numbers 0-4 separated by spaces, got '${FOLDS}'"
+done
+[ "$(printf '%s\n' "${folds[@]}" | sort -u | wc -l)" -eq ${#folds[@]} ] || usage "FOLDS repeats a fold: '${FOLDS}'"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 python=${PYTHON:-python3}
@@ -51,7 +59,7 @@ fi
 env_name="${precision}_${workers}hpu"
 mkdir -p "$results_dir"
 
-for fold in 0 1 2 3 4; do
+for fold in "${folds[@]}"; do
   run_dir="$results_dir/${env_name}_fold$fold"
   log="$results_dir/${env_name}_fold$fold.log"
   command=("$python" "$here/unet2d.py" --exec_mode train_and_evaluate --data_dir "$data_dir"
@@ -71,16 +79,16 @@ for fold in 0 1 2 3 4; do
   fi
 done
 
-"$python" "$here/runtime/parse_results.py" --model_dir "$results_dir" --env "$env_name"
+"$python" "$here/runtime/parse_results.py" --model_dir "$results_dir" --env "$env_name" --folds "${folds[@]}"
 
 if [ "${ENSEMBLE:-0}" = 1 ]; then
-  folds=()
-  for fold in 0 1 2 3 4; do folds+=("$results_dir/${env_name}_fold$fold"); done
+  fold_dirs=()
+  for fold in "${folds[@]}"; do fold_dirs+=("$results_dir/${env_name}_fold$fold"); done
   ensemble_dir="$results_dir/${env_name}_ensemble"
   log="$results_dir/${env_name}_ensemble.log"
   command=("$python" "$here/unet2d.py" --exec_mode predict --data_dir "$data_dir" --model_dir "$ensemble_dir"
-           --log_dir "$ensemble_dir" --batch_size "$batch_size" --dtype "$precision" "$@" --ensemble "${folds[@]}")
-  echo "ensemble of the 5 folds on the test volume: ${command[*]} > $log"
+           --log_dir "$ensemble_dir" --batch_size "$batch_size" --dtype "$precision" "$@" --ensemble "${fold_dirs[@]}")
+  echo "ensemble of folds ${folds[*]} on the test volume: ${command[*]} > $log"
   if ! "${command[@]}" > "$log" 2>&1; then
     echo "the ensemble prediction failed; its log: $log" >&2
     tail -n 5 "$log" >&2

@@ -54,14 +54,18 @@ def final_eval(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return evals[-1] if evals else None
 
 
-def fold_logs(results_dir: Path, env: str) -> list[Path]:
+def fold_logs(results_dir: Path, env: str, folds: list[int] | None = None) -> list[Path]:
     """The log.json of each fold run of ``env`` (e.g. bf16_1hpu) under a 5-fold results folder.
 
+    ``folds`` keeps only those fold numbers, so a re-run of some folds (FOLDS= of
+    train_and_evaluate.sh) is not averaged with older runs of the others.
     With --log_all_workers the logs sit in worker_N folders; worker 0's stands for the run.
     """
     logs = []
     for run_dir in sorted(Path(results_dir).glob(f"{env}_fold*")):
         if not run_dir.is_dir():
+            continue
+        if folds is not None and run_dir.name.removeprefix(f"{env}_fold") not in {str(k) for k in folds}:
             continue
         for candidate in (run_dir / "log.json", run_dir / "worker_0" / "log.json"):
             if candidate.is_file():
@@ -74,11 +78,12 @@ AVERAGED = ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_info", "ev
             "eval_v_rand_thinned", "eval_v_info_thinned")
 
 
-def average_folds(results_dir: Path, env: str) -> dict[str, float]:
+def average_folds(results_dir: Path, env: str, folds: list[int] | None = None) -> dict[str, float]:
     """Mean evaluation results over the folds' JSON logs; corrupt or unfinished ones are named."""
-    logs = fold_logs(results_dir, env)
+    logs = fold_logs(results_dir, env, folds)
     if not logs:
-        raise UserInputError(f"no log.json of a {env}_fold* run in {results_dir}")
+        which = "*" if folds is None else "{" + ",".join(map(str, folds)) + "}"
+        raise UserInputError(f"no log.json of a {env}_fold{which} run in {results_dir}")
     results = []
     for path in logs:
         try:
@@ -107,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the results folder of train_and_evaluate.sh")
     parser.add_argument("--env", required=True,
                         help="which runs to average: <precision>_<workers>hpu, e.g. bf16_1hpu or fp32_8hpu")
+    parser.add_argument("--folds", type=int, nargs="+", choices=range(5), default=None, metavar="K",
+                        help="average only these folds (0-4) [every fold run found]")
     args = parser.parse_args(argv)
-    return exit_status("parse_results.py", lambda: report(average_folds(args.model_dir, args.env)))
+    return exit_status("parse_results.py", lambda: report(average_folds(args.model_dir, args.env, args.folds)))
 
 
 def report(summary: dict[str, float]) -> None:
