@@ -118,9 +118,13 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(i
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(unet2d_command(*args), cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Both signals go in after step 2's checkpoint, inside step 3. At step 2's log line the loop has
+    # yet to check for a signal: one sent then stops the run at once, and the second can find it gone.
+    step_seconds = None
     for line in process.stdout:
         if "(2, 40) " in line:
             step_seconds = float(re.search(r"iter duration \[ms\] : ([0-9.]+)", line).group(1)) / 1000
+        if step_seconds is not None and "checkpoint-2 " in line:
             break
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
