@@ -65,13 +65,14 @@ class StreamOptions:
 
 
 def _options_without_autotuner() -> tf.data.Options:
-    """tf.data options that leave out the autotuner's model thread.
+    """tf.data options without the autotuner.
 
-    Dropping an iterator waits for that thread's sleep to end: 2-3.6 s in three of
-    five runs of a small training job, on every training run's end and every
-    stop signal (none in five runs without it). Without the autotuner a parallel
-    map keeps min(16, CPU cores) calls and a prefetch buffer still grows when the
-    consumer waits, which is what the streams here need.
+    With it, dropping a training iterator sometimes waited idle in tf.data's
+    thread-pool shutdown, 2-3.6 s in three of five small runs: at every
+    training run's end and after every stop signal (never in five runs without
+    it; docs/design.md). Without the autotuner a parallel map keeps min(16, CPU
+    cores) calls and a prefetch buffer still grows when the consumer waits,
+    which is all these streams need.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
