@@ -89,11 +89,12 @@ class _Streams:
         self.options = options
 
     def _prefetch(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        dataset = dataset.with_options(WITHOUT_AUTOTUNER)  # inherited by what follows; device prefetch stays last
         device = self.options.prefetch_device
         if device is not None:
             with tf.device(device):
-                return dataset.apply(tf.data.experimental.prefetch_to_device(device)).with_options(WITHOUT_AUTOTUNER)
-        return dataset.prefetch(tf.data.AUTOTUNE).with_options(WITHOUT_AUTOTUNER)
+                return dataset.apply(tf.data.experimental.prefetch_to_device(device))
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _map(self, dataset: tf.data.Dataset, function) -> tf.data.Dataset:
         if not self.options.parallel_map:

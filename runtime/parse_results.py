@@ -61,11 +61,10 @@ def fold_logs(results_dir: Path, env: str, folds: list[int] | None = None) -> li
     train_and_evaluate.sh) is not averaged with older runs of the others.
     With --log_all_workers the logs sit in worker_N folders; worker 0's stands for the run.
     """
+    wanted = None if folds is None else {f"{env}_fold{k}" for k in folds}
     logs = []
     for run_dir in sorted(Path(results_dir).glob(f"{env}_fold*")):
-        if not run_dir.is_dir():
-            continue
-        if folds is not None and run_dir.name.removeprefix(f"{env}_fold") not in {str(k) for k in folds}:
+        if not run_dir.is_dir() or (wanted is not None and run_dir.name not in wanted):
             continue
         for candidate in (run_dir / "log.json", run_dir / "worker_0" / "log.json"):
             if candidate.is_file():
