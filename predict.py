@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserInputError, exit_status
+from common.errors import exit_status, write_failure
 from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser, cell_threshold
 
 
@@ -90,7 +90,7 @@ def run(argv: list[str] | None = None) -> Path:
             write_overlays(output.parent / f"{output.stem}-overlays", names, slices, ids, count=args.overlays,
                            num_classes=num_classes)
     except OSError as error:
-        raise UserInputError(f"cannot write {output}: {error.strerror or error}") from None
+        raise write_failure(output.name, output.parent, error) from None
     print(f"predict.py: wrote {len(masks)} masks of {masks.shape[1]}x{masks.shape[2]} to {output}")
     return output
 

@@ -17,6 +17,7 @@ tool). Every other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from collections.abc import Callable
@@ -74,6 +75,23 @@ class TrainingInterrupted(Exception):
         self.exit_status = 128 + signum
 
 
+class DiskFull(UserInputError):
+    """A write found no space left: one line naming the folder, status 2; what was whole before is kept."""
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an OSError or a TensorFlow write error (``ResourceExhaustedError`` from SaveV2) is a full disk."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def write_failure(what: str, folder: object, error: BaseException) -> UserInputError:
+    """The one line for a write that failed: ``cannot write <what> in <folder>: <reason>``."""
+    if out_of_space(error):
+        return DiskFull(f"cannot write {what} in {folder}: no space left on the device")
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserInputError(f"cannot write {what} in {folder}: {reason}")
+
+
 EXIT_STATUSES: dict[type[BaseException], int] = {UserInputError: 2, TrainingDiverged: 3, WorkerLost: 4}
 
 
@@ -99,4 +117,11 @@ def exit_status(program: str, action: Callable[[], object], report: Callable[[st
             before_report()
         report(f"{program}: error: {error}")
         return next(status for kind, status in EXIT_STATUSES.items() if isinstance(error, kind))
+    except OSError as error:  # a full disk in a write without its own message (each named write has one)
+        if not out_of_space(error):
+            raise
+        if before_report is not None:
+            before_report()
+        report(f"{program}: error: cannot write {error.filename or 'a file'}: no space left on the device")
+        return EXIT_STATUSES[UserInputError]
     return 0

@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 # Only what a CPU-only or GPU-less start prints: info and warning lines, and the known harmless errors.
 NOISE = re.compile(
@@ -62,3 +62,10 @@ def tensorflow_start_quietly(enabled: bool = True) -> Iterator[None]:
         os.dup2(stderr, 2)  # closes the pipe's last write end: the pump reads to the end and stops
         pump.join(timeout=5)
         os.close(stderr)
+
+
+def quiet_unless_asked() -> AbstractContextManager[None]:
+    """``tensorflow_start_quietly`` for later phases: grappler, which SavedModel export and tf2onnx run,
+    starts TensorFlow sessions that print C++ info lines again; dropped unless TensorFlow's lines were asked
+    for (``--tf_verbosity`` sets TF_CPP_MIN_LOG_LEVEL)."""
+    return tensorflow_start_quietly(not asked_for_tensorflow_lines(None))

@@ -6,52 +6,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: python runtime/parse_results.py, like the recipe
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import UserInputError, exit_status  # noqa: E402
 
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """Every record of a dllogger JSON-stream file (lines prefixed ``DLLL ``)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise UserInputError(f"cannot read log {path}: {error.strerror}") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.startswith("DLLL "):
-            continue
-        try:
-            records.append(json.loads(line[len("DLLL "):]))
-        except ValueError:
-            raise UserInputError(f"{path}:{number} is not a valid DLLL record") from None
-    return records
-
-
-def merged_data(records: list[dict[str, Any]], step: Any) -> dict[str, Any]:
-    """All data logged under one step label, later values winning.
-
-    Step labels: ``"DATA"``, ``"SETUP"``, ``"CHECKPOINT"``..., ``[]`` for the
-    summaries (evaluation metrics, throughput), ``[k, n]`` for training step k of n.
-    """
-    merged: dict[str, Any] = {}
-    for record in records:
-        if record.get("type") == "LOG" and record.get("step") == step:
-            merged.update(record["data"])
-    return merged
-
-
-def final_eval(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The last evaluation summary of a run (the one after training), or None."""
-    evals = [r["data"] for r in records
-             if r.get("type") == "LOG" and r.get("step") == [] and "eval_dice_score" in r.get("data", {})]
-    return evals[-1] if evals else None
+# Their home is the log format's module; tests and benchmarks import them from here too.
+from runtime.reporting.dllog import final_eval, merged_data, read_log  # noqa: E402,F401
 
 
 def fold_logs(results_dir: Path, env: str, folds: list[int] | None = None) -> list[Path]:

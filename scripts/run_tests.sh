@@ -18,6 +18,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stacks=${UNET2D_STACKS:-current tf2.15}
 status=0
 first=true
+# The zoo's own tools (bioimageio.core), in their own environment, check the packages that export writes.
+UNET2D_ZOO_PYTHON=$(scripts/setup_env.sh zoo | tail -n 1)
+export UNET2D_ZOO_PYTHON
 for stack in $stacks; do
   python=$(scripts/setup_env.sh "$stack" | tail -n 1)
   if $first; then
@@ -31,7 +34,10 @@ for stack in $stacks; do
   require=$([ "$stack" = tf2.15 ] && echo 1 || echo 0)
   # Tests marked one_stack (bash scripts, benchmark bookkeeping) take the same path on every stack: once is enough.
   covered=$([ "$stack" = tf2.15 ] && [[ " $stacks " == *" current "* ]] && echo 1 || echo 0)
+  started=$SECONDS
+  # --durations: every run ends with its 15 slowest tests, so the next person sees where the time goes.
   UNET2D_REQUIRE_HOROVOD=$require UNET2D_ONE_STACK_DONE=$covered \
-    "$python" -m pytest -q -p no:cacheprovider "$@" || status=$?
+    "$python" -m pytest -q -p no:cacheprovider --durations=15 "$@" || status=$?
+  echo "=== $stack stack took $((SECONDS - started)) s"
 done
 exit $status

@@ -5,6 +5,9 @@
 #   scripts/setup_env.sh current   TensorFlow 2.16+ / Keras 3 (CPU or GPU)
 #   scripts/setup_env.sh tf2.15    Python 3.10, TensorFlow 2.15 / Keras 2.15 and Horovod
 #                                  0.28.1 built with MPI and Gloo (the last Gaudi stack)
+#   scripts/setup_env.sh zoo       the BioImage Model Zoo's bioimageio.core (its `bioimageio test`
+#                                  and `predict`), ONNX Runtime and current TensorFlow, apart from
+#                                  the project's own environments
 #
 # Environments are cached under ${UNET2D_VENV_CACHE:-$HOME/.cache/unet2d/venvs},
 # keyed by a hash of the requirement files and the interpreter version, so a
@@ -13,7 +16,7 @@
 # interpreter (default: python3 for current, python3.10 for tf2.15).
 set -euo pipefail
 
-usage() { echo "usage: $0 current|tf2.15" >&2; exit 2; }
+usage() { echo "usage: $0 current|tf2.15|zoo" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 stack=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +52,10 @@ case "$stack" in
     python=${UNET2D_PYTHON:-$(find_python310)}
     req_files=("$root/requirements-tf2.15.txt" "$root/requirements-test.txt")
     post_install=horovod
+    ;;
+  zoo)
+    python=${UNET2D_PYTHON:-python3}
+    req_files=("$root/requirements-zoo.txt")
     ;;
   *) usage ;;
 esac

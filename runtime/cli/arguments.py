@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,10 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG pictures of the first N slices written by predict (predictions/overlays/) and "
              "evaluate (<log_dir>/overlays/); 0: none")
     add("--export_dir", default=None, metavar="DIR",
-        help="where --exec_mode export writes unet2d.keras and saved_model/ (default <model_dir>/export)")
+        help="where --exec_mode export writes unet2d.keras, saved_model/ and the BioImage Model Zoo package "
+             "bioimageio/ with bioimageio.zip (default <model_dir>/export)")
+    add("--zoo_author", action="append", default=None, metavar="NAME",
+        help="an author of the model, named in its zoo package (repeat for several) [default: a placeholder "
+             "that asks you to fill it in]")
+    add("--zoo_name", type=zoo_name, default=None, metavar="TEXT",
+        help="the zoo package's model name: 5 to 128 letters, digits, spaces and _+-() [default: UNet2D EM "
+             "segmentation (<K> classes - width <W> - <input mode>)]")
     add("--tf_verbosity", type=int, choices=(0, 1, 2, 3), default=None,
         help="TensorFlow C++ log level: 0 all, 1 no INFO, 2 no INFO/WARNING, 3 no INFO/WARNING/ERROR")
     return parser
+
+
+ZOO_NAME = re.compile(r"[A-Za-z0-9_+\- ()]{5,128}")  # what the zoo's model format accepts as a name
+
+
+def zoo_name(text: str) -> str:
+    if not ZOO_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: the zoo takes 5 to 128 letters, digits, spaces and _+-() only")
+    return text
 
 
 def evaluates(args: argparse.Namespace) -> bool:

@@ -86,7 +86,9 @@ def make_logger(args: argparse.Namespace, workers: Workers) -> Logger:
         return Logger(stdout=False, json_path=None)
     log_dir = worker_log_dir(args, workers)
     ensure_writable_dir(log_dir, "--log_dir")
-    return Logger(stdout=True, json_path=log_dir / "log.json", append=args.resume_training)
+    # An export adds its lines to the log of the run it exports, whose flags and scores its zoo package reports.
+    append = args.resume_training or args.exec_mode == "export"
+    return Logger(stdout=True, json_path=log_dir / "log.json", append=append)
 
 
 def make_tensorboard(args: argparse.Namespace, workers: Workers) -> TensorBoardWriters | None:
@@ -159,6 +161,10 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise UserInputError(f"--model_dir is not a folder: {model_dir}")
+    if args.exec_mode == "export":
+        export_dir = Path(args.export_dir or model_dir / "export")
+        if export_dir.exists() and not export_dir.is_dir():
+            raise UserInputError(f"--export_dir is not a folder: {export_dir}")
     sources = None
     if args.exec_mode != "export" and not args.synth_data:
         sources = plan_data(args)

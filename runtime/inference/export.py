@@ -34,6 +34,7 @@ from runtime.inference.strategies import ProbabilityFn
 
 KERAS_FILE = "unet2d.keras"
 SAVED_MODEL_DIR = "saved_model"
+ZOO_DESCRIPTION = "bioimageio.yaml"  # a zoo package folder (runtime/inference/zoo.py) holds it
 TILE_SPEC = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 1], tf.float32, name="inputs")
 SLICES_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="slices")
 
@@ -106,12 +107,15 @@ def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
 
 def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
     """Normalised 572x572 tiles -> class probabilities, and the number of classes, from a .keras file, a
-    SavedModel or an export folder.
+    SavedModel or an export folder (TensorFlow), or from an ONNX network or a zoo package (ONNX Runtime).
 
     SavedModels exported before K classes have only ``cell_probabilities``;
     their P(cell) is taken as the two-class probabilities [1 - P, P].
     """
     path = Path(path)
+    if path.suffix in (".onnx", ".zip", ".yaml") or (path / ZOO_DESCRIPTION).is_file():
+        from runtime.inference.onnx_models import network_probability_fn  # ONNX Runtime only when asked for
+        return network_probability_fn(path)
     if path.is_dir() and (path / KERAS_FILE).is_file() and not (path / "saved_model.pb").exists():
         path = path / KERAS_FILE  # an export folder: the Keras file is the quicker to load
     try:

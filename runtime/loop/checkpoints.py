@@ -45,6 +45,15 @@ def clear_checkpoints(folder: Path) -> bool:
     return True
 
 
+def remove_partial(folder: Path) -> list[Path]:
+    """Remove what a failed save left in a checkpoint folder: TensorFlow's ``<prefix>_temp`` folders, never
+    a checkpoint that the ``checkpoint`` index names."""
+    left = sorted(folder.glob(f"{CHECKPOINT_NAME}-*_temp*"))
+    for path in left:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return left
+
+
 def make_manager(checkpoint: tf.train.Checkpoint, folder: Path, keep: int = KEEP_LAST) -> tf.train.CheckpointManager:
     """Checkpoints named checkpoint-<step>, the newest ``keep`` kept.
 

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from common.compat import keras, optimizer_variables, rng_state_variables
-from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError
+from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
+from common.quiet_start import quiet_unless_asked
 from data_loading.image_stack import PredictionInput
 from data_loading.tiff_io import write_stack_atomically
 from runtime.execution.distribution import Workers
@@ -34,13 +35,14 @@ from runtime.inference.thinned import (
     save_best_threshold,
     slice_sweep,
 )
-from runtime.loop import checkpoints
+from runtime.inference.zoo import ZOO_PACKAGE, write_package
+from runtime.loop import checkpoints, model_card
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
 from runtime.reporting.dllog import Logger
-from runtime.reporting.overlays import write_overlays
+from runtime.reporting.overlays import cover_picture, write_overlays
 from runtime.reporting.progress import ProgressBar
 from runtime.reporting.tensorboard import TensorBoardWriters
 
@@ -138,7 +140,15 @@ class Runner:
     def _save(self, manager: tf.train.CheckpointManager | None) -> str | None:
         if manager is None:
             return None
-        path = manager.save(checkpoint_number=self.step)
+        try:
+            with quiet_unless_asked():  # a failed SaveV2 prints C++ warnings before our one line says why
+                path = manager.save(checkpoint_number=self.step)
+        except (tf.errors.OpError, OSError) as error:
+            checkpoints.remove_partial(Path(manager.directory))
+            kept = manager.latest_checkpoint
+            failure = write_failure(f"checkpoint {int(self.step.numpy())}", manager.directory, error)
+            raise type(failure)(f"{failure}; " + (f"the last good checkpoint {kept} is kept" if kept
+                                                  else "no checkpoint was written before")) from None
         self.ctx.logger.log("CHECKPOINT", {"saved": path, "step": int(self.step.numpy())})
         return path
 
@@ -381,17 +391,27 @@ class Runner:
         return threshold
 
     def export(self) -> None:
-        """The latest checkpoint's weights as unet2d.keras and a SavedModel, for serving."""
+        """The latest checkpoint's weights as unet2d.keras and a SavedModel, for serving, and as a BioImage
+        Model Zoo package (SavedModel and ONNX weights) for the tools EM users work in."""
         self._ensure_weights()
         if not self.ctx.workers.is_chief:
             return
-        folder = Path(self.ctx.args.export_dir or Path(self.ctx.args.model_dir) / "export")
+        args = self.ctx.args
+        folder = Path(args.export_dir or Path(args.model_dir) / "export")
+        sample, sample_source = model_card.sample_slice(args)
+        info = model_card.package_info(args, self.ctx.workers.engine, sample_source)
         try:
-            with self.ctx.workers.phase("exporting"):
+            with self.ctx.workers.phase("exporting"), quiet_unless_asked():
                 keras_file, saved_model = export_model(self.model, folder)
-        except OSError as error:
-            raise UserInputError(f"cannot write the export to {folder}: {error.strerror or error}") from None
-        self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model)})
+                started = time.perf_counter()
+                package, archive = write_package(
+                    self.model, folder / ZOO_PACKAGE, info, sample,
+                    lambda image, ids: cover_picture(image, ids, args.num_classes))
+        except (OSError, tf.errors.OpError) as error:
+            raise write_failure("the export", folder, error) from None
+        self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model),
+                                       "zoo_package": str(package), "zoo_zip": str(archive),
+                                       "zoo_seconds": round(time.perf_counter() - started, 1)})
 
     def _benchmark_predict(self) -> None:
         args = self.ctx.args

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from common.errors import UserInputError, write_failure
+
 Step = tuple | int | str
 
 
@@ -127,8 +129,11 @@ class Logger:
     def log(self, step: Step, data: Mapping[str, Any]) -> None:
         if self.status_line is not None:
             self.status_line.clear()
-        self._writer.log(_plain(step), {key: _plain(value) for key, value in data.items()})
-        self._writer.flush()
+        try:
+            self._writer.log(_plain(step), {key: _plain(value) for key, value in data.items()})
+            self._writer.flush()
+        except OSError as error:
+            raise write_failure("the log", self.json_path.parent if self.json_path else "stdout", error) from None
         if self.status_line is not None:
             self.status_line.restore()
 
@@ -143,3 +148,53 @@ class Logger:
         if getattr(self, "_json_file", None) is not None:
             self._json_file.close()
             self._json_file = None
+
+
+# Reading logs back ------------------------------------------------------
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Every record of a dllogger JSON-stream file (lines prefixed ``DLLL ``)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UserInputError(f"cannot read log {path}: {error.strerror}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.startswith("DLLL "):
+            continue
+        try:
+            records.append(json.loads(line[len("DLLL "):]))
+        except ValueError:
+            raise UserInputError(f"{path}:{number} is not a valid DLLL record") from None
+    return records
+
+
+def merged_data(records: list[dict[str, Any]], step: Any) -> dict[str, Any]:
+    """All data logged under one step label, later values winning.
+
+    Step labels: ``"DATA"``, ``"SETUP"``, ``"CHECKPOINT"``..., ``[]`` for the
+    summaries (evaluation metrics, throughput), ``[k, n]`` for training step k of n.
+    """
+    merged: dict[str, Any] = {}
+    for record in records:
+        if record.get("type") == "LOG" and record.get("step") == step:
+            merged.update(record["data"])
+    return merged
+
+
+def final_eval(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last evaluation summary of a run (the one after training), or None."""
+    evals = [r["data"] for r in records
+             if r.get("type") == "LOG" and r.get("step") == [] and "eval_dice_score" in r.get("data", {})]
+    return evals[-1] if evals else None
+
+
+def runs(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The records of each run that wrote to one log, in order, each group starting at a PARAMETER line
+    (a line logged before its run's PARAMETER, such as a lock warning, stays with the run before)."""
+    grouped: list[list[dict[str, Any]]] = []
+    for record in records:
+        if record.get("step") == "PARAMETER" or not grouped:
+            grouped.append([])
+        grouped[-1].append(record)
+    return grouped

@@ -65,3 +65,12 @@ def write_overlays(folder: Path, names: list[str], images: list[np.ndarray], pre
             Image.fromarray(draw(images[index], predicted_ids[index], truth)).save(temporary, format="PNG")
         written.append(path)
     return written
+
+
+def cover_picture(image: np.ndarray, predicted_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """A model's cover for the zoo: the slice, a white gap, and the slice with its segmentation drawn on it
+    (about 2:1, as the zoo's covers are shown)."""
+    grey = np.repeat(image[..., np.newaxis], 3, axis=-1)
+    drawn = (overlay(image, predicted_ids * np.uint8(255)) if num_classes == 2
+             else tinted(image, predicted_ids))
+    return np.concatenate([grey, np.full((image.shape[0], 8, 3), 255, np.uint8), drawn], axis=1)

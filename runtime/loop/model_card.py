@@ -1,0 +1,92 @@
+"""What an exported model's zoo package says about itself: the run that trained it, read back from its
+log, and a real slice for its test tensors.
+
+An export run has no training flags of its own worth reporting: the width,
+classes and input mode must match the checkpoint, but the data, precision,
+steps and scores belong to the training and evaluation runs that logged
+into the same ``--log_dir`` before it. Those lines are the record this reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_loading.data_loader import TRAIN_IMAGES, fold_indices
+from data_loading.image_stack import read_image_stack
+from data_loading.synthetic_em import generate_volume
+from data_loading.volumes import expand
+from runtime.inference.zoo import PackageInfo
+from runtime.reporting.dllog import final_eval, merged_data, read_log, runs
+
+SAMPLE_SIDE = 768  # a larger slice is cut to its centre: the zoo's tests run the test tensor many times
+
+
+def _training_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    trained = [run for run in runs(records) if "train" in str(merged_data(run, "PARAMETER").get("exec_mode", ""))]
+    return trained[-1] if trained else []
+
+
+def _data_words(flags: dict[str, Any]) -> str:
+    if not flags:
+        return ""
+    if flags.get("synth_data"):
+        return "Random tensors (`--synth_data`): this model has not seen real data."
+    if flags.get("train_images"):
+        return (f"Your own stacks: images {', '.join(flags['train_images'])}, labels "
+                f"{', '.join(flags.get('train_labels') or [])}; validation "
+                + (f"{', '.join(flags['val_images'])}." if flags.get("val_images")
+                   else f"slices of cross-validation fold {flags.get('fold')}."))
+    fold = flags.get("fold")
+    split = "all 30 slices" if fold is None else f"cross-validation fold {fold} (24 slices train, 6 validate)"
+    return ("The ISBI 2012 EM segmentation challenge's training volume (Drosophila ventral nerve cord, serial-section "
+            f"TEM, 30 slices of 512x512 at 4x4x50 nm, membranes labelled by experts): {split}. "
+            f"Data folder: {flags.get('data_dir')}.")
+
+
+def package_info(args: argparse.Namespace, engine: str, sample_source: str) -> PackageInfo:
+    """The package's metadata: this run's model shape and authors, the training run's flags, precision and
+    data, and the last evaluation's scores, as ``<log_dir>/log.json`` recorded them."""
+    log = Path(args.log_dir) / "log.json"
+    records = read_log(log) if log.is_file() else []
+    training = _training_run(records)
+    flags = merged_data(training, "PARAMETER")
+    precision = str(merged_data(training, "SETUP").get("precision", "not recorded")).split(" ")[0]
+    default_name = (f"UNet2D EM segmentation ({args.num_classes} classes - width {args.base_filters} - "
+                    f"{args.input_mode})")
+    return PackageInfo(
+        name=args.zoo_name or default_name, strategy=args.input_mode, base_filters=args.base_filters,
+        num_classes=args.num_classes, training_precision=precision,
+        engine=str(flags.get("distribution") or engine), authors=tuple(args.zoo_author or ()),
+        flags={key: value for key, value in flags.items() if key not in ("zoo_author", "zoo_name")},
+        scores=final_eval(records) or {}, data=_data_words(flags) or f"Not recorded in {log}.",
+        sample_source=sample_source)
+
+
+def _centre(image: np.ndarray) -> np.ndarray:
+    top, left = (max(0, (side - SAMPLE_SIDE) // 2) for side in image.shape)
+    return image[top:top + SAMPLE_SIDE, left:left + SAMPLE_SIDE]
+
+
+def sample_slice(args: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """One uint8 slice for the test tensors, and where it came from in words: a validation slice of the
+    run's data where the export run names it (--val_images, --train_images or the ISBI files in
+    --data_dir, with --fold), else a generated EM-like slice."""
+    if args.val_images:
+        path = expand(args.val_images, "--val_images")[0]
+        images, _ = read_image_stack(path, "--val_images")
+        return _centre(images[0]), f"slice 0 of the validation stack {path}"
+    source = (expand(args.train_images, "--train_images")[0] if args.train_images
+              else Path(args.data_dir) / TRAIN_IMAGES if args.data_dir else None)
+    if source is not None and source.exists():
+        images, _ = read_image_stack(source, "--train_images" if args.train_images else "--data_dir")
+        fold = 0 if args.fold is None else args.fold
+        split_seed = args.seed if args.split_seed is None else args.split_seed
+        index = int(fold_indices(len(images), fold, split_seed, args.fold_scheme)[1][0])
+        return _centre(images[index]), f"slice {index} of {source}, a validation slice of fold {fold}"
+    images, _ = generate_volume(num_slices=1, size=512, seed=args.seed)
+    return images[0], ("a generated EM-like slice (the export run was given no data: pass --data_dir, "
+                       "--train_images or --val_images to use a real one)")
