@@ -133,7 +133,21 @@ class Logger:
             self._writer.log(_plain(step), {key: _plain(value) for key, value in data.items()})
             self._writer.flush()
         except OSError as error:
+            self._abandon_file()
             raise write_failure("the log", self.json_path.parent if self.json_path else "stdout", error) from None
+
+    def _abandon_file(self) -> None:
+        """After a failed write: close the file without retrying its buffer (the close still frees it), so that
+        neither close() nor the garbage collector reports the same failure again; stdout carries on."""
+        json_file = getattr(self, "_json_file", None)
+        if json_file is None:
+            return
+        try:
+            json_file.close()
+        except OSError:
+            pass
+        self._json_file = None
+        self._writer = _Writer(self._writer._stdout, None)
         if self.status_line is not None:
             self.status_line.restore()
 
