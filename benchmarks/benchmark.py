@@ -144,7 +144,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def _portable(argv: list[str]) -> list[str]:
     """The command as a reader would type it: the data folder as $DATA, not this machine's path."""
-    return ["$DATA" if previous == "--data_dir" else value for previous, value in zip(["", *argv], argv)]
+    pairs = zip(["", *argv], argv, strict=False)  # each value with the flag before it
+    return ["$DATA" if previous == "--data_dir" else value for previous, value in pairs]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

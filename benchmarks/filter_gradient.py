@@ -69,7 +69,7 @@ def training_step(model, batch_size: int):
             ce, dice = partial_losses(model(images, training=True), labels)
             loss = ce + dice
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss
     return step
 

@@ -137,7 +137,7 @@ def _render(rng: np.random.Generator, owner: np.ndarray, membrane: np.ndarray, c
     centres = rng.uniform(0, size, (count, 2))
     radii = rng.uniform(2, 7, count)
     ys, xs = np.ogrid[0:size, 0:size]
-    for (cy, cx), radius in zip(centres, radii):
+    for (cy, cx), radius in zip(centres, radii, strict=True):
         y0, y1 = int(max(cy - radius - 1, 0)), int(min(cy + radius + 2, size))
         x0, x1 = int(max(cx - radius - 1, 0)), int(min(cx + radius + 2, size))
         disk = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= radius**2

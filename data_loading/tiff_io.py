@@ -22,7 +22,7 @@ def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
     """Why the file's pixel data cannot all be there, from the page headers alone; None if it can."""
     size = os.path.getsize(path)
     for index, page in enumerate(tiff.pages):
-        ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts)]
+        ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)]
         if ends and max(ends) > size:
             return f"it is truncated (slice {index}'s data ends at byte {max(ends)}, the file at {size})"
     return None

@@ -61,7 +61,7 @@ def plot(logs: list[Path], output: Path) -> Path:
 
     runs = {run_name(path): curves(read_log(path)) for path in logs}
     figure, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), constrained_layout=True)
-    for axis, (title, keys) in zip(axes, PANELS):
+    for axis, (title, keys) in zip(axes, PANELS, strict=True):
         for name, series in runs.items():
             for key, style in keys:
                 if key in series:

@@ -133,7 +133,7 @@ def launch(count: int, command: list[str], all_output: bool, threads: int | None
         workers.append(Worker(rank, command, env, blocks[rank], show=all_output or rank == 0, prefix=all_output))
         if stop:
             workers[-1].signal(stop[0])
-    for worker, cores in zip(workers, blocks):
+    for worker, cores in zip(workers, blocks, strict=True):
         pinned = f", cores {','.join(map(str, cores))}" if cores else ""
         sys.stderr.write(f"launch_workers.py: worker {worker.rank} is process {worker.process.pid}{pinned}\n")
     first_failure: Worker | None = None

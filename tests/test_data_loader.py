@@ -30,9 +30,9 @@ def test_training_stream_is_reproducible(isbi_dir):
         data = Dataset.isbi(isbi_dir, StreamOptions(batch_size=1, seed=seed), fold=1, need_test=False)
         return [b[0].numpy() for b in data.train_fn().take(3)]
     a, b, c = first_batches(7), first_batches(7), first_batches(8)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_workers_get_disjoint_shards(isbi_dir):

@@ -109,7 +109,7 @@ def test_class_ids_of_slices_of_different_sizes_in_small_chunks(strategy):
     ids = predict_class_ids(bands, slices, batch_size=1, strategy=strategy)
     assert [i.shape for i in ids] == [s.shape for s in slices]
     expected = [np.select([s < 64, s < 192], [0, 1], 2) for s in slices]
-    agreement = np.mean(np.concatenate([(i == e).ravel() for i, e in zip(ids, expected)]))
+    agreement = np.mean(np.concatenate([(i == e).ravel() for i, e in zip(ids, expected, strict=True)]))
     assert agreement == 1.0 if strategy == "tile" else agreement > 0.9
 
 

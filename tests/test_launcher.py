@@ -75,13 +75,16 @@ def test_each_worker_gets_its_task_ports_cores_and_threads(tmp_path, launched):
     assert got[1]["cluster"] == cluster and len(set(cluster)) == 2
     assert all(address.startswith("127.0.0.1:") for address in cluster)
     assert [r["threads"] for r in got] == ["1", "1"] and [r["gpu"] for r in got] == ["0", "1"]
-    if got[0]["cores"] is not None and len(os.sched_getaffinity(0)) >= 2:
+    pinnable = got[0]["cores"] is not None and len(os.sched_getaffinity(0)) >= 2
+    if pinnable:
         assert len(got[0]["cores"]) == 1 and got[0]["cores"] != got[1]["cores"]  # pinned apart
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert {"[0] stopped 0", "[1] stopped 1"} <= {line.strip() for line in out.splitlines()}  # passed on to both
     assert process.returncode == 143
     assert len(re.findall(r"worker \d is process \d+", err)) == 2
+    if not pinnable:  # everything else held; say that the pinning was not checked
+        pytest.skip("core pinning not checked: this process may use fewer than 2 cores, or the OS has no affinity")
 
 
 def test_one_failure_ends_the_others_with_its_status_and_shows_its_output(tmp_path, launched):

@@ -96,8 +96,9 @@ def test_two_class_ids_give_the_recipes_labels_and_loss():
     theirs = recipe_label(noisy * 255)
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     logits = rng.normal(0, 2, (1, 388, 388, 2)).astype(np.float32)
-    for ours_loss, recipe_loss in zip((cross_entropy(logits, ours[None]), dice_loss(logits, ours[None])),
-                                      (cross_entropy(logits, theirs[None]), dice_loss(logits, theirs[None]))):
+    ours_losses = (cross_entropy(logits, ours[None]), dice_loss(logits, ours[None]))
+    recipe_losses = (cross_entropy(logits, theirs[None]), dice_loss(logits, theirs[None]))
+    for ours_loss, recipe_loss in zip(ours_losses, recipe_losses, strict=True):
         assert float(ours_loss) == float(recipe_loss)
 
 

@@ -70,7 +70,7 @@ def test_fused_op_matches_plain_ops_and_their_gradients():
             outputs = op(inputs, kernel, bias)
         results.append([outputs, *tape.gradient(outputs, [inputs, kernel, bias], output_gradients=upstream)])
     assert float(tf.reduce_mean(tf.cast(results[0][0] > 0, tf.float32))) > 0.2  # ReLU active and inactive
-    for expected, actual in zip(*results):
+    for expected, actual in zip(*results, strict=True):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -142,10 +142,10 @@ def test_unet_with_matmul_gradient_is_the_same_model_in_float32(float32_unet):
     ours, our_logits, our_grads = unet_gradients(bf16=False, matmul_filter_gradient=True)
     assert any(isinstance(layer, MatmulGradConv2D) for layer in ours.layers)
     assert [variable_path(v) for v in plain.trainable_variables] == [variable_path(v) for v in ours.trainable_variables]
-    for a, b in zip(plain.trainable_variables, ours.trainable_variables):
+    for a, b in zip(plain.trainable_variables, ours.trainable_variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(our_logits.numpy(), plain_logits.numpy())
-    for variable, expected, actual in zip(plain.trainable_variables, plain_grads, our_grads):
+    for variable, expected, actual in zip(plain.trainable_variables, plain_grads, our_grads, strict=True):
         assert relative_error(actual, expected) < 1e-5, variable_path(variable)
 
 
@@ -171,7 +171,7 @@ def test_every_bf16_gradient_is_close_to_float32(float32_unet, matmul, request):
         plain, _, float32_grads = float32_unet
     _, _, bf16_grads = unet_gradients(bf16=True, matmul_filter_gradient=matmul, base_filters=width)
     errors = {variable_path(v): relative_error(g, ref) for v, g, ref in
-              zip(plain.trainable_variables, bf16_grads, float32_grads)}
+              zip(plain.trainable_variables, bf16_grads, float32_grads, strict=True)}
     worst = max(errors, key=errors.get)
     assert errors[worst] < 0.05, f"{worst}: {errors[worst]:.2%} from float32"
 
@@ -180,7 +180,7 @@ def test_checkpoint_of_the_plain_unet_restores_into_the_matmul_one(tmp_path):
     plain, ours = build_unet(seed=1), build_unet(seed=2, matmul_filter_gradient=True)
     path = tf.train.Checkpoint(model=plain).save(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(model=ours).restore(path).assert_consumed()
-    for a, b in zip(plain.trainable_variables, ours.trainable_variables):
+    for a, b in zip(plain.trainable_variables, ours.trainable_variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

@@ -74,7 +74,7 @@ def test_slices_without_cells_are_skipped():
 
 def _rand_by_pair_counting(truth: np.ndarray, prediction: np.ndarray) -> float:
     """The Rand F-score from its definition: pairs of foreground pixels, together in one, in the other."""
-    pixels = [(t, p) for t, p in zip(truth.ravel(), prediction.ravel()) if t != 0]
+    pixels = [(t, p) for t, p in zip(truth.ravel(), prediction.ravel(), strict=True) if t != 0]
     together_both = together_true = together_pred = 0
     for (t1, p1), (t2, p2) in itertools.permutations(pixels, 2):
         together_true += t1 == t2

@@ -47,7 +47,7 @@ def test_width_sets_every_channel_count(base_filters):
 def test_same_seed_same_weights_other_seed_other_weights(model):
     again = build_unet(seed=123)
     other = build_unet(seed=124)
-    for a, b in zip(model.trainable_variables, again.trainable_variables):
+    for a, b in zip(model.trainable_variables, again.trainable_variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     kernel = model.trainable_variables[0].numpy()
     assert not np.array_equal(kernel, other.trainable_variables[0].numpy())
@@ -89,7 +89,7 @@ def test_centre_crop_is_cropping2d_with_the_same_gradient_and_config():
             tape.watch(x)
             y = layer(x)
         results.append((y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy()))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
     assert ours.compute_output_shape((None, 11, 11, 3)) == (None, 5, 5, 3)
     assert CentreCrop.from_config(ours.get_config()).margin == 3

@@ -24,7 +24,7 @@ def gradients(step: int, variables: list[tf.Variable]) -> list[tf.Tensor]:
 def train(optimizer: keras.optimizers.Optimizer, steps: int) -> list[tf.Variable]:
     variables = make_variables()
     for step in range(steps):
-        optimizer.apply_gradients(zip(gradients(step, variables), variables))
+        optimizer.apply_gradients(zip(gradients(step, variables), variables, strict=True))
     return variables
 
 
@@ -35,16 +35,17 @@ def test_same_updates_as_keras_adam(compiled):
         # Inside tf.function, as the training loop runs it.
         ours_vars, theirs_vars = make_variables(), make_variables()
         for optimizer, variables in ((ours, ours_vars), (theirs, theirs_vars)):
-            apply = tf.function(lambda grads, opt=optimizer, vs=variables: opt.apply_gradients(zip(grads, vs)))
+            apply = tf.function(lambda grads, opt=optimizer, vs=variables:
+                                opt.apply_gradients(zip(grads, vs, strict=True)))
             for step in range(5):
                 apply(gradients(step, variables))
     else:
         ours_vars, theirs_vars = train(ours, 5), train(theirs, 5)
     assert int(ours.iterations.numpy()) == int(theirs.iterations.numpy()) == 5
-    for a, b, start in zip(ours_vars, theirs_vars, make_variables()):
+    for a, b, start in zip(ours_vars, theirs_vars, make_variables(), strict=True):
         assert not np.allclose(a.numpy(), start.numpy())
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
-    for a, b in zip(optimizer_variables(ours), optimizer_variables(theirs)):
+    for a, b in zip(optimizer_variables(ours), optimizer_variables(theirs), strict=True):
         np.testing.assert_allclose(np.asarray(a.numpy()), np.asarray(b.numpy()), rtol=1e-4, atol=1e-8)
 
 
@@ -57,12 +58,12 @@ def test_checkpoint_of_keras_adam_resumes_in_fused_adam(tmp_path):
     ours.build(restored)
     tf.train.Checkpoint(optimizer=ours, variables=restored).restore(path).assert_consumed()
     assert int(ours.iterations.numpy()) == 3
-    for a, b in zip(optimizer_variables(ours), optimizer_variables(theirs)):
+    for a, b in zip(optimizer_variables(ours), optimizer_variables(theirs), strict=True):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
     # And the next step continues exactly as Keras's Adam would.
     for optimizer, vs in ((ours, restored), (theirs, variables)):
-        optimizer.apply_gradients(zip(gradients(3, vs), vs))
-    for a, b in zip(restored, variables):
+        optimizer.apply_gradients(zip(gradients(3, vs), vs, strict=True))
+    for a, b in zip(restored, variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
 
 

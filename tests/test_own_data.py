@@ -132,7 +132,8 @@ def test_tile_crops_lie_in_the_slice_or_its_mirror_with_labels_aligned():
 def test_tile_stream_without_augmentation_pairs_each_crop_with_its_own_labels(own_data):
     """Through the real stream: each crop is found in a slice's mirror padding, and its label is that place's."""
     data = own_dataset(own_data, "tile", fold=None, augment=False)
-    slices = [(image, label) for volume in data.train_volumes for image, label in zip(volume.images, volume.labels)]
+    slices = [(image, label) for volume in data.train_volumes
+              for image, label in zip(volume.images, volume.labels, strict=True)]
     for images, labels in data.train_fn().take(3):
         for image, label in zip(images.numpy(), labels.numpy(), strict=True):
             grey = np.round((image[..., 0] + 1.0) * 127.5).astype(np.uint8)
@@ -328,19 +329,29 @@ BAD_OWN_DATA = ["count of stacks", "count of slices", "size", "glob matches noth
                 "colour slice in a folder", "label out of range", "too big for memory"]
 
 
+# Found in the headers (shapes, counts, kinds of pixel) or by arithmetic, before any pixel is read: a worker of a
+# cluster then fails alone, before its peers wait for it. A label value needs the labels read.
+FOUND_BEFORE_READING = set(BAD_OWN_DATA) - {"label out of range"}
+
+
 @pytest.mark.parametrize("case", BAD_OWN_DATA)
-def test_bad_own_data_is_refused_in_one_line_before_reading_on(tmp_path, monkeypatch, case):
-    """Every kind, through the set-up unet2d.py runs (flags, plan, memory check, read); one goes through the CLI."""
+def test_bad_own_data_is_refused_in_one_line_and_header_faults_before_reading(tmp_path, monkeypatch, case):
+    """Every kind, through what unet2d.py runs: check_inputs before the cluster join (flags, plan from the
+    headers, memory check), then load_dataset with that plan (the read); one case also goes through the CLI."""
     from runtime.cli.arguments import parse_args
-    from runtime.cli.setup import load_dataset
+    from runtime.cli.setup import check_inputs, load_dataset
 
     data_flags, message, env = _bad_input(tmp_path, case)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args = parse_args(["--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags])
+    stage = "check_inputs"
     with pytest.raises(UserInputError) as error:
-        load_dataset(args, StreamOptions(batch_size=1, seed=0))
+        sources = check_inputs(args)
+        stage = "load_dataset"
+        load_dataset(args, StreamOptions(batch_size=1, seed=0), sources)
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert stage == ("check_inputs" if case in FOUND_BEFORE_READING else "load_dataset"), stage
 
 
 @pytest.mark.slow

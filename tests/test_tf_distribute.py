@@ -77,15 +77,15 @@ def reference(data_dir: Path, replicas: int, border_w0: float = 0.0):
         state = [v.numpy() for v in rng]
         total = None
         for stream in streams:
-            for variable, value in zip(rng, state):  # every replica draws dropout from the same state
+            for variable, value in zip(rng, state, strict=True):  # every replica draws dropout from the same state
                 variable.assign(value)
             images, labels = next(stream)
             with tf.GradientTape() as tape:
                 ce, dice = partial_losses(model(images, training=True), labels)
                 loss = ce + dice + weight_decay(model.trainable_variables, 0.0005)
             gradients = tape.gradient(loss, model.trainable_variables)
-            total = gradients if total is None else [a + b for a, b in zip(total, gradients)]
-        optimizer.apply_gradients(zip([g / replicas for g in total], model.trainable_variables))
+            total = gradients if total is None else [a + b for a, b in zip(total, gradients, strict=True)]
+        optimizer.apply_gradients(zip([g / replicas for g in total], model.trainable_variables, strict=True))
     return model, optimizer
 
 
@@ -112,18 +112,18 @@ def assert_same_training(got, expected) -> None:
     """
     (model, optimizer), (ref_model, ref_optimizer) = got, expected
     initial = [v.numpy() for v in restored_initial()]
-    for variable, ref, start in zip(model.trainable_variables, ref_model.trainable_variables, initial):
+    for variable, ref, start in zip(model.trainable_variables, ref_model.trainable_variables, initial, strict=True):
         moved = np.linalg.norm(ref.numpy() - start)
         assert np.linalg.norm(variable.numpy() - ref.numpy()) <= 1e-3 * moved + 1e-9, variable.path
-    pairs = [list(zip(_slots(optimizer, model, variable), _slots(ref_optimizer, ref_model, variable)))
+    pairs = [list(zip(_slots(optimizer, model, variable), _slots(ref_optimizer, ref_model, variable), strict=True))
              for variable in ref_model.trainable_variables]
     # Round-off in a sum scales with its terms, not with the sum: a bias whose gradient
     # cancels to ~1e-7 (bottleneck_conv1, CI: 1.3e-3 relative apart) is judged against
     # a floor of 1e-5 of the largest moment of its kind. A missing all-reduce or
     # average puts the large tensors 50-100% off, far above it.
     floors = [1e-5 * max(np.linalg.norm(slots[kind][1].numpy()) for slots in pairs) for kind in range(len(pairs[0]))]
-    for variable, slots in zip(ref_model.trainable_variables, pairs):
-        for (mine, theirs), floor in zip(slots, floors):
+    for variable, slots in zip(ref_model.trainable_variables, pairs, strict=True):
+        for (mine, theirs), floor in zip(slots, floors, strict=True):
             distance = np.linalg.norm(mine.numpy() - theirs.numpy())
             assert distance <= 1e-3 * np.linalg.norm(theirs.numpy()) + floor, (variable.path, distance, floor)
     assert int(optimizer.iterations.numpy()) == int(ref_optimizer.iterations.numpy()) == GLOBAL_STEPS

@@ -89,7 +89,7 @@ class Runner:
             loss = loss * self.ctx.workers.gradient_scale
         tape = self.ctx.workers.wrap_tape(tape)
         gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return ce, dice
 
     def _eval_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
