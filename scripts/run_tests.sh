@@ -10,12 +10,14 @@
 #   bash scripts/run_tests.sh                # both stacks, every test
 #   bash scripts/run_tests.sh -m "not slow"  # the quick tier (no subprocess training runs, few workers)
 #   UNET2D_STACKS=current bash scripts/run_tests.sh -k fold   # one stack, extra pytest arguments
+#   UNET2D_TEST_WORKERS=1 bash scripts/run_tests.sh           # no pytest-xdist: every test in one process
 #
 # The first line names the machine's CPU kind and what --dtype auto runs there, so a
 # log shows which kind of machine produced it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stacks=${UNET2D_STACKS:-current tf2.15}
+workers=${UNET2D_TEST_WORKERS:-2}  # pytest-xdist processes of the parallel phase (1: none)
 status=0
 first=true
 # The zoo's own tools (bioimageio.core), in their own environment, check the packages that export writes.
@@ -35,9 +37,19 @@ for stack in $stacks; do
   # Tests marked one_stack (bash scripts, benchmark bookkeeping) take the same path on every stack: once is enough.
   covered=$([ "$stack" = tf2.15 ] && [[ " $stacks " == *" current "* ]] && echo 1 || echo 0)
   started=$SECONDS
-  # --durations: every run ends with its 15 slowest tests, so the next person sees where the time goes.
-  UNET2D_REQUIRE_HOROVOD=$require UNET2D_ONE_STACK_DONE=$covered \
-    "$python" -m pytest -q -p no:cacheprovider --durations=15 "$@" || status=$?
+  # Two phases: the independent tests on both cores, a file per worker (module fixtures are built once), then
+  # the tests marked serial (several processes whose timing they depend on) alone. --durations: each phase
+  # ends with its 15 slowest tests, so the next person sees where the time goes.
+  for phase in parallel serial; do
+    spread=()
+    [ "$phase" = parallel ] && [ "$workers" -gt 1 ] && spread=(-n "$workers" --dist loadfile)
+    code=0
+    UNET2D_TEST_PHASE=$phase UNET2D_REQUIRE_HOROVOD=$require UNET2D_ONE_STACK_DONE=$covered \
+      "$python" -m pytest -q -p no:cacheprovider --durations=15 "${spread[@]}" "$@" || code=$?
+    [ "$code" -eq 5 ] && code=0  # a phase that -k/-m left empty
+    [ "$code" -ne 0 ] && status=$code
+    echo "=== $stack stack, $phase phase: exit $code"
+  done
   echo "=== $stack stack took $((SECONDS - started)) s"
 done
 exit $status

@@ -87,6 +87,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "one_stack: code whose path is the same on every TensorFlow version (bash "
                                        "scripts, benchmark bookkeeping, the test-data fallback); skipped where "
                                        "UNET2D_ONE_STACK_DONE=1 says another stack's run covers it")
+    config.addinivalue_line("markers", "serial: several processes whose timing the test depends on (workers, "
+                                       "signals, locks, start-up deadlines): run alone, after the parallel phase")
 
 
 @cache
@@ -130,6 +132,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for keyword, skip in skips.items():
             if keyword in item.keywords:
                 item.add_marker(skip)
+    # scripts/run_tests.sh runs the suite in two phases: the rest on both cores (pytest-xdist), then the serial
+    # tests alone. Deselected, not skipped: each phase reports only what it ran.
+    phase = os.environ.get("UNET2D_TEST_PHASE")
+    if phase in ("parallel", "serial"):
+        chosen = [item for item in items if ("serial" in item.keywords) == (phase == "serial")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = chosen
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ import pytest
 from common.compat import KERAS_MAJOR
 from tests.conftest import ROOT, run_cli, unet2d_command
 
+pytestmark = pytest.mark.serial  # cluster start-up deadlines
+
 
 def workers_test(test):
     """Starts unet2d.py workers: slow, and on the current stack only (TF 2.15 scales with Horovod)."""

@@ -65,6 +65,7 @@ def test_five_folds_one_worker_then_their_ensemble(isbi_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # two workers in step
 def test_two_workers_on_a_subset_of_folds(isbi_dir, tmp_path):
     """Horovod under mpirun on the TF 2.15 stack; TensorFlow's multi-worker engine through the launcher on 2.16+.
 

@@ -18,7 +18,8 @@ from runtime.parse_results import final_eval, merged_data, read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+# every test here runs unet2d.py processes; serial: ranks under mpirun
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def launch(launcher, args, extra_env=None, timeout=600):

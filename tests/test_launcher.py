@@ -36,6 +36,9 @@ time.sleep(120)
 """
 
 
+pytestmark = pytest.mark.serial  # worker processes and their signals
+
+
 def start(tmp_path, *options: str, fail_rank: int | None = None) -> subprocess.Popen:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

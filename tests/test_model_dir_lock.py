@@ -32,6 +32,9 @@ lock.release()
 """
 
 
+pytestmark = pytest.mark.serial  # two runs racing for one model dir
+
+
 @pytest.fixture
 def holder(tmp_path):
     """Start a process holding the model dir's lock; ended when the test ends."""

@@ -20,7 +20,8 @@ from common.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+# every test here runs unet2d.py processes; serial: signals timed against training steps
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 STEPS = 6
 

@@ -32,7 +32,8 @@ from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 LAUNCHER = ROOT / "scripts" / "launch_workers.py"
 GLOBAL_STEPS = 2
 
-pytestmark = [pytest.mark.slow,  # every test here runs unet2d.py processes or trains a model in this one
+pytestmark = [pytest.mark.serial,  # two workers in step
+              pytest.mark.slow,  # every test here runs unet2d.py processes or trains a model in this one
               pytest.mark.skipif(KERAS_MAJOR < 3, reason="the tf.distribute engines are the current stack's "
                                                          "(TF 2.15 scales with Horovod)")]
 

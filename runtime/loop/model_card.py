@@ -22,6 +22,8 @@ from data_loading.volumes import expand
 from runtime.inference.zoo import PackageInfo
 from runtime.reporting.dllog import final_eval, merged_data, read_log, runs
 
+ENGINE_WORDS = {"none": "single-device", "mirrored": "mirrored (tf.distribute)",
+                "multi_worker": "multi-worker (tf.distribute)", "horovod": "Horovod"}
 SAMPLE_SIDE = 768  # a larger slice is cut to its centre: the zoo's tests run the test tensor many times
 
 
@@ -60,7 +62,8 @@ def package_info(args: argparse.Namespace, engine: str, sample_source: str) -> P
     return PackageInfo(
         name=args.zoo_name or default_name, strategy=args.input_mode, base_filters=args.base_filters,
         num_classes=args.num_classes, training_precision=precision,
-        engine=str(flags.get("distribution") or engine), authors=tuple(args.zoo_author or ()),
+        engine=ENGINE_WORDS.get(str(flags.get("distribution")), str(flags.get("distribution") or engine)),
+        authors=tuple(args.zoo_author or ()),
         flags={key: value for key, value in flags.items() if key not in ("zoo_author", "zoo_name")},
         scores=final_eval(records) or {}, data=_data_words(flags) or f"Not recorded in {log}.",
         sample_source=sample_source)
