@@ -222,10 +222,15 @@ def test_export_writes_a_package_the_zoo_tool_passes_and_reads_as_predict_py_doe
 
 
 @pytest.mark.slow
-def test_an_export_target_that_is_a_file_is_one_line(tmp_path):
+def test_an_export_target_that_is_a_file_or_a_model_dir_without_checkpoint_is_one_line(tmp_path):
     target = tmp_path / "export"
     target.write_text("mine")
     result = run_cli("--exec_mode", "export", "--model_dir", str(tmp_path / "model"), "--export_dir", str(target))
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last == f"unet2d.py: error: --export_dir is not a folder: {target}", last
     assert target.read_text() == "mine"
+    empty = tmp_path / "empty"
+    result = run_cli("--exec_mode", "export", "--model_dir", str(empty), "--log_dir", str(tmp_path / "logs"))
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "no checkpoint" in last and "Traceback" not in result.stderr, last
+    assert not (empty / "export").exists()
