@@ -12,7 +12,9 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+# Every test here runs unet2d.py processes. The script's own code is the same on every stack; the --benchmark
+# runs it starts are tested on both stacks in tests/test_cli.py.
+pytestmark = [pytest.mark.slow, pytest.mark.one_stack]
 
 def test_benchmark_script_runs_end_to_end(isbi_dir, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data_dir", str(isbi_dir),

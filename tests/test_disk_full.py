@@ -77,6 +77,7 @@ def test_an_export_that_fills_the_disk_writes_nothing_under_a_final_name(tmp_pat
         assert sorted(path.name for path in target.iterdir()) in ([], ["unet2d.keras"], ["saved_model", "unet2d.keras"])
 
 
+@pytest.mark.one_stack  # no TensorFlow in the log's writing
 def test_a_log_that_fills_the_disk_is_one_line(tmp_path):
     with small_disk(tmp_path / "disk", "8k") as disk:
         logger = Logger(stdout=False, json_path=disk / "log.json")

@@ -32,9 +32,6 @@ lock.release()
 """
 
 
-pytestmark = pytest.mark.serial  # two runs racing for one model dir
-
-
 @pytest.fixture
 def holder(tmp_path):
     """Start a process holding the model dir's lock; ended when the test ends."""
@@ -111,6 +108,7 @@ def wait_for_step(process: subprocess.Popen, step: int, steps: int, timeout: flo
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # two runs racing for one model dir
 def test_a_second_run_on_a_training_dir_is_refused_and_the_first_carries_on(isbi_dir, tmp_path):
     # More steps than the test lets it run: it trains while two more processes start and are refused, takes
     # a step more to show it was not disturbed, and is then killed (the takeover of its lock: the next test).
@@ -142,6 +140,7 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_carries_on(isbi
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a run killed mid-training, then its successor
 def test_a_sigkilled_runs_lock_is_taken_over_by_the_resumed_run(isbi_dir, tmp_path):
     args = train_args(isbi_dir, tmp_path, 3)
     killed = start_training(args)

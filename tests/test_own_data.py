@@ -264,7 +264,7 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["mirrored", "horovod"])
+@pytest.mark.parametrize("engine", ["mirrored", pytest.param("horovod", marks=pytest.mark.serial)])  # ranks in step
 def test_tile_mode_on_two_replicas(own_data, tmp_path, engine):
     """Each replica draws its own crops; the run completes and checkpoints (tf.distribute now, Horovod on TF 2.15)."""
     from common.compat import KERAS_MAJOR

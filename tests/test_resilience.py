@@ -20,8 +20,7 @@ from common.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli, unet2d_command
 
-# every test here runs unet2d.py processes; serial: signals timed against training steps
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
 
 STEPS = 6
 
@@ -111,6 +110,7 @@ def test_checkpoint_of_another_model_is_refused(isbi_dir, tmp_path):
     assert (folder / "checkpoint").exists()
 
 
+@pytest.mark.serial  # two signals timed inside one training step
 def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(isbi_dir, tmp_path):
     """Two SIGTERMs within one step: no waiting for the step, no half-written checkpoint."""
     # Steps of a few seconds (a wider model, a bigger batch), so that both signals land inside one step.

@@ -32,8 +32,7 @@ from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
 LAUNCHER = ROOT / "scripts" / "launch_workers.py"
 GLOBAL_STEPS = 2
 
-pytestmark = [pytest.mark.serial,  # two workers in step
-              pytest.mark.slow,  # every test here runs unet2d.py processes or trains a model in this one
+pytestmark = [pytest.mark.slow,  # every test here runs unet2d.py processes or trains a model in this one
               pytest.mark.skipif(KERAS_MAJOR < 3, reason="the tf.distribute engines are the current stack's "
                                                          "(TF 2.15 scales with Horovod)")]
 
@@ -153,6 +152,7 @@ def two_replica_weighted_reference(isbi_dir):
     return reference(isbi_dir, 2, border_w0=10.0)
 
 
+@pytest.mark.serial  # two worker processes in step
 def test_two_workers_hold_identical_state_equal_to_one_worker(isbi_dir, tmp_path, two_replica_reference):
     result = ok(launch(2, train_flags(isbi_dir, tmp_path, 2, "--log_all_workers")))
     folders = [tmp_path / "model" / "model_checkpoint" / f"worker_{rank}" for rank in (0, 1)]
@@ -260,6 +260,7 @@ def two_workers_at_step(flags: list[str], step: int, steps: int) -> Iterator[tup
         stop_all(launcher, pids)
 
 
+@pytest.mark.serial  # two worker processes in step
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
     flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")  # 200 per worker: still running when signalled
     with two_workers_at_step(flags, 2, 200) as (launcher, pids):
@@ -281,6 +282,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
     assert any(r.get("step") == [step + 1, step + 1] for r in records), result.stdout[-2000:]
 
 
+@pytest.mark.serial  # two worker processes in step
 def test_a_killed_worker_ends_the_job_and_leaves_no_process(isbi_dir, tmp_path):
     flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")
     with two_workers_at_step(flags, 1, 200) as (launcher, pids):
@@ -292,6 +294,7 @@ def test_a_killed_worker_ends_the_job_and_leaves_no_process(isbi_dir, tmp_path):
     assert not any(alive(pid) for pid in pids.values())
 
 
+@pytest.mark.serial  # two worker processes in step
 def test_two_workers_split_predict_and_write_the_single_workers_masks(isbi_dir, tmp_path):
     import tifffile
 
