@@ -148,6 +148,27 @@ def test_predict_reads_the_package_on_onnx_runtime_as_tensorflow_computes(models
 
 
 @pytest.mark.slow
+def test_predict_py_on_the_package_does_all_it_does_on_tensorflow(models, packages, slice_, tmp_path):
+    """TTA, tile strategy, cell labels and overlays through predict.py's command line: the package (ONNX
+    Runtime) writes what the Keras export (TensorFlow) writes."""
+    import predict
+
+    keras_file, _ = export_model(models[2], tmp_path / "export")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([slice_[:200, :300], slice_[200:400, 100:400]]))
+    outputs = {}
+    for name, model in (("tensorflow", keras_file), ("onnx", packages["resize"][0])):
+        target = tmp_path / name / "masks.tif"
+        assert predict.main([str(model), str(stack), "-o", str(target), "--strategy", "tile", "--tta",
+                             "--cell_labels", "--overlays", "1", "--batch_size", "2"]) == 0
+        outputs[name] = [tifffile.imread(target), tifffile.imread(target.with_name("masks-cells.tif"))]
+        assert len(list((target.parent / "masks-overlays").glob("*.png"))) == 1
+    for ours, theirs in zip(outputs["onnx"], outputs["tensorflow"], strict=True):
+        assert ours.shape == theirs.shape == (2, 200, 300)
+        assert np.mean(ours == theirs) >= 0.999
+
+
+@pytest.mark.slow
 def test_weights_that_disagree_with_the_test_output_are_refused_and_nothing_is_written(models, slice_, tmp_path,
                                                                                         monkeypatch):
     folder, archive = write(models[2], tmp_path / "bioimageio", "resize", slice_[:100, :100])
