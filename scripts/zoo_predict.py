@@ -15,7 +15,10 @@ whole sample (no blocking); the masks are the most probable class per pixel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -30,14 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="masks TIFF to write")
     parser.add_argument("--weight_format", choices=("onnx", "tensorflow_saved_model_bundle"), default="onnx")
     args = parser.parse_args(argv)
+    package, stack, output = (str(Path(path).resolve()) for path in (args.package, args.stack, args.output))
+    # bioimageio.core's TensorFlow backend unzips the weights into ./bioimageio_unzipped_tf_weights: not here.
+    with tempfile.TemporaryDirectory(prefix="zoo_predict-") as scratch:
+        os.chdir(scratch)
+        return predict(package, stack, output, args.weight_format)
 
-    description = load_model_description(args.package)
-    slices = np.asarray(tifffile.imread(args.stack))
+
+def predict(package: str, stack: str, output: str, weight_format: str) -> int:
+    description = load_model_description(package)
+    slices = np.asarray(tifffile.imread(stack))
     slices = slices[np.newaxis] if slices.ndim == 2 else slices
     source, target = description.inputs[0], description.outputs[0]
     axes = [str(axis.id) for axis in source.axes]  # batch, y, x, channel
     masks = []
-    with create_prediction_pipeline(description, weight_format=args.weight_format) as pipeline:
+    with create_prediction_pipeline(description, weight_format=weight_format) as pipeline:
         for index, image in enumerate(slices):
             tensor = Tensor.from_numpy(image[np.newaxis, :, :, np.newaxis], dims=axes)
             result = pipeline.predict_sample_without_blocking(
@@ -46,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             classes = probabilities.shape[-1]
             ids = (probabilities[..., 1] >= 0.5) if classes == 2 else np.argmax(probabilities, axis=-1)
             masks.append((ids * 255).astype(np.uint8) if classes == 2 else ids.astype(np.uint8))
-    tifffile.imwrite(args.output, np.stack(masks))
-    print(f"zoo_predict.py: {len(masks)} masks by bioimageio.core ({args.weight_format}) to {args.output}")
+    tifffile.imwrite(output, np.stack(masks))
+    print(f"zoo_predict.py: {len(masks)} masks by bioimageio.core ({weight_format}) to {output}")
     return 0
 
 
