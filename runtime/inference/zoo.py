@@ -308,8 +308,7 @@ def write_package(model: keras.Model, folder: Path, info: PackageInfo, sample: n
         tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
         _zip_folder(saved, package / SAVED_MODEL_ZIP)
         onnx_models.convert(module.serve, package / ONNX_FILE)
-        onnx_models.convert(tf.function(module.network, input_signature=[TILE_SPEC]),
-                            package / onnx_models.NETWORK_FILE)
+        onnx_models.convert(module.class_probabilities, package / onnx_models.NETWORK_FILE)
 
         raw = sample.astype(np.uint8)[np.newaxis, :, :, np.newaxis]
         expected = module.serve(scale_intensity(raw))["probabilities"].numpy()
