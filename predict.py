@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import exit_status, write_failure
-from runtime.cli.arguments import PREDICT_STRATEGIES, OneLineErrorParser, cell_threshold
+from runtime.cli.arguments import PREDICT_STRATEGIES, DefaultsHelpFormatter, OneLineErrorParser, cell_threshold
 
 
 def cell_threshold_number(text: str) -> float:
@@ -34,7 +34,7 @@ def cell_threshold_number(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(prog="predict.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     parser.add_argument("model", nargs="+",
                         help="export folder, unet2d.keras file or SavedModel folder; several: an ensemble, their "
                              "class probabilities averaged (e.g. the exports of the five folds)")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runtime.execution.device import Device, Precision
     from runtime.execution.distribution import Workers
     from runtime.execution.model_dir_lock import ModelDirLock
+    from runtime.loop.warm_start import Source
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -40,7 +41,7 @@ def run(argv: list[str] | None = None) -> None:
         # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
         # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
         with STOP.holding_sigterm():
-            from runtime.cli.setup import check_inputs, lock_model_dir
+            from runtime.cli.setup import check_init_from, check_inputs, lock_model_dir
             from runtime.execution.device import choose_precision, select_device
             from runtime.execution.distribution import make_workers
 
@@ -48,6 +49,7 @@ def run(argv: list[str] | None = None) -> None:
         precision = choose_precision(args.dtype, device)
         with STOP.during("checking the inputs"):
             sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once
+            init_source = check_init_from(args)
         if not joins_cluster:
             workers = make_workers(args.distribution, device.kind)  # before any op runs
     if joins_cluster:
@@ -56,14 +58,14 @@ def run(argv: list[str] | None = None) -> None:
     if lock is not None:
         STOP.on_forced_exit(lock.release)
     try:
-        run_modes(args, device, precision, workers, lock, sources)
+        run_modes(args, device, precision, workers, lock, sources, init_source)
     finally:
         if lock is not None:
             lock.release()
 
 
 def run_modes(args: argparse.Namespace, device: Device, precision: Precision, workers: Workers,
-              lock: ModelDirLock | None, sources: DataSources | None) -> None:
+              lock: ModelDirLock | None, sources: DataSources | None, init_source: Source | None = None) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
     from runtime.cli.setup import (
@@ -101,7 +103,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     if tensorboard is not None:
         tensorboard.hyperparameters(vars(args))
 
-    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs)
+    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs, init_source)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     training = "train" in args.exec_mode
     matmul_gradient = device.prefers_matmul_filter_gradient and training

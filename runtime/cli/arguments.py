@@ -45,6 +45,19 @@ def cell_threshold(text: str) -> float | str:
     return value
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it says something: not after a help text that names its default
+    already, nor for defaults of None (the text says what happens without the flag) or off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        names_it = "default" in text.lower() or text.rstrip().endswith("]")  # "... [10, the paper's]"
+        switch_off = isinstance(action, argparse._StoreFalseAction)  # --no-augment: the default is the other flag's
+        if names_it or switch_off or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse prints the whole usage block on error; users need the one line."""
 
@@ -56,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="unet2d.py",
         description="Train, evaluate and run the UNet2D segmentation model on the ISBI 2012 EM data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add = parser.add_argument
     add("--exec_mode", choices=EXEC_MODES, default="train_and_evaluate",
@@ -149,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no_xla", dest="xla", action="store_false", help="turn XLA off")
     add("--resume_training", action="store_true",
         help="continue from the latest checkpoint in --model_dir instead of starting afresh")
+    add("--init_from", default=None, metavar="PATH",
+        help="start training from a trained model's weights instead of random ones: a model dir (its newest intact "
+             "checkpoint), a checkpoint prefix, an export folder, unet2d.keras, a SavedModel or a zoo package "
+             "(folder, bioimageio.yaml or zip). Same --base_filters; with another --num_classes every layer but the "
+             "output layer is loaded. The run starts at step 0 with a fresh optimizer; with --resume_training its "
+             "own checkpoints win once it has any")
+    add("--freeze_encoder", type=freeze_steps, nargs="?", const="all", default=None, metavar="STEPS",
+        help="with --init_from: keep the encoder (the contracting path: the input and down blocks) as loaded, for "
+             "the whole run, or for its first STEPS steps")
     add("--no_hpu", action="store_true", help="do not use a Gaudi (HPU) even if one is present")
     add("--synth_data", action="store_true",
         help="train on a fixed synthetic tensor (deterministic, no data files needed)")
@@ -231,6 +253,19 @@ def zoo_name(text: str) -> str:
     return text
 
 
+def freeze_steps(text: str) -> int | str:
+    """``all`` or a number of steps of at least 1: the argparse type of --freeze_encoder."""
+    if text == "all":
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a number of steps of at least 1, got {text!r}")
+    return steps
+
+
 def evaluates(args: argparse.Namespace) -> bool:
     """Whether this run scores validation slices: an evaluate mode, or training with --evaluate_every."""
     return "evaluate" in args.exec_mode or ("train" in args.exec_mode and args.evaluate_every > 0)
@@ -294,6 +329,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.finer_sweep and not evaluates(args):
         parser.error(f"--finer_sweep widens the thresholds evaluation scores; --exec_mode {args.exec_mode} "
                      "does not evaluate (give --evaluate_every N to evaluate while training)")
+    if args.init_from and "train" not in args.exec_mode:
+        parser.error(f"--init_from starts training from a trained model; --exec_mode {args.exec_mode} does not "
+                     "train (evaluate, predict and export read --model_dir's own checkpoints)")
+    if args.freeze_encoder is not None and not args.init_from:
+        parser.error("--freeze_encoder keeps the weights --init_from loaded; give --init_from too")
     if args.cell_threshold is not None and not args.cell_labels:
         parser.error("--cell_threshold chooses the cells of --cell_labels; give --cell_labels too")
     _check_data(parser, args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ from runtime.execution.model_dir_lock import ModelDirLock
 from runtime.inference.thinned import load_best_threshold
 from runtime.loop.checkpoints import checkpoint_dir, model_shape, no_checkpoint, saved_checkpoints
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
+from runtime.loop.warm_start import Source, find_source
 from runtime.reporting.dllog import Logger
 from runtime.reporting.tensorboard import TensorBoardWriters
 
@@ -180,6 +182,16 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
         except ValueError as error:
             raise UserInputError(f"--cell_threshold best: {error}") from None
     return sources
+
+
+def check_init_from(args: argparse.Namespace) -> Source | None:
+    """--init_from's model, checked like the inputs: before joining a cluster, so a bad one fails at once."""
+    if not args.init_from:
+        return None
+
+    def warn(message: str) -> None:
+        print(f"unet2d.py: warning: --init_from: {message}", file=sys.stderr, flush=True)
+    return find_source(args.init_from, Path(args.model_dir), args.base_filters, warn)
 
 
 def check_ensemble(args: argparse.Namespace) -> None:

@@ -36,7 +36,7 @@ from runtime.inference.thinned import (
     slice_sweep,
 )
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
-from runtime.loop import checkpoints, model_card
+from runtime.loop import checkpoints, model_card, warm_start
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
@@ -56,6 +56,7 @@ class RunContext:
     checkpoint_dir: Path  # where this worker's checkpoints are (unused by training benchmarks)
     tensorboard: TensorBoardWriters | None = None
     prediction_inputs: list[PredictionInput] = field(default_factory=list)
+    init_source: warm_start.Source | None = None  # --init_from's model, checked before the cluster join
 
 
 class Runner:
@@ -74,17 +75,28 @@ class Runner:
         self.weights_ready = False  # True once trained or restored in this process
         jit = True if ctx.args.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
         self._train_step = ctx.workers.compile_step(self._train_step_fn, jit_compile=jit)
+        # --freeze_encoder: a second step whose gradient stops above the encoder, whose weights it never updates.
+        self._decoder_step = None
+        if ctx.args.freeze_encoder is not None:
+            self._decoder_step = ctx.workers.compile_step(self._decoder_step_fn, jit_compile=jit)
         self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit)
         self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit)
 
     # Compiled steps -------------------------------------------------------
 
     def _train_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        variables = self.model.trainable_variables
+        return self._update(images, labels, self.model.trainable_variables)
+
+    def _decoder_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        frozen = {id(variable) for variable in warm_start.encoder_variables(self.model)}
+        return self._update(images, labels, [v for v in self.model.trainable_variables if id(v) not in frozen])
+
+    def _update(self, images: tf.Tensor, labels: tf.Tensor, variables: list) -> tuple[tf.Tensor, tf.Tensor]:
+        """One optimizer step on ``variables``; the loss (weight decay included) is that of the whole model."""
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             ce, dice = partial_losses(logits, labels)
-            loss = ce + dice + weight_decay(variables, self.ctx.args.weight_decay)
+            loss = ce + dice + weight_decay(self.model.trainable_variables, self.ctx.args.weight_decay)
             # Scaled so that the engine's all-reduce yields the mean gradient over replicas.
             loss = loss * self.ctx.workers.gradient_scale
         tape = self.ctx.workers.wrap_tape(tape)
@@ -121,6 +133,7 @@ class Runner:
             path, damaged = checkpoints.newest_intact(folder, self._warn)
             if path is None:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
+                self._initialise()
                 return 0
             checkpoints.restore(self.checkpoint, path)
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
@@ -132,7 +145,19 @@ class Runner:
             return int(self.step.numpy())
         if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
             self.ctx.logger.log("CHECKPOINT", {"cleared": str(folder)})
+        self._initialise()
         return 0
+
+    def _initialise(self) -> None:
+        """--init_from: the trained model's weights, layer by layer, before the first step (never on resume:
+        a run's own checkpoints hold what it trained since)."""
+        source = self.ctx.init_source
+        if source is None:
+            return
+        loaded, fresh = warm_start.initialise(self.model, source, self.ctx.args.seed)
+        self.ctx.logger.log("CHECKPOINT", {"initialised_from": source.describe(), "loaded_layers": len(loaded),
+                                           "fresh_layers": fresh, "source_classes": source.classes,
+                                           "loaded": loaded})
 
     def _warn(self, message: str) -> None:
         self.ctx.logger.log("CHECKPOINT", {"warning": message})
@@ -216,7 +241,8 @@ class Runner:
                 contextlib.ExitStack() as after_first_step:
             timer.start()
             for step in range(start, steps):
-                ce, dice = self._train_step([next(stream) for stream in streams])
+                run_step = self._decoder_step if self._encoder_frozen(step) else self._train_step
+                ce, dice = run_step([next(stream) for stream in streams])
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
                     raise TrainingDiverged(step + 1, ce, dice, None if is_training_benchmark(args)
@@ -251,6 +277,10 @@ class Runner:
         if STOP.requested:  # came after the last vote, while saving: the training is complete, stop here
             raise TrainingInterrupted(STOP.signum, steps, f"wrote checkpoint {final}" if final
                                       else self._stop_note(None))
+
+    def _encoder_frozen(self, step: int) -> bool:
+        freeze = self.ctx.args.freeze_encoder
+        return freeze is not None and (freeze == "all" or step < freeze)
 
     # Evaluation and prediction ---------------------------------------------
 
