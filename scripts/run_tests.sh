@@ -12,12 +12,21 @@
 #   UNET2D_STACKS=current bash scripts/run_tests.sh -k fold   # one stack, extra pytest arguments
 #   UNET2D_TEST_WORKERS=1 bash scripts/run_tests.sh           # no pytest-xdist: every test in one process
 #
+# The quick tier runs in one process per stack (no xdist) unless UNET2D_TEST_WORKERS says otherwise: its tests
+# run TensorFlow in-process on both cores already, and each xdist worker would import TensorFlow again.
+#
 # The first line names the machine's CPU kind and what --dtype auto runs there, so a
 # log shows which kind of machine produced it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stacks=${UNET2D_STACKS:-current tf2.15}
-workers=${UNET2D_TEST_WORKERS:-2}  # pytest-xdist processes of the parallel phase (1: none)
+quick=false
+for argument in "$@"; do [ "$argument" = "not slow" ] && quick=true; done
+workers=${UNET2D_TEST_WORKERS:-$($quick && echo 1 || echo 2)}  # pytest-xdist processes of the parallel phase (1: none)
+# With xdist: two phases, the independent tests on both cores, a file per worker (module fixtures are built once),
+# then the tests marked serial (several processes whose timing they depend on) alone. Without it one process
+# runs every test in turn, the serial ones alone by construction.
+phases=$([ "$workers" -gt 1 ] && echo "parallel serial" || echo "all")
 status=0
 first=true
 # The zoo's own tools (bioimageio.core), in their own environment, check the packages that export writes.
@@ -37,10 +46,8 @@ for stack in $stacks; do
   # Tests marked one_stack (bash scripts, benchmark bookkeeping) take the same path on every stack: once is enough.
   covered=$([ "$stack" = tf2.15 ] && [[ " $stacks " == *" current "* ]] && echo 1 || echo 0)
   started=$SECONDS
-  # Two phases: the independent tests on both cores, a file per worker (module fixtures are built once), then
-  # the tests marked serial (several processes whose timing they depend on) alone. --durations: each phase
-  # ends with its 15 slowest tests, so the next person sees where the time goes.
-  for phase in parallel serial; do
+  # --durations: each phase ends with its 15 slowest tests, so the next person sees where the time goes.
+  for phase in $phases; do
     spread=()
     [ "$phase" = parallel ] && [ "$workers" -gt 1 ] && spread=(-n "$workers" --dist loadfile)
     code=0

@@ -13,7 +13,9 @@ skipped.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import os
 import resource
 import shutil
@@ -179,3 +181,68 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
     return subprocess.run(unet2d_command(*args), cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout,
                           preexec_fn=limit_file_size if file_size_limit else None)
+
+
+def write_source_checkpoint(folder: Path, num_classes: int = 2, seed: int = 7) -> str:
+    """A checkpoint prefix holding a UNet at the tests' width, as --init_from reads it (weights only)."""
+    import tensorflow as tf
+
+    from model.unet import build_unet
+
+    model = build_unet(seed, num_classes, base_filters=TEST_BASE_FILTERS)
+    return tf.train.Checkpoint(model=model).write(str(Path(folder) / "source"))
+
+
+def layer_weights(checkpoint: str, num_classes: int = 2) -> dict:
+    """Each layer's weights (NumPy arrays) in a checkpoint of this project, by layer name."""
+    import tensorflow as tf
+
+    from model.unet import build_unet
+
+    model = build_unet(0, num_classes, base_filters=TEST_BASE_FILTERS)
+    tf.train.Checkpoint(model=model).read(checkpoint).expect_partial().assert_existing_objects_matched()
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """``run_cli``'s result from unet2d.main in this process (at the tests' width).
+
+    For runs whose subject is not the process around them (flag and input
+    errors, short trainings, evaluations, exports): each saves the seconds a
+    new process spends importing TensorFlow. What such a run sets for the
+    whole process is undone after it: Keras's mixed-precision policy (bf16
+    runs) and op determinism (--deterministic). Runs that dump debug info,
+    whose subject is signals, hangs, exit statuses of processes, the terminal
+    or a file-size limit stay in subprocesses.
+    """
+    import unet2d
+    from common import compat
+
+    argv = unet2d_command(*args)[2:]
+    try:
+        status, out, err = _in_process(unet2d.main, argv)
+    finally:
+        compat.set_mixed_bfloat16(False)
+        if "--deterministic" in args:  # enable_op_determinism's undo is not exported; both stacks have it
+            from tensorflow.python.framework.config import disable_op_determinism
+            disable_op_determinism()
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
+def run_predict(*args: str) -> subprocess.CompletedProcess:
+    """``run_main`` for predict.py: its main in this process, with the result a subprocess would give."""
+    import predict
+
+    status, out, err = _in_process(predict.main, list(args))
+    return subprocess.CompletedProcess(["predict.py", *args], status, out, err)
+
+
+def _in_process(main, argv: list[str]) -> tuple[int, str, str]:
+    """A command-line main's exit status and what it printed (argparse's exit included)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as flag_error:  # argparse's way out, as the process would end
+            status = flag_error.code
+    return status, out.getvalue(), err.getvalue()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.cli.arguments import parse_args
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_main
 
 # The recipe README's defaults; dtype is the one deliberate change (its bf16 is auto's choice where bf16 is native).
 README_DEFAULTS = {
@@ -84,6 +84,26 @@ def test_help_explains_every_flag():
     assert result.returncode == 0 and result.stdout.split()[:3] == text.split()[:3]
 
 
+def test_help_names_each_default_once_and_only_where_it_says_something(capsys):
+    """No "(default: None)" after a text that says what happens without the flag, no second default after one
+    the text names, in both entry points."""
+    import re
+
+    from predict import parse_args as predict_args
+    from runtime.cli.arguments import build_parser
+
+    with pytest.raises(SystemExit):
+        predict_args(["--help"])
+    texts = {"predict.py": capsys.readouterr().out, "unet2d.py": build_parser().format_help()}
+    for name, text in texts.items():
+        text = " ".join(text.split())
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        entries = re.split(r" (?=-{1,2}[a-z])", text)
+        assert len(entries) > 10, name
+        for entry in entries:
+            assert len(re.findall(r"[\[(]default", entry)) <= 1, entry
+
+
 def test_usage_doc_lists_every_flag():
     """docs/usage.md says it lists every flag: each long option appears in it."""
     usage = (ROOT / "docs" / "usage.md").read_text()
@@ -141,7 +161,7 @@ def test_bad_prediction_input_is_refused_before_any_work(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "colour.png")
-    result = run_cli("--exec_mode", "predict", "--predict_input", str(tmp_path), "--model_dir",
-                     str(tmp_path / "empty"), "--log_dir", str(tmp_path / "logs"))
+    result = run_main("--exec_mode", "predict", "--predict_input", str(tmp_path), "--model_dir",
+                      str(tmp_path / "empty"), "--log_dir", str(tmp_path / "logs"))
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "8-bit grey image" in last and "Traceback" not in result.stderr, last

@@ -14,7 +14,7 @@ from data_loading.border_weights import border_weight_map, class_weights, traini
 from data_loading.data_loader import Dataset, DataSources, StreamOptions
 from data_loading.volumes import plan_pairs
 from runtime.loop.losses import cross_entropy, partial_losses
-from tests.conftest import run_cli
+from tests.conftest import run_main
 
 
 def by_hand(ids: np.ndarray, balance: np.ndarray, w0: float, sigma: float) -> np.ndarray:
@@ -190,10 +190,11 @@ def test_cli_trains_with_border_weights_and_refuses_labels_without_cells(tmp_pat
     common = ["--exec_mode", "train", "--max_steps", "2", "--batch_size", "1", "--base_filters", "4",
               "--train_images", str(tmp_path / "i.tif"), "--log_every", "1", "--model_dir", str(tmp_path / "m"),
               "--log_dir", str(tmp_path / "log")]
-    result = run_cli(*common, "--train_labels", str(tmp_path / "l.tif"), "--border_weights", "--border_w0", "5")
+    result = run_main(*common, "--train_labels", str(tmp_path / "l.tif"), "--border_weights",
+                      "--border_w0", "5")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(2, 2) train_ce_loss" in result.stdout
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros((4, 200, 240), np.uint8))
-    result = run_cli(*common, "--train_labels", str(tmp_path / "empty.tif"), "--border_weights")
+    result = run_main(*common, "--train_labels", str(tmp_path / "empty.tif"), "--border_weights")
     assert result.returncode == 2 and "needs cells in the training labels" in result.stderr
     assert "Traceback" not in result.stderr

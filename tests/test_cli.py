@@ -1,6 +1,11 @@
-"""End to end: unet2d.py in subprocesses on the real ISBI data, as a user runs it.
+"""End to end: unet2d.py on the real ISBI data, as a user runs it.
 
-Few steps at batch 1 keep the full model affordable on a 2-core CPU.
+The runs the module's tests share (training, resuming) and the full-width run
+are subprocesses, as a user starts them, and so are the runs about the process
+itself (a debug dump, special files that could hang it). The others call
+``unet2d.main`` in this process (``run_main``), which gives the same exit
+status and output without a new TensorFlow start each. Few steps at batch 1 keep the full model affordable on
+a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import tifffile
 
 from data_loading.data_loader import fold_indices
 from runtime.parse_results import merged_data, read_log
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 from tests.test_data_loader import BAD_ISBI, break_isbi
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py
 
 EVAL_KEYS = ("eval_ce_loss", "eval_dice_loss", "eval_total_loss", "eval_dice_score", "accuracy", "loss")
 
@@ -135,8 +140,8 @@ def test_prediction_tiff(resumed):
 
 def test_evaluate_mode_restores_latest_checkpoint(resumed, isbi_dir, tmp_path):
     model_dir, _, _ = resumed
-    ok(run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
-               "--dtype", "fp32", "--model_dir", str(model_dir), "--log_dir", str(tmp_path)))
+    ok(run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
+                "--dtype", "fp32", "--model_dir", str(model_dir), "--log_dir", str(tmp_path)))
     records = read_log(tmp_path / "log.json")
     restored = merged_data(records, "CHECKPOINT")["restored"]
     assert restored.endswith("checkpoint-3")
@@ -145,16 +150,16 @@ def test_evaluate_mode_restores_latest_checkpoint(resumed, isbi_dir, tmp_path):
 
 def test_checkpoint_of_another_width_names_the_flag(resumed, isbi_dir, tmp_path):
     model_dir, _, _ = resumed
-    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--base_filters", "16",
-                     "--model_dir", str(model_dir), "--log_dir", str(tmp_path))
+    result = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                      "--base_filters", "16", "--model_dir", str(model_dir), "--log_dir", str(tmp_path))
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert last.startswith("unet2d.py: error:") and "trained with another --base_filters: 8, this run 16" in last, last
 
 
 def test_evaluate_without_checkpoint_is_an_error(isbi_dir, tmp_path):
-    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
-                     "--model_dir", str(tmp_path / "empty"), "--log_dir", str(tmp_path))
+    result = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                      "--model_dir", str(tmp_path / "empty"), "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "no checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -173,9 +178,9 @@ def test_training_benchmark_without_data_dir(tmp_path):
 
 
 def test_predict_benchmark_with_xla(tmp_path):
-    ok(run_cli("--synth_data", "--exec_mode", "predict", "--benchmark", "--xla", "--batch_size", "2",
-               "--max_steps", "3", "--warmup_steps", "1", "--model_dir", str(tmp_path / "m"),
-               "--log_dir", str(tmp_path)))
+    ok(run_main("--synth_data", "--exec_mode", "predict", "--benchmark", "--xla", "--batch_size", "2",
+                "--max_steps", "3", "--warmup_steps", "1", "--model_dir", str(tmp_path / "m"),
+                "--log_dir", str(tmp_path)))
     stats = merged_data(read_log(tmp_path / "log.json"), [])
     assert stats["throughput_test"] > 0 and stats["latency_test_99"] > 0
 
@@ -183,10 +188,11 @@ def test_predict_benchmark_with_xla(tmp_path):
 def test_predict_benchmark_times_the_trained_weights_of_the_model_dir(tmp_path):
     """Its checkpoint is looked for where training writes it (<model_dir>/model_checkpoint)."""
     model_dir = tmp_path / "m"
-    ok(run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(model_dir),
-               "--log_dir", str(tmp_path / "train")))
-    ok(run_cli("--synth_data", "--exec_mode", "predict", "--benchmark", "--batch_size", "1", "--max_steps", "2",
-               "--warmup_steps", "1", "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "bench")))
+    ok(run_main("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(model_dir),
+                "--log_dir", str(tmp_path / "train")))
+    ok(run_main("--synth_data", "--exec_mode", "predict", "--benchmark", "--batch_size", "1",
+                "--max_steps", "2", "--warmup_steps", "1", "--model_dir", str(model_dir),
+                "--log_dir", str(tmp_path / "bench")))
     restored = merged_data(read_log(tmp_path / "bench" / "log.json"), "CHECKPOINT")["restored"]
     assert restored == str(model_dir / "model_checkpoint" / "checkpoint-1")
 
@@ -200,8 +206,8 @@ def test_bad_data_is_one_line_status_2_and_nothing_deleted(isbi_copy, tmp_path, 
     (model_dir / "model_checkpoint").mkdir(parents=True)
     (model_dir / "model_checkpoint" / "keep").write_text("x")
     before = {p.name: p.read_bytes() for p in isbi_copy.iterdir()}
-    result = run_cli("--data_dir", str(isbi_copy), "--fold", "0", "--max_steps", "1",
-                     "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "logs"))
+    result = run_main("--data_dir", str(isbi_copy), "--fold", "0", "--max_steps", "1",
+                      "--model_dir", str(model_dir), "--log_dir", str(tmp_path / "logs"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert re.search(BAD_ISBI[case], lines[-1]) and lines[-1].startswith("unet2d.py: error:"), result.stderr[-2000:]
@@ -213,14 +219,14 @@ def test_bad_data_is_one_line_status_2_and_nothing_deleted(isbi_copy, tmp_path, 
 def test_bad_output_paths_and_config(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(a_file),
-                     "--log_dir", str(tmp_path))
+    result = run_main("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(a_file),
+                      "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "--model_dir is not a folder" in result.stderr
     assert a_file.read_text() == "x"
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
-    result = run_cli("--synth_data", "--bf16_config_path", str(bad_json),
-                     "--log_dir", str(tmp_path))
+    result = run_main("--synth_data", "--bf16_config_path", str(bad_json),
+                      "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "not valid JSON" in result.stderr
 
 

@@ -4,24 +4,25 @@ One short training run writes checkpoints of steps 1, 2 and 3; each test
 damages a copy of its model dir the way a full disk or a killed copy does,
 and checks that evaluate, predict, export and resume fall back to step 2,
 warn, give what step 2 gives when loaded directly, and keep the damaged
-files. Real subprocesses, as a user runs them.
+files. The training run is a subprocess, as a user starts it; the runs on the
+damaged copies call ``unet2d.main`` and ``predict.main`` in this process
+(``run_main``), with the same exit status and output.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
+from predict import main as predict_main
 from runtime.parse_results import read_log
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, run_main
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+pytestmark = pytest.mark.slow  # every test here runs unet2d.py
 
 STEPS = 3
 
@@ -101,14 +102,14 @@ def eval_metrics(root: Path) -> dict:
 
 
 def evaluate(data_dir: Path, root: Path):
-    return run_cli("--data_dir", str(data_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
-                   "--dtype", "fp32", "--overlays", "0", "--model_dir", str(root / "model"),
-                   "--log_dir", str(root / "logs"))
+    return run_main("--data_dir", str(data_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
+                    "--dtype", "fp32", "--overlays", "0", "--model_dir", str(root / "model"),
+                    "--log_dir", str(root / "logs"))
 
 
 def predict(stack: Path, root: Path):
-    return run_cli("--exec_mode", "predict", "--predict_input", str(stack), "--dtype", "fp32",
-                   "--overlays", "0", "--model_dir", str(root / "model"), "--log_dir", str(root / "logs"))
+    return run_main("--exec_mode", "predict", "--predict_input", str(stack), "--dtype", "fp32",
+                    "--overlays", "0", "--model_dir", str(root / "model"), "--log_dir", str(root / "logs"))
 
 
 def test_evaluate_falls_back_past_a_truncated_data_file(trained, isbi_dir, tmp_path):
@@ -131,20 +132,18 @@ def test_predict_and_export_fall_back_past_a_garbled_index(trained, small_stack,
     masks = tifffile.imread(root / "model" / "predictions" / "small-masks.tif")
     np.testing.assert_array_equal(masks, tifffile.imread(direct / "model" / "predictions" / "small-masks.tif"))
 
-    result = ok(run_cli("--exec_mode", "export", "--model_dir", str(root / "model"), "--log_dir", str(root / "logs")))
+    result = ok(run_main("--exec_mode", "export", "--model_dir", str(root / "model"),
+                         "--log_dir", str(root / "logs")))
     assert "checkpoint-3 is damaged" in result.stdout and restored(root)[-1]["step"] == 2
     exported = tmp_path / "exported-masks.tif"
-    done = ok(subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), str(root / "model" / "export"), str(small_stack),
-         "--output", str(exported)], cwd=ROOT, capture_output=True, text=True, timeout=300))
-    assert done.returncode == 0
+    assert predict_main([str(root / "model" / "export"), str(small_stack), "--output", str(exported)]) == 0
     np.testing.assert_array_equal(tifffile.imread(exported), masks)
     assert {f.name: f.read_bytes() for f in checkpoint_files(root, 3)} == damaged
 
 
 def test_resume_falls_back_and_sets_the_damaged_checkpoint_aside(trained, isbi_dir, tmp_path):
     root, damaged = broken_copy(trained, tmp_path, truncate_data)
-    result = ok(run_cli(*train_args(isbi_dir, root, "--resume_training", "--max_steps", "4")))
+    result = ok(run_main(*train_args(isbi_dir, root, "--resume_training", "--max_steps", "4")))
     assert "checkpoint-3 is damaged" in result.stdout
     assert restored(root)[-1]["step"] == 2
     # Step 3 again, from step 2's weights, Adam moments and data stream: the first run's step 3 exactly.
@@ -165,7 +164,8 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_is_deleted(trained, is
     for step in (1, 2, 3):
         truncate_data(root, step)
     before = {f.name: f.read_bytes() for f in (root / "model" / "model_checkpoint").iterdir()}
-    for result in (predict(small_stack, root), run_cli(*train_args(isbi_dir, root, "--resume_training"))):
+    for result in (predict(small_stack, root),
+                   run_main(*train_args(isbi_dir, root, "--resume_training"))):
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and "every checkpoint in" in last and "is damaged" in last, result.stderr
         assert "Traceback" not in result.stderr
@@ -183,7 +183,7 @@ def test_a_bad_state_file_does_not_hide_intact_checkpoints(trained, small_stack,
     ok(predict(small_stack, root))
     assert restored(root)[-1]["restored"].endswith("checkpoint-3") and restored(root)[-1]["step"] == 3
     if state == "garbled":  # resuming repairs the state file, so TensorFlow rotates the old checkpoints again
-        ok(run_cli(*train_args(isbi_dir, root, "--resume_training", "--max_steps", "4",
+        ok(run_main(*train_args(isbi_dir, root, "--resume_training", "--max_steps", "4",
                                "--keep_checkpoints", "3")))
         assert restored(root)[-1]["step"] == 3
         folder = root / "model" / "model_checkpoint"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from runtime.parse_results import final_eval, merged_data, read_log
-from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.conftest import ROOT, run_cli, unet2d_command, write_source_checkpoint
 from tests.horovod_support import MPIRUN, horovod_available, require_horovod
 
 # every test here runs unet2d.py processes; serial: ranks under mpirun
@@ -58,10 +58,15 @@ def horovod():
 
 
 def test_mpirun_ranks_stay_identical(horovod, isbi_dir, tmp_path):
-    train_two_workers(MPIRUN, isbi_dir, tmp_path)
-    assert_ranks(tmp_path, identical=True)
+    """Started from a trained model (--init_from) with the encoder frozen for the first 2 of 3 steps: every rank
+    loads it, and the ranks stay identical across the switch from the frozen step to the whole one."""
+    source, out = write_source_checkpoint(tmp_path / "source"), tmp_path / "run"
+    train_two_workers(MPIRUN, isbi_dir, out, extra_args=("--init_from", source, "--freeze_encoder", "2"))
+    assert_ranks(out, identical=True)
     for rank in (0, 1):
-        records = read_log(tmp_path / "logs" / f"worker_{rank}" / "log.json")
+        records = read_log(out / "logs" / f"worker_{rank}" / "log.json")
+        started = merged_data(records, "CHECKPOINT")
+        assert started["initialised_from"] == source and started["fresh_layers"] == [], started
         steps = [r["step"] for r in records if isinstance(r.get("step"), list) and len(r["step"]) == 2]
         assert steps[-1] == [3, 3]  # max_steps 6 shared by 2 workers
         setup = merged_data(records, "SETUP")

@@ -95,9 +95,9 @@ def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path):
+def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path, monkeypatch):
     """--model_dir $HOME: the old checkpoints inside go, the user's own files stay."""
-    from tests.conftest import run_cli
+    from tests.conftest import run_main
 
     home = tmp_path / "home"
     (home / "model_checkpoint").mkdir(parents=True)
@@ -105,8 +105,9 @@ def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path):
     (home / "thesis.tex").write_text("years of work")
     (home / "projects").mkdir()
     (home / "projects" / "notes.txt").write_text("keep")
-    result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
-                     "--model_dir", str(home), "--log_dir", str(tmp_path / "logs"), env={"HOME": str(home)})
+    monkeypatch.setenv("HOME", str(home))
+    result = run_main("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
+                      "--model_dir", str(home), "--log_dir", str(tmp_path / "logs"))
     assert result.returncode == 0, result.stderr[-1500:]
     assert (home / "thesis.tex").read_text() == "years of work"
     assert (home / "projects" / "notes.txt").read_text() == "keep"
@@ -130,7 +131,7 @@ def test_model_dir_of_root_is_never_cleared_itself(tmp_path):
 
 
 def test_unwritable_model_dir(tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import run_main
 
     targets = [Path("/proc/unet2d-model")]  # refused even to root
     if os.geteuid() != 0:
@@ -138,8 +139,8 @@ def test_unwritable_model_dir(tmp_path):
         locked.mkdir(mode=0o500)
         targets.append(locked)
     for target in targets:
-        result = run_cli("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
-                         "--model_dir", str(target), "--log_dir", str(tmp_path / "logs"))
+        result = run_main("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--batch_size", "1",
+                          "--model_dir", str(target), "--log_dir", str(tmp_path / "logs"))
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and last.startswith("unet2d.py: error:") and "--model_dir" in last, last
         assert "Traceback" not in result.stderr

@@ -20,7 +20,7 @@ from common.errors import UserInputError
 from runtime.execution.model_dir_lock import LOCK_FILE, ModelDirLock
 from runtime.loop import checkpoints
 from runtime.parse_results import read_log
-from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.conftest import ROOT, run_main, unet2d_command
 
 HOLDER = """
 import sys
@@ -118,15 +118,14 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_carries_on(isbi
         wait_for_step(first, 1, steps)
         begun = time.monotonic()
         same_dir = ["--model_dir", str(tmp_path / "first" / "model")]
-        second = run_cli(*train_args(isbi_dir, tmp_path / "second", steps, *same_dir), timeout=120)
+        second = run_main(*train_args(isbi_dir, tmp_path / "second", steps, *same_dir))
         assert time.monotonic() - begun < 60
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2 and f"in use by process {first.pid}" in lines[-1] and "Traceback" not in \
             second.stderr and lines[-1].startswith("unet2d.py: error:"), \
             second.stderr[-2000:]
-        reader = run_cli("--exec_mode", "evaluate", "--data_dir", str(isbi_dir), "--fold", "0",
-                         "--model_dir", str(tmp_path / "first" / "model"), "--log_dir", str(tmp_path / "r"),
-                         timeout=120)
+        reader = run_main("--exec_mode", "evaluate", "--data_dir", str(isbi_dir), "--fold", "0",
+                          "--model_dir", str(tmp_path / "first" / "model"), "--log_dir", str(tmp_path / "r"))
         assert reader.returncode == 2 and f"in use by process {first.pid}" in reader.stderr
         assert first.poll() is None, "the first run ended before the others were refused: the test proves nothing"
         logged = read_log(tmp_path / "first" / "logs" / "log.json")
@@ -153,6 +152,6 @@ def test_a_sigkilled_runs_lock_is_taken_over_by_the_resumed_run(isbi_dir, tmp_pa
             killed.kill()
             killed.wait(timeout=30)
     assert f'"pid": {killed.pid}' in (tmp_path / "model" / LOCK_FILE).read_text()
-    resumed = run_cli(*args, "--resume_training")
+    resumed = run_main(*args, "--resume_training")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"left by process {killed.pid}" in resumed.stdout and "no longer running" in resumed.stdout

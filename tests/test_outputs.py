@@ -19,7 +19,7 @@ from PIL import Image
 from runtime.inference.thinned import BEST_THRESHOLD_FILE, FINER_THRESHOLDS, THRESHOLDS
 from runtime.parse_results import final_eval, read_log
 from runtime.plot_curves import main as plot_main
-from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.conftest import ROOT, run_cli, run_main, run_predict, unet2d_command
 
 STEPS = 3
 
@@ -93,9 +93,9 @@ def test_evaluation_reports_challenge_scores_and_draws_pictures(trained, isbi_di
 @pytest.mark.slow
 def test_evaluate_alone_scores_the_checkpoint_at_its_step_with_tiles(trained, isbi_dir, tmp_path):
     out, _ = trained
-    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "2",
-                     "--predict_strategy", "tile", "--overlays", "1", "--model_dir", str(out / "model"),
-                     "--log_dir", str(tmp_path))
+    result = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                      "--batch_size", "2", "--predict_strategy", "tile", "--overlays", "1",
+                      "--model_dir", str(out / "model"), "--log_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     scores = final_eval(read_log(tmp_path / "log.json"))
     assert scores["global_step"] == STEPS and 0.0 <= scores["eval_v_rand"] <= 1.0
@@ -119,13 +119,14 @@ def test_learning_curves_plot(trained, tmp_path):
 def exported(trained):
     out, _ = trained
     model_dir = out / "model"
-    result = run_cli("--exec_mode", "export", "--model_dir", str(model_dir), "--log_dir", str(out / "export-logs"))
+    result = run_main("--exec_mode", "export", "--model_dir", str(model_dir), "--log_dir", str(out / "export-logs"))
     assert result.returncode == 0, result.stderr[-2000:]
     return model_dir / "export"
 
 
 @pytest.mark.slow
 def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir, tmp_path):
+    """predict.py runs as a user runs it once (a process, on the export folder); the other loads in this process."""
     out, _ = trained
     model_dir, export = out / "model", exported
     slices = np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :300, :450])
@@ -137,18 +138,22 @@ def test_export_load_and_predict_give_the_same_masks(trained, exported, isbi_dir
     assert (export / "unet2d.keras").is_file() and (export / "saved_model" / "saved_model.pb").is_file()
 
     for strategy in ("resize", "tile"):
-        result = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir),
-                         "--predict_input", str(folder), "--predict_strategy", strategy, "--batch_size", "2",
-                         "--log_dir", str(tmp_path / "l"))
+        result = run_main("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir),
+                          "--predict_input", str(folder), "--predict_strategy", strategy, "--batch_size", "2",
+                          "--log_dir", str(tmp_path / "l"))
         assert result.returncode == 0, result.stderr[-2000:]
         from_checkpoint = tifffile.imread(model_dir / "predictions" / "my-slices-masks.tif")
         assert from_checkpoint.shape == (2, 300, 450) and set(np.unique(from_checkpoint)) <= {0, 255}
         models = (export, export / "saved_model") if strategy == "resize" else (export / "saved_model",)
         for model in models:
             target = tmp_path / f"{strategy}-{model.name}.tif"
-            done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(model), str(folder), "-o",
-                                   str(target), "--strategy", strategy], cwd=ROOT, capture_output=True, text=True,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+            flags = [str(model), str(folder), "-o", str(target), "--strategy", strategy]
+            if model == export:
+                done = subprocess.run([sys.executable, str(ROOT / "predict.py"), *flags], cwd=ROOT,
+                                      capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                                      timeout=600)
+            else:
+                done = run_predict(*flags)
             assert done.returncode == 0, done.stderr[-2000:]
             np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint, err_msg=f"{strategy} {model}")
     assert len(list((model_dir / "predictions" / "overlays").glob("s*.png"))) == 2
@@ -160,9 +165,9 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     model_dir = out / "model"
     stack = tmp_path / "two.tif"
     tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2, :300, :450]))
-    result = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--tta",
-                     "--predict_input", str(stack), "--predict_strategy", "tile", "--overlays", "0",
-                     "--cell_labels", "--log_dir", str(tmp_path / "l"))
+    result = run_main("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--tta",
+                      "--predict_input", str(stack), "--predict_strategy", "tile", "--overlays", "0",
+                      "--cell_labels", "--log_dir", str(tmp_path / "l"))
     assert result.returncode == 0, result.stderr[-2000:]
     from_checkpoint = tifffile.imread(model_dir / "predictions" / "two-masks.tif")
     cells = tifffile.imread(model_dir / "predictions" / "two-cells.tif")
@@ -171,16 +176,14 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     logged = [r["data"] for r in read_log(tmp_path / "l" / "log.json") if r.get("step") == "PREDICT"]
     assert logged[0]["cells"] == sum(int(s.max()) for s in cells)
     target = tmp_path / "exported.tif"
-    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(exported / "saved_model"), str(stack),
-                           "-o", str(target), "--strategy", "tile", "--tta", "--cell_labels"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                          timeout=600)
+    done = run_predict(str(exported / "saved_model"), str(stack), "-o", str(target), "--strategy", "tile",
+                       "--tta", "--cell_labels")
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(tifffile.imread(target), from_checkpoint)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported-cells.tif"), cells)
-    evaluated = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
-                        "--finer_sweep", "--overlays", "0", "--model_dir", str(model_dir),
-                        "--log_dir", str(tmp_path / "e"))
+    evaluated = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--tta",
+                         "--finer_sweep", "--overlays", "0", "--model_dir", str(model_dir),
+                         "--log_dir", str(tmp_path / "e"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     scores = final_eval(read_log(tmp_path / "e" / "log.json"))
     assert 0.0 <= scores["eval_v_rand"] <= 1.0
@@ -194,26 +197,23 @@ def test_tta_and_cell_labels_from_the_checkpoint_and_the_export_agree(trained, e
     assert kept["cell_threshold"] == scores["eval_v_rand_thinned_finer_threshold"] and kept["step"] == STEPS
 
     # --cell_threshold best: the cells of P(cell) > the threshold that evaluation kept; the export agrees.
-    best = run_cli("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir), "--overlays", "0",
-                   "--predict_input", str(stack), "--predict_strategy", "tile", "--cell_labels",
-                   "--cell_threshold", "best", "--log_dir", str(tmp_path / "b"))
+    best = run_main("--exec_mode", "predict", "--dtype", "fp32", "--model_dir", str(model_dir),
+                    "--overlays", "0", "--predict_input", str(stack), "--predict_strategy", "tile", "--cell_labels",
+                    "--cell_threshold", "best", "--log_dir", str(tmp_path / "b"))
     assert best.returncode == 0, best.stderr[-2000:]
     logged = [r["data"] for r in read_log(tmp_path / "b" / "log.json") if r.get("step") == "PREDICT"]
     assert logged[0]["cell_threshold"] == kept["cell_threshold"]
     by_threshold = tifffile.imread(model_dir / "predictions" / "two-cells.tif")
-    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(exported / "saved_model"), str(stack),
-                           "-o", str(tmp_path / "t.tif"), "--strategy", "tile", "--cell_labels",
-                           "--cell_threshold", str(kept["cell_threshold"])], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                          timeout=600)
+    done = run_predict(str(exported / "saved_model"), str(stack), "-o", str(tmp_path / "t.tif"),
+                       "--strategy", "tile", "--cell_labels", "--cell_threshold", str(kept["cell_threshold"]))
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "t-cells.tif"), by_threshold)
 
 
 def test_cell_threshold_best_without_an_evaluation_is_one_line_and_status_2(isbi_dir, tmp_path):
     """Checked before any training: no mode both evaluates and predicts, so the threshold must be there."""
-    result = run_cli("--synth_data", "--exec_mode", "train_and_predict", "--model_dir", str(tmp_path / "m"),
-                     "--cell_labels", "--cell_threshold", "best", "--log_dir", str(tmp_path / "l"))
+    result = run_main("--synth_data", "--exec_mode", "train_and_predict", "--model_dir", str(tmp_path / "m"),
+                      "--cell_labels", "--cell_threshold", "best", "--log_dir", str(tmp_path / "l"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "best_threshold.json does not exist" in result.stderr and "Traceback" not in result.stderr
 
@@ -231,8 +231,7 @@ def test_saved_model_serves_uint8_slices_of_any_count(exported):
 def test_predict_cli_refuses_what_is_not_a_model(tmp_path):
     slices = tmp_path / "s.tif"
     tifffile.imwrite(slices, np.zeros((1, 8, 8), np.uint8))
-    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(tmp_path), str(slices)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = run_predict(str(tmp_path), str(slices))
     assert done.returncode == 2 and "not an exported model" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -243,11 +242,12 @@ def test_an_ensemble_averages_its_models_and_refuses_mismatched_ones(trained, is
     model_dir = out / "model"
     stack = tmp_path / "pair.tif"
     tifffile.imwrite(stack, np.asarray(tifffile.imread(isbi_dir / "test-volume.tif")[:2]))
-    alone = run_cli("--exec_mode", "predict", "--model_dir", str(model_dir), "--predict_input", str(stack),
-                    "--overlays", "0", "--log_dir", str(tmp_path / "a"))
+    alone = run_main("--exec_mode", "predict", "--model_dir", str(model_dir), "--predict_input", str(stack),
+                     "--overlays", "0", "--log_dir", str(tmp_path / "a"))
     assert alone.returncode == 0, alone.stderr[-2000:]
-    twice = run_cli("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir),
-                    str(model_dir), "--predict_input", str(stack), "--overlays", "0", "--log_dir", str(tmp_path / "b"))
+    twice = run_main("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble",
+                     str(model_dir), str(model_dir), "--predict_input", str(stack), "--overlays", "0",
+                     "--log_dir", str(tmp_path / "b"))
     assert twice.returncode == 0, twice.stderr[-2000:]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "e" / "predictions" / "pair-masks.tif"),
                                   tifffile.imread(model_dir / "predictions" / "pair-masks.tif"))
@@ -257,15 +257,15 @@ def test_an_ensemble_averages_its_models_and_refuses_mismatched_ones(trained, is
     scores = {}
     for name, extra in (("alone", ["--model_dir", str(model_dir)]),
                         ("twice", ["--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir), str(model_dir)])):
-        done = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0", "--overlays", "0",
-                       *extra, "--log_dir", str(tmp_path / f"eval_{name}"))
+        done = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                        "--overlays", "0", *extra, "--log_dir", str(tmp_path / f"eval_{name}"))
         assert done.returncode == 0, done.stderr[-2000:]
         scores[name] = final_eval(read_log(tmp_path / f"eval_{name}" / "log.json"))
     for key in ("eval_dice_score", "eval_ce_loss", "eval_v_rand", "eval_v_rand_thinned", "eval_mask_dice"):
         assert scores["twice"][key] == pytest.approx(scores["alone"][key], rel=1e-5), key
 
-    wider = run_cli("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble", str(model_dir),
-                    "--predict_input", str(stack), "--base_filters", "16")
+    wider = run_main("--exec_mode", "predict", "--model_dir", str(tmp_path / "e"), "--ensemble",
+                     str(model_dir), "--predict_input", str(stack), "--base_filters", "16")
     assert wider.returncode == 2 and "holds a model of width 8 with 2 classes" in wider.stderr
     assert "Traceback" not in wider.stderr
 
@@ -278,9 +278,7 @@ def test_predict_py_takes_several_models_as_an_ensemble(exported, isbi_dir, tmp_
     outputs = {}
     for name, models in (("one", [exported / "unet2d.keras"]),
                          ("two", [exported / "unet2d.keras", exported / "saved_model"])):
-        done = subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, models), str(stack),
-                               "-o", str(tmp_path / f"{name}.tif")], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+        done = run_predict(*map(str, models), str(stack), "-o", str(tmp_path / f"{name}.tif"))
         assert done.returncode == 0, done.stderr[-2000:]
         outputs[name] = tifffile.imread(tmp_path / f"{name}.tif")
     np.testing.assert_array_equal(outputs["two"], outputs["one"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from data_loading.tiff_io import read_stack
 from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, tile_offsets
 from data_loading.volumes import plan_pairs
 from runtime.parse_results import final_eval, read_log
-from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.conftest import ROOT, run_cli, run_main, run_predict, unet2d_command
 from tests.horovod_support import MPIRUN, require_horovod
 
 CLASSES = 3
@@ -207,6 +206,7 @@ def test_memory_estimate_counts_the_stacks_and_the_pipeline_copies(own_data):
 
 @pytest.mark.slow
 def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(own_data, tmp_path):
+    """Trained in a process as a user would; predict, export and predict.py then run in this one (run_main)."""
     model, logs = tmp_path / "model", tmp_path / "logs"
     common = ["--num_classes", "3", "--input_mode", "tile", "-b", "1", "--model_dir", str(model),
               "--log_dir", str(logs), "--warmup_steps", "0", "--overlays", "1"]
@@ -224,7 +224,7 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     overlay = Image.open(next((logs / "overlays").glob("*.png")))
     assert overlay.size == (2 * 420 + 8, 450)  # predicted classes beside the true ones
 
-    result = run_cli("--exec_mode", "predict", *flags(own_data, "test_images"), *common)
+    result = run_main("--exec_mode", "predict", *flags(own_data, "test_images"), *common)
     assert result.returncode == 0, result.stderr[-2000:]
     for name, shape in (("a", (1, 200, 300)), ("b", (2, 390, 410))):
         masks = tifffile.imread(model / "predictions" / f"{name}-masks.tif")
@@ -237,15 +237,13 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     # The export serves the three classes the same way: predict.py on its SavedModel (tile) and on its Keras
     # file (resize), and the SavedModel's own serving signature (resize, in the graph).
     export = tmp_path / "export"
-    result = run_cli("--exec_mode", "export", "--num_classes", "3", "--model_dir", str(model),
-                     "--log_dir", str(logs), "--export_dir", str(export))
+    result = run_main("--exec_mode", "export", "--num_classes", "3", "--model_dir", str(model),
+                      "--log_dir", str(logs), "--export_dir", str(export))
     assert result.returncode == 0, result.stderr[-2000:]
     stack = Path(own_data["root"][0]) / "test" / "a.tif"
     for model_form, strategy in ((export / "saved_model", "tile"), (export, "resize")):
         output = tmp_path / f"{strategy}.tif"
-        done = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(model_form), str(stack), "-o",
-                               str(output), "--strategy", strategy], capture_output=True, text=True, cwd=ROOT,
-                              timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        done = run_predict(str(model_form), str(stack), "-o", str(output), "--strategy", strategy)
         assert done.returncode == 0, done.stderr[-2000:]
     # The checkpoint predicted in bf16, the export in float32: an all but untrained model's near-ties differ.
     ours = tifffile.imread(model / "predictions" / "a-masks.tif")
@@ -257,8 +255,8 @@ def test_train_evaluate_and_predict_own_volumes_with_three_classes_in_tile_mode(
     np.testing.assert_array_equal(answer["masks"].numpy(), read_stack(tmp_path / "resize.tif"))
 
     # A checkpoint of three classes asked for two: one line that names the likely cause, nothing else after it.
-    result = run_cli("--exec_mode", "predict", "--num_classes", "2", *flags(own_data, "test_images"),
-                     "--model_dir", str(model), "--log_dir", str(tmp_path / "logs2"))
+    result = run_main("--exec_mode", "predict", "--num_classes", "2", *flags(own_data, "test_images"),
+                      "--model_dir", str(model), "--log_dir", str(tmp_path / "logs2"))
     assert result.returncode == 2
     assert "another --num_classes" in result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
 
@@ -355,10 +353,12 @@ def test_bad_own_data_is_refused_in_one_line_and_header_faults_before_reading(tm
 
 
 @pytest.mark.slow
-def test_bad_own_data_through_the_cli_is_status_2_and_no_checkpoint(tmp_path):
+def test_bad_own_data_through_the_cli_is_status_2_and_no_checkpoint(tmp_path, monkeypatch):
     data_flags, message, env = _bad_input(tmp_path, "label out of range")
-    result = run_cli("--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags,
-                     "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "logs"), env=env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_main("--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags,
+                      "--model_dir", str(tmp_path / "m"), "--log_dir", str(tmp_path / "logs"))
     assert result.returncode == 2, result.stderr[-1500:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("unet2d.py: error:") and message in last, last

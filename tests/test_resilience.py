@@ -18,9 +18,10 @@ import tensorflow as tf
 
 from common.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
-from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.conftest import ROOT, run_cli, run_main, unet2d_command
 
-pytestmark = pytest.mark.slow  # every test here runs unet2d.py processes
+# every test here runs unet2d.py: in processes where signals and exits are the subject, else in this one
+pytestmark = pytest.mark.slow
 
 STEPS = 6
 
@@ -85,8 +86,8 @@ def test_interrupted_run_resumes_with_the_same_losses(reference, isbi_dir, tmp_p
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(isbi_dir, tmp_path):
-    result = run_cli(*train_args(isbi_dir, tmp_path, "--learning_rate", "1e30", "--checkpoint_every", "1",
-                                 "--dtype", "fp32"))
+    result = run_main(*train_args(isbi_dir, tmp_path, "--learning_rate", "1e30", "--checkpoint_every", "1",
+                                          "--dtype", "fp32"))
     assert result.returncode == 3, result.stderr[-2000:]
     message = result.stderr.strip().splitlines()[-1]
     assert "training diverged at step" in message and "Traceback" not in result.stderr
@@ -102,10 +103,10 @@ def test_checkpoint_of_another_model_is_refused(isbi_dir, tmp_path):
     folder = tmp_path / "model" / "model_checkpoint"
     other = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
     tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(folder), 1, checkpoint_name="checkpoint").save()
-    result = run_cli(*train_args(isbi_dir, tmp_path, "--resume_training"))
+    result = run_main(*train_args(isbi_dir, tmp_path, "--resume_training"))
     assert result.returncode == 2 and "does not fit this model" in result.stderr
-    result = run_cli("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
-                     "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path))
+    result = run_main("--data_dir", str(isbi_dir), "--exec_mode", "evaluate", "--fold", "0",
+                      "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "does not fit this model" in result.stderr
     assert (folder / "checkpoint").exists()
 
@@ -143,13 +144,13 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(i
 
 
 def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
-    result = run_cli(*train_args(isbi_dir, tmp_path, "--max_steps", "2", "--checkpoint_every", "0"))
+    result = run_main(*train_args(isbi_dir, tmp_path, "--max_steps", "2", "--checkpoint_every", "0"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "model" / "model_checkpoint"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert tf.train.latest_checkpoint(str(folder)).endswith("checkpoint-2")
     # Asked for fewer steps than the checkpoint holds: nothing to train, nothing written.
-    result = run_cli(*train_args(isbi_dir, tmp_path, "--max_steps", "1", "--resume_training"))
+    result = run_main(*train_args(isbi_dir, tmp_path, "--max_steps", "1", "--resume_training"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "already trained 2 of 1 steps" in result.stdout
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -158,13 +159,14 @@ def test_resume_never_overwrites_a_newer_checkpoint(isbi_dir, tmp_path):
 @pytest.mark.parametrize("input_mode", ["resize", "tile"])
 def test_elastic_border_weighted_training_resumes_with_the_same_losses(reference, isbi_dir, tmp_path, input_mode):
     """The elastic field is drawn from (seed, sample) like the rest, the weight maps are computed from the
-    labels alone: a resumed run sees the same samples, weights and all."""
+    labels alone: a resumed run sees the same samples, weights and all. The three runs share this process
+    (run_main), so the resumed run's exactness owes nothing to a fresh process either."""
     extra = ["--elastic", "--border_weights", "--input_mode", input_mode, "--max_steps", "4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert run_cli(*train_args(isbi_dir, straight, *extra)).returncode == 0
-    first = run_cli(*train_args(isbi_dir, split, *extra[:-1], "2"))
+    assert run_main(*train_args(isbi_dir, straight, *extra)).returncode == 0
+    first = run_main(*train_args(isbi_dir, split, *extra[:-1], "2"))
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_cli(*train_args(isbi_dir, split, *extra, "--resume_training"))
+    second = run_main(*train_args(isbi_dir, split, *extra, "--resume_training"))
     assert second.returncode == 0, second.stderr[-2000:]
     straight_losses, resumed = step_losses(straight / "logs" / "log.json"), step_losses(split / "logs" / "log.json")
     assert sorted(resumed) == [1, 2, 3, 4]

@@ -27,7 +27,14 @@ import tensorflow as tf
 
 from common.compat import KERAS_MAJOR
 from runtime.parse_results import final_eval, merged_data, read_log
-from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli, unet2d_command
+from tests.conftest import (
+    ROOT,
+    TEST_BASE_FILTERS,
+    layer_weights,
+    run_cli,
+    unet2d_command,
+    write_source_checkpoint,
+)
 
 LAUNCHER = ROOT / "scripts" / "launch_workers.py"
 GLOBAL_STEPS = 2
@@ -262,7 +269,11 @@ def two_workers_at_step(flags: list[str], step: int, steps: int) -> Iterator[tup
 
 @pytest.mark.serial  # two worker processes in step
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(isbi_dir, tmp_path):
-    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400")  # 200 per worker: still running when signalled
+    """Started from a trained model with its encoder frozen (--init_from, --freeze_encoder): both workers load it;
+    the resumed run takes its own checkpoint, not the source, and the encoder stays the source's to the byte."""
+    source = write_source_checkpoint(tmp_path / "source")
+    flags = train_flags(isbi_dir, tmp_path, 2, "--max_steps", "400",  # 200 per worker: still running when signalled
+                        "--init_from", source, "--freeze_encoder")
     with two_workers_at_step(flags, 2, 200) as (launcher, pids):
         os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
         out, err = launcher.communicate(timeout=300)
@@ -280,6 +291,12 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resume_continues(
     records = read_log(tmp_path / "logs" / "log.json")
     assert [r["data"]["step"] for r in records if "restored" in r.get("data", {})][-1] == step
     assert any(r.get("step") == [step + 1, step + 1] for r in records), result.stdout[-2000:]
+    started = [r["data"]["initialised_from"] for r in records if "initialised_from" in r.get("data", {})]
+    assert started == [source], started  # the first run's chief only: the resumed run did not read the source
+    final, first = (layer_weights(p) for p in (saved.rsplit("-", 1)[0] + f"-{step + 1}", source))
+    encoder = [name for name in first if name.startswith(("input_", "down"))]
+    assert len(encoder) == 8 and all(a.tobytes() == b.tobytes() for name in encoder
+                                     for a, b in zip(final[name], first[name], strict=True))
 
 
 @pytest.mark.serial  # two worker processes in step

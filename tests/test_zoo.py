@@ -33,7 +33,7 @@ from runtime.inference.export import (
 )
 from runtime.inference.whole_slice import slice_probabilities
 from runtime.reporting.overlays import cover_picture
-from tests.conftest import ROOT, TEST_BASE_FILTERS, run_cli
+from tests.conftest import ROOT, TEST_BASE_FILTERS, run_main
 
 EXPECTED_FILES = {"bioimageio.yaml", "saved_model.zip", "weights.onnx", onnx_models.NETWORK_FILE, "test_input.npy",
                   "test_output.npy", "sample_input.tif", "sample_output.tif", "cover.png", "README.md", "LICENSE"}
@@ -213,11 +213,11 @@ def test_export_writes_a_package_the_zoo_tool_passes_and_reads_as_predict_py_doe
     default tolerances, its size tests) passes, and bioimageio.core segments the test slices as predict.py."""
     zoo_env = zoo_python()
     model, logs = tmp_path / "model", tmp_path / "logs"
-    trained = run_cli("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "train_and_evaluate",
-                      "--max_steps", "3", "--batch_size", "1", "--model_dir", str(model), "--log_dir", str(logs))
+    trained = run_main("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "train_and_evaluate",
+                       "--max_steps", "3", "--batch_size", "1", "--model_dir", str(model), "--log_dir", str(logs))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    exported = run_cli("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "export", "--zoo_author", "Ada",
-                       "--model_dir", str(model), "--log_dir", str(logs))
+    exported = run_main("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "export",
+                        "--zoo_author", "Ada", "--model_dir", str(model), "--log_dir", str(logs))
     assert exported.returncode == 0, exported.stderr[-2000:]
     package = model / "export" / "bioimageio"
     readme = (package / "README.md").read_text()
@@ -246,12 +246,33 @@ def test_export_writes_a_package_the_zoo_tool_passes_and_reads_as_predict_py_doe
 def test_an_export_target_that_is_a_file_or_a_model_dir_without_checkpoint_is_one_line(tmp_path):
     target = tmp_path / "export"
     target.write_text("mine")
-    result = run_cli("--exec_mode", "export", "--model_dir", str(tmp_path / "model"), "--export_dir", str(target))
+    result = run_main("--exec_mode", "export", "--model_dir", str(tmp_path / "model"),
+                      "--export_dir", str(target))
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last == f"unet2d.py: error: --export_dir is not a folder: {target}", last
     assert target.read_text() == "mine"
     empty = tmp_path / "empty"
-    result = run_cli("--exec_mode", "export", "--model_dir", str(empty), "--log_dir", str(tmp_path / "logs"))
+    result = run_main("--exec_mode", "export", "--model_dir", str(empty), "--log_dir", str(tmp_path / "logs"))
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "no checkpoint" in last and "Traceback" not in result.stderr, last
     assert not (empty / "export").exists()
+
+
+@pytest.mark.slow
+def test_a_package_is_a_source_to_fine_tune_from(models, packages, tmp_path):
+    """--init_from takes the package's folder, its description file, its zip, and the export folder around it;
+    each gives the packaged weights; a 3-class package into a 2-class run loads all but the output layer."""
+    from runtime.loop import warm_start
+
+    folder, archive = packages["resize"]
+    for given in (folder, folder / "bioimageio.yaml", archive, folder.parent):
+        source = warm_start.find_source(str(given), tmp_path / "run", TEST_BASE_FILTERS, pytest.fail)
+        model = build_unet(1, 2, base_filters=TEST_BASE_FILTERS)
+        loaded, fresh = warm_start.initialise(model, source, 1)
+        assert fresh == [] and len(loaded) == 23, given
+        assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(models[2].weights, model.weights,
+                                                                        strict=True)), given
+    source = warm_start.find_source(str(packages["tile"][1]), tmp_path / "run", TEST_BASE_FILTERS, pytest.fail)
+    assert source.classes == 3
+    loaded, fresh = warm_start.initialise(build_unet(1, 2, base_filters=TEST_BASE_FILTERS), source, 1)
+    assert fresh == ["output_logits"] and len(loaded) == 22
