@@ -124,6 +124,8 @@ def test_a_second_run_on_a_training_dir_is_refused_and_the_first_carries_on(isbi
         assert second.returncode == 2 and f"in use by process {first.pid}" in lines[-1] and "Traceback" not in \
             second.stderr and lines[-1].startswith("unet2d.py: error:"), \
             second.stderr[-2000:]
+        # A reader needs a checkpoint to read (checked before the lock): step 1's is saved after its log line.
+        wait_for_step(first, 2, steps)
         reader = run_main("--exec_mode", "evaluate", "--data_dir", str(isbi_dir), "--fold", "0",
                           "--model_dir", str(tmp_path / "first" / "model"), "--log_dir", str(tmp_path / "r"))
         assert reader.returncode == 2 and f"in use by process {first.pid}" in reader.stderr
