@@ -39,6 +39,7 @@ def new_records(log: Path, since: int) -> list[dict]:
     return read_log(log)[since:]
 
 
+@pytest.mark.slow  # short trainings in this process
 def test_another_class_count_with_the_encoder_frozen_then_resumed(source, tmp_path):
     """Every layer but the output layer comes from the source; the frozen encoder's weights come out
     byte-identical; resuming takes the run's own checkpoint (its own checkpoints win over --init_from)."""
@@ -73,6 +74,7 @@ def test_another_class_count_with_the_encoder_frozen_then_resumed(source, tmp_pa
     assert snapshot(source) == before
 
 
+@pytest.mark.slow  # short trainings in this process
 def test_frozen_for_the_first_steps_only(source, tmp_path):
     done = run_main(*SHORT, "--max_steps", "2", "--init_from", str(source), "--freeze_encoder", "1",
                               "--model_dir", str(tmp_path / "model"), "--log_dir", str(tmp_path / "logs"))
@@ -82,6 +84,7 @@ def test_frozen_for_the_first_steps_only(source, tmp_path):
     assert not np.array_equal(original["input_conv1"][0], tuned["input_conv1"][0])  # step 2 trained the encoder
 
 
+@pytest.mark.slow  # short trainings in this process
 def test_every_kind_of_source_gives_the_same_weights(source, tmp_path):
     """A model dir, a checkpoint prefix, an export folder, its .keras file and its SavedModel."""
     prefix = latest(checkpoint_dir(source))
@@ -99,6 +102,7 @@ def test_every_kind_of_source_gives_the_same_weights(source, tmp_path):
         assert all(np.array_equal(a, b.numpy()) for a, b in zip(expected, model.weights, strict=True)), given
 
 
+@pytest.mark.slow  # the source is a short training
 @pytest.mark.parametrize("case", ["missing", "inside the model dir", "damaged", "another width", "no UNet",
                                   "not a model"])
 def test_a_bad_source_is_one_line_and_status_2_and_left_as_it_was(source, tmp_path, case):
