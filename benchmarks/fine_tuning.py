@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,23 +39,13 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.input_modes import unet2d  # noqa: E402
 from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.parse_results import read_log  # noqa: E402
 
 CONDITIONS = ("scratch", "source", "source, encoder frozen")
 SPLIT_SEED = 0  # the permutation of the 30 ISBI training slices
 TARGET_TRAIN, TARGET_EVAL = 3, 6
 DEMO = {"classes": 3, "size": 1024, "slices": 20, "seed": 0}
-
-
-def unet2d(*flags: str, log_dir: Path) -> list[dict]:
-    """One run of unet2d.py as a user starts it; its log records. A failed run ends the measurement."""
-    command = [sys.executable, str(ROOT / "unet2d.py"), *flags, "--log_dir", str(log_dir)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
-    return read_log(log_dir / "log.json")
 
 
 def split(images: np.ndarray, labels: np.ndarray, work: Path) -> dict[str, list[str]]:
@@ -96,7 +85,8 @@ def initial_checkpoint(model_dir: Path, seed: int, classes: int, width: int, sou
     if source is not None:
         warm_start.initialise(model, warm_start.find_source(str(source), model_dir, width, print), seed)
     step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(model=model, step=step).write(str(checkpoint_dir(model_dir) / "checkpoint-0"))
+    # save(), not write(): evaluate restores a checkpoint as training saves it, save counter included.
+    tf.train.Checkpoint(model=model, step=step).save(str(checkpoint_dir(model_dir) / "checkpoint"))
 
 
 def measure(part: str, stacks: dict, source_classes: int, classes: int, args: argparse.Namespace,
