@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.input_modes import unet2d  # noqa: E402
 from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
+from runtime.parse_results import read_log  # noqa: E402
 
 CONDITIONS = ("scratch", "source", "source, encoder frozen")
 SPLIT_SEED = 0  # the permutation of the 30 ISBI training slices
@@ -97,7 +98,7 @@ def measure(part: str, stacks: dict, source_classes: int, classes: int, args: ar
     target_train = ["--train_images", stacks["target_train"][0], "--train_labels", stacks["target_train"][1]]
     source = work / "source"
     entry = results.setdefault(part, {"settings": {}, "runs": []})
-    entry["settings"] = {**{k: v for k, v in vars(args).items() if k not in ("out", "data_dir")},
+    entry["settings"] = {**{k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "work")},
                          "slices": {k: v for k, v in stacks.items() if k.endswith("_slices")},
                          "source_classes": source_classes, "classes": classes, "date": str(date.today()),
                          "tensorflow": tf_version()}
@@ -129,10 +130,14 @@ def measure(part: str, stacks: dict, source_classes: int, classes: int, args: ar
             else:
                 at_0 = {0: next(iter(source_at_0.values()))}
             started = time.perf_counter()
-            records = unet2d("--exec_mode", "train_and_evaluate", *target_train, *target_eval,
-                             "--num_classes", str(classes), "--seed", str(seed), "--max_steps", str(args.steps),
-                             "--evaluate_every", str(args.every), "--log_every", str(args.every), *start,
-                             "--model_dir", str(model), *common, log_dir=work / f"logs-{model.name}")
+            logged = work / f"logs-{model.name}" / "log.json"
+            if logged.is_file() and args.steps in scores_by_step(read_log(logged)):  # a finished run of --work
+                records = read_log(logged)
+            else:
+                records = unet2d("--exec_mode", "train_and_evaluate", *target_train, *target_eval,
+                                 "--num_classes", str(classes), "--seed", str(seed), "--max_steps", str(args.steps),
+                                 "--evaluate_every", str(args.every), "--log_every", str(args.every), *start,
+                                 "--model_dir", str(model), *common, log_dir=work / f"logs-{model.name}")
             curve = {**at_0, **scores_by_step(records)}
             entry["runs"].append({"seed": seed, "condition": condition, "minutes":
                                   round((time.perf_counter() - started) / 60, 1),
