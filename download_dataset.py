@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserInputError, exit_status
-from data_loading.input_paths import ensure_writable_dir
+from common.files import ensure_writable_dir
 from data_loading.isbi import CHALLENGE_URL, PIXEL_SHA256, SHAPE
 
 PROGRAM = "download_dataset.py"

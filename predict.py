@@ -5,10 +5,12 @@
     python predict.py cv/fold*/export my-stack.tif    # several models: their probabilities averaged
 
 MODEL is what ``unet2d.py --exec_mode export`` wrote: the export folder, its
-``unet2d.keras`` or its ``saved_model/``. INPUT is one multipage grey TIFF or a
-folder of PNG/TIFF slices, of any size. The masks (0 = membrane, 255 = cell
-for a two-class model; class ids for more) are written as one multipage TIFF
-at the input's size.
+``unet2d.keras`` or its ``saved_model/``, or its zoo package. INPUT is one
+multipage grey TIFF, one PNG or TIFF image, or a folder of PNG/TIFF slices, of
+any size, in 8 or 16 bits or float; images that are not 8-bit are mapped as
+the model's training images were (data_loading/intensity.py). The masks
+(0 = membrane, 255 = cell for a two-class model; class ids for more) are
+written as one multipage TIFF at the input's size.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("model", nargs="+",
                         help="export folder, unet2d.keras file or SavedModel folder; several: an ensemble, their "
                              "class probabilities averaged (e.g. the exports of the five folds)")
-    parser.add_argument("input", help="multipage grey TIFF, or a folder of PNG/TIFF slices")
+    parser.add_argument("input", help="multipage grey TIFF, one PNG or TIFF image, or a folder of PNG/TIFF slices "
+                                      "(8- or 16-bit or float grey values)")
     parser.add_argument("-o", "--output", default=None,
                         help="masks file (default: <input name>-masks.tif beside the input)")
     parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default="resize",
@@ -68,15 +71,22 @@ def run(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data_loading.image_stack import read_image_stack
+    from data_loading.intensity import check_finite, map_stacks
     from data_loading.tiff_io import write_stack_atomically
     from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
-    from runtime.inference.export import load_ensemble_probability_fn
+    from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
     from runtime.inference.strategies import iter_probabilities, mask_values
     from runtime.reporting.overlays import write_overlays
 
     source = Path(args.input)
-    slices, names = read_image_stack(source)
-    probability_fn, num_classes = load_ensemble_probability_fn([Path(model) for model in args.model])
+    grey, names = read_image_stack(source)
+    check_finite(grey, source)
+    models = [Path(model) for model in args.model]
+    slices, notes = map_stacks([grey], ensemble_window(models, grey.dtype), [str(source)])
+    for note in notes:
+        print(f"predict.py: {note}", file=sys.stderr, flush=True)
+    slices = slices[0]
+    probability_fn, num_classes = load_ensemble_probability_fn(models)
     maps = iter_probabilities(probability_fn, slices, args.batch_size, args.strategy, args.tta)
     ids, cells = ids_and_cells(maps, args.cell_threshold)
     ids = np.stack(ids)

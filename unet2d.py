@@ -70,6 +70,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     from model.unet import build_unet
     from runtime.cli.setup import (
         configure_tensorflow,
+        keep_intensity_window,
         load_dataset,
         load_prediction_inputs,
         make_logger,
@@ -91,6 +92,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
         dataset = load_dataset(args, stream_options(args, workers, device), sources)
         prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
+    keep_intensity_window(args, workers, dataset)
     tensorboard = make_tensorboard(args, workers)
 
     logger.log("PARAMETER", vars(args))

@@ -14,6 +14,7 @@ from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 from data_loading import preprocessing as pre
 from data_loading.border_weights import training_weight_maps
 from data_loading.input_paths import check_input
+from data_loading.intensity import IntensityWindow, check_finite, fit_window, map_stacks
 from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
 from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
 
@@ -147,16 +148,21 @@ class Dataset(_Streams):
     set (``--val_images``) replaces the fold's. ``input_mode`` is how slices
     become 572x572 inputs: ``resize`` (the recipe's) or ``tile`` (full
     resolution crops, data_loading/tiles.py).
+
+    Images that are not 8-bit are mapped to 8 bits by ``window`` (the model's,
+    kept in its model dir) or, without one, by the window the training images
+    give (data_loading/intensity.py); ``self.window`` is the one used.
     """
 
     def __init__(self, sources: DataSources, options: StreamOptions, fold: int | None,
                  fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = NUM_CLASSES,
-                 split_seed: int | None = None) -> None:
+                 split_seed: int | None = None, window: IntensityWindow | None = None) -> None:
         super().__init__(options)
         self.input_mode, self.num_classes = input_mode, num_classes
         self.train_volumes = read_labelled(sources.train, num_classes)
         self.val_volumes = read_labelled(sources.val, num_classes)
         self.test_volumes = read_unlabelled(sources.test)
+        self.window, intensity_notes = self._map_to_eight_bits(window)
         self._images, self._labels = _slices(self.train_volumes)
         self.split_seed = options.seed if split_seed is None else split_seed  # the recipe: --seed draws the split
         self.train_indices, self.val_indices = fold_indices(len(self._images), None if sources.val else fold,
@@ -168,6 +174,20 @@ class Dataset(_Streams):
             self._val_images, self._val_labels = _slices(self.val_volumes)
             self.val_indices = np.arange(len(self._val_images))
         self.notes = [volume.note for volume in self.train_volumes + self.val_volumes if volume.note]
+        self.notes += intensity_notes
+
+    def _map_to_eight_bits(self, window: IntensityWindow | None) -> tuple[IntensityWindow | None, list[str]]:
+        """Every volume's images as uint8, by ``window`` or the training images' own; the window and notes."""
+        volumes = self.train_volumes + self.val_volumes + self.test_volumes
+        for volume in volumes:
+            check_finite(volume.images, volume.source)
+        if window is None:
+            window = fit_window([volume.images for volume in self.train_volumes], "the training images")
+        mapped, notes = map_stacks([volume.images for volume in volumes], window,
+                                   [str(volume.source) for volume in volumes])
+        for volume, images in zip(volumes, mapped, strict=True):
+            volume.images = images
+        return window, notes
 
     @classmethod
     def isbi(cls, data_dir: str | Path, options: StreamOptions, fold: int | None, fold_scheme: str = "original",
@@ -308,6 +328,8 @@ class Dataset(_Streams):
         if any(volume.source.name not in (TRAIN_IMAGES, TEST_IMAGES) for volume in volumes):  # the recipe's need none
             described["volumes"] = [{"images": str(volume.source), "slices": len(volume.images),
                                      "size": list(volume.images.shape[1:])} for volume in volumes]
+        if self.window is not None:
+            described["intensity"] = self.window.describe()
         if self.notes:
             described["notes"] = "; ".join(self.notes)
         return described
@@ -323,6 +345,7 @@ class SyntheticDataset(_Streams):
     train_size = 1
     eval_size = 6
     test_size = 30
+    window = None  # generated 8-bit values: nothing to map
 
     def __init__(self, options: StreamOptions, num_classes: int = NUM_CLASSES) -> None:
         super().__init__(options)

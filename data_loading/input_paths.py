@@ -44,15 +44,3 @@ def check_input(path: Path, what: str, expect: str = "file") -> Path:
     if expect == "folder" and not stat.S_ISDIR(info.st_mode):
         raise UserInputError(f"{what} is not a folder: {path}")
     return path
-
-
-def ensure_writable_dir(folder: Path, flag: str) -> None:
-    """An output folder named by ``flag``: created if missing, refused in one line if a file or not writable."""
-    if folder.exists() and not folder.is_dir():
-        raise UserInputError(f"{flag} is not a folder: {folder}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"cannot create {flag} {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserInputError(f"{flag} is not writable: {folder}")

@@ -1,18 +1,16 @@
-"""Reading image stacks and writing mask stacks as multipage TIFF files."""
+"""Reading grey image stacks and writing mask stacks as multipage TIFF files."""
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from common.errors import UserInputError
+from common.files import atomic_output
 from data_loading.input_paths import check_input
 
 # Damaged files are reported by us, in one line; tifffile's own log lines about them would only add noise.
@@ -28,21 +26,34 @@ def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
     return None
 
 
+def check_grey_values(dtype: np.dtype, path: Path) -> None:
+    """Integers of any width and floats are grey values (data_loading/intensity.py maps them); nothing else is."""
+    if np.dtype(dtype).kind not in "uif":
+        raise UserInputError(f"{path} holds {np.dtype(dtype)} pixels; images must hold integer or float grey "
+                             "values (8- or 16-bit, or float)")
+
+
 def tiff_shape(path: Path) -> tuple[int, int, int]:
-    """(slices, height, width) of a grey uint8 TIFF stack from its headers, without decoding the pixels.
+    """(slices, height, width) of a grey TIFF stack from its headers, without decoding the pixels.
 
     Refuses, in one line, what ``read_stack`` would refuse: a truncated file,
-    colour (several samples per pixel, interleaved), or pixels that are not
-    8-bit. A 3- or 4-slice stack that a writer tagged as planar RGB (tifffile
-    does so by default for such shapes) is read as the slices it holds.
+    a file without pages, colour (several samples per pixel, interleaved), or
+    pixels that are not integer or float grey values. A single 2D image is a
+    stack of one slice. A 3- or 4-slice stack that a writer tagged as planar
+    RGB (tifffile does so by default for such shapes) is read as the slices it
+    holds.
     """
     check_input(path, "data file")
     try:
         with tifffile.TiffFile(path) as tiff:
+            if not tiff.pages or not tiff.series:
+                raise UserInputError(f"cannot read {path} as a TIFF stack: it holds no image (no pages)")
             problem = _truncated(tiff, path)
             series, page = tiff.series[0], tiff.pages[0]
             shape, dtype, samples = series.shape, series.dtype, page.samplesperpixel
             interleaved = samples > 1 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+    except UserInputError:
+        raise
     except Exception as error:  # tifffile raises many types for broken files
         raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
     if problem:
@@ -50,9 +61,7 @@ def tiff_shape(path: Path) -> tuple[int, int, int]:
     if interleaved:
         kind = "colour (RGB)" if samples in (3, 4) else f"a {samples}-channel image"
         raise UserInputError(f"{path} is {kind}, not a stack of grey slices (one channel per pixel)")
-    if dtype != np.uint8:
-        raise UserInputError(f"{path} holds {dtype.itemsize * 8}-bit ({dtype}) pixels; images and labels "
-                             "must be 8-bit (uint8)")
+    check_grey_values(dtype, path)
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3 or 0 in shape:
@@ -61,8 +70,8 @@ def tiff_shape(path: Path) -> tuple[int, int, int]:
 
 
 def read_stack(path: Path) -> np.ndarray:
-    """A 3-D uint8 stack (slices, height, width), or a one-line UserInputError."""
-    tiff_shape(path)  # colour and bit depth are refused from the header, before any pixel is read
+    """A 3-D stack (slices, height, width) of integer or float grey values, or a one-line UserInputError."""
+    tiff_shape(path)  # colour and pixel type are refused from the header, before any pixel is read
     try:
         stack = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for broken files
@@ -75,30 +84,8 @@ def read_stack(path: Path) -> np.ndarray:
     if stack.ndim != 3:
         raise UserInputError(f"{path} must be a stack of grey slices (slices, height, width); "
                              f"it has shape {stack.shape}")
-    if stack.dtype != np.uint8:
-        raise UserInputError(f"{path} must hold 8-bit (uint8) pixels; it holds {stack.dtype}")
+    check_grey_values(stack.dtype, path)
     return stack
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only if the block completes.
-
-    A crash or a full disk therefore leaves either the old file or none, never
-    a truncated one under the final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's private 0600 is not what users expect
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_stack_atomically(path: Path, stack: np.ndarray) -> None:

@@ -36,7 +36,7 @@ class StackFile:
 class Volume:
     """One image stack read into memory, with its labels as class ids (None for test stacks)."""
 
-    images: np.ndarray  # uint8 (slices, height, width)
+    images: np.ndarray  # (slices, height, width) grey values as read; uint8 once mapped (data_loading/intensity.py)
     labels: np.ndarray | None  # uint8 class ids 0..K-1, same shape
     source: Path
     names: list[str]  # one per slice, for pictures and messages
@@ -83,18 +83,25 @@ def class_ids(labels: np.ndarray, path: Path, names: list[str], num_classes: int
     """Labels as class ids 0..K-1, and a note if they were rescaled; a value outside is a one-line error.
 
     With two classes the recipe's 0/255 labels (255 = cell) are accepted, as
-    are 0/1; anything else must already be the class id.
+    are 0/1; anything else must already be the class id. Labels of any integer
+    type are accepted (16-bit label images are common); floats are not.
     """
+    if labels.dtype.kind not in "ui":
+        raise UserInputError(f"{path} holds {labels.dtype} values; labels must be integer class ids")
     values = set(np.unique(labels).tolist())
+    if min(values) < 0:
+        index = int(np.argmax(np.any(labels < 0, axis=(1, 2))))
+        raise UserInputError(f"label value {min(values)} in slice {index} ({names[index]}) of {path}: class ids "
+                             "start at 0")
     if num_classes == 2:
         if values <= {0, 255}:
             return (labels // 255).astype(np.uint8), None
         if values <= {0, 1}:
-            return labels, f"{path.name}: labels hold 0/1, read as class ids (1 = cell)"
+            return labels.astype(np.uint8, copy=False), f"{path.name}: labels hold 0/1, read as class ids (1 = cell)"
         strangers = values - {0, 1, 255}
         bad = max(strangers) if strangers else 1  # 0, 1 and 255 together: neither convention
     elif max(values) < num_classes:
-        return labels, None
+        return labels.astype(np.uint8, copy=False), None
     else:
         bad = max(values)
     index = int(np.argmax(np.any(labels == bad, axis=(1, 2))))

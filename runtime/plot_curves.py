@@ -57,7 +57,7 @@ def plot(logs: list[Path], output: Path) -> Path:
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    from data_loading.tiff_io import atomic_output
+    from common.files import atomic_output
 
     runs = {run_name(path): curves(read_log(path)) for path in logs}
     figure, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), constrained_layout=True)

@@ -164,4 +164,4 @@ def test_bad_prediction_input_is_refused_before_any_work(tmp_path):
     result = run_main("--exec_mode", "predict", "--predict_input", str(tmp_path), "--model_dir",
                       str(tmp_path / "empty"), "--log_dir", str(tmp_path / "logs"))
     last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and "8-bit grey image" in last and "Traceback" not in result.stderr, last
+    assert result.returncode == 2 and "must be a grey image" in last and "Traceback" not in result.stderr, last

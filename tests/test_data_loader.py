@@ -62,10 +62,14 @@ def break_isbi(folder: Path, case: str) -> Path:
         volume.write_bytes(b"")
     elif case == "colour stack":
         tifffile.imwrite(volume, np.zeros((30, 64, 64, 3), np.uint8), photometric="rgb")
-    elif case == "16-bit stack":
-        tifffile.imwrite(volume, np.zeros((30, 64, 64), np.uint16))
-    elif case == "float stack":
-        tifffile.imwrite(volume, np.zeros((30, 512, 512), np.float32))
+    elif case == "complex stack":
+        tifffile.imwrite(volume, np.zeros((30, 64, 64), np.complex64))
+    elif case == "NaN in a float stack":
+        values = np.zeros((30, 512, 512), np.float32)
+        values[7, 1, 2] = np.nan
+        tifffile.imwrite(volume, values)
+    elif case == "float labels":
+        tifffile.imwrite(labels, tifffile.imread(labels).astype(np.float32))
     elif case == "labels not two-valued":
         values = np.arange(30 * 512 * 512, dtype=np.uint32) % 7
         tifffile.imwrite(labels, values.reshape(30, 512, 512).astype(np.uint8))
@@ -86,7 +90,8 @@ def break_isbi(folder: Path, case: str) -> Path:
 
 BAD_ISBI = {
     "truncated TIFF": "cannot read", "garbage TIFF": "cannot read", "empty stack": "cannot read",
-    "colour stack": "stack of grey slices", "16-bit stack": "8-bit", "float stack": "8-bit",
+    "colour stack": "stack of grey slices", "complex stack": "integer or float grey values",
+    "NaN in a float stack": "NaN or infinite values .slice 7.", "float labels": "labels must be integer class ids",
     "labels not two-valued": "must be two-valued", "count differs": "differ", "size differs": "differ",
     "missing file": "data file not found: .*test-volume.tif", "data dir is a file": "not a folder",
     "missing data dir": "data dir not found",

@@ -126,7 +126,7 @@ def test_stack_from_a_folder_of_png_and_tiff_slices(tmp_path):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "rgb.png"), "8-bit grey"),
+    (lambda d: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "rgb.png"), "must be a grey image"),
     (lambda d: [Image.fromarray(np.zeros(s, np.uint8)).save(d / f"{i}.png")
                 for i, s in enumerate([(4, 4), (5, 4)])], "differ in size"),
     (lambda d: (d / "x.png").write_bytes(b"\x89PNG broken"), "cannot read"),

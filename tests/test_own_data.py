@@ -304,16 +304,16 @@ def _bad_input(root: Path, case: str) -> tuple[list[str], str, dict[str, str]]:
     if case == "glob matches nothing":
         return ["--train_images", str(root / "nothing*.tif"), "--train_labels", str(root / "l.tif")], \
             "matches no file or folder", {}
-    if case == "16-bit labels":
-        write_stack(root / "l.tif", label.astype(np.uint16))
-        return pair, "16-bit (uint16) pixels", {}
+    if case == "float labels":
+        write_stack(root / "l.tif", label.astype(np.float32))
+        return pair, "holds float32 values; labels must be integer class ids", {}
     if case == "colour images":
         tifffile.imwrite(root / "i.tif", np.zeros((2, 64, 64, 3), np.uint8), photometric="rgb")
         return pair, "colour (RGB), not a stack of grey slices", {}
     if case == "colour slice in a folder":
         folder = write_stack(root / "folder", image, as_folder=True)
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "slice_01.png")
-        return ["--train_images", str(folder), "--train_labels", str(root / "l.tif")], "must be an 8-bit grey", {}
+        return ["--train_images", str(folder), "--train_labels", str(root / "l.tif")], "must be a grey image", {}
     if case == "label out of range":
         label[1, 3, 3] = 7
         write_stack(root / "l.tif", label)
@@ -323,13 +323,14 @@ def _bad_input(root: Path, case: str) -> tuple[list[str], str, dict[str, str]]:
     raise AssertionError(case)
 
 
-BAD_OWN_DATA = ["count of stacks", "count of slices", "size", "glob matches nothing", "16-bit labels", "colour images",
+BAD_OWN_DATA = ["count of stacks", "count of slices", "size", "glob matches nothing", "float labels", "colour images",
                 "colour slice in a folder", "label out of range", "too big for memory"]
 
 
 # Found in the headers (shapes, counts, kinds of pixel) or by arithmetic, before any pixel is read: a worker of a
-# cluster then fails alone, before its peers wait for it. A label value needs the labels read.
-FOUND_BEFORE_READING = set(BAD_OWN_DATA) - {"label out of range"}
+# cluster then fails alone, before its peers wait for it. A label value (or type: any grey image may be a
+# label image by its header) needs the labels read.
+FOUND_BEFORE_READING = set(BAD_OWN_DATA) - {"label out of range", "float labels"}
 
 
 @pytest.mark.parametrize("case", BAD_OWN_DATA)

@@ -11,7 +11,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from common import compat
-from common.errors import UserInputError
+from common.errors import UserInputError, write_failure
+from common.files import ensure_writable_dir
 from data_loading.data_loader import (
     TEST_IMAGES,
     Dataset,
@@ -22,7 +23,8 @@ from data_loading.data_loader import (
     isbi_train,
 )
 from data_loading.image_stack import PredictionInput
-from data_loading.input_paths import check_input, ensure_writable_dir
+from data_loading.input_paths import check_input
+from data_loading.intensity import INTENSITY_FILE, load_window, save_window
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
 from runtime.cli.arguments import evaluates
@@ -222,8 +224,19 @@ def load_dataset(args: argparse.Namespace, options: StreamOptions,
     if args.synth_data:
         return SyntheticDataset(options, args.num_classes)
     sources = sources or check_inputs(args)
+    training = "train" in args.exec_mode  # a training run takes its grey-value window from its own images
     return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes,
-                   split_seed=args.split_seed)
+                   split_seed=args.split_seed, window=None if training else load_window(Path(args.model_dir)))
+
+
+def keep_intensity_window(args: argparse.Namespace, workers: Workers,
+                          dataset: Dataset | SyntheticDataset | None) -> None:
+    """A training run's grey-value window beside its checkpoints, where evaluate, predict and export find it."""
+    if "train" in args.exec_mode and workers.is_chief and dataset is not None and dataset.window is not None:
+        try:
+            save_window(Path(args.model_dir), dataset.window)
+        except OSError as error:
+            raise write_failure(INTENSITY_FILE, args.model_dir, error) from None
 
 
 def load_prediction_inputs(args: argparse.Namespace, dataset: Dataset | SyntheticDataset) -> list[PredictionInput]:

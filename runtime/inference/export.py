@@ -21,8 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which load_model needs)
@@ -30,6 +32,7 @@ from common.compat import keras
 from common.errors import UserInputError
 from common.geometry import INPUT_SIZE
 from data_loading import preprocessing as pre
+from data_loading.intensity import INTENSITY_FILE, IntensityWindow, load_window, parse_window, save_window
 from runtime.inference.strategies import ProbabilityFn
 
 KERAS_FILE = "unet2d.keras"
@@ -89,8 +92,10 @@ def _replace_dir(staged: Path, target: Path) -> None:
         shutil.rmtree(previous)
 
 
-def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
-    """Write both forms into ``folder``; each appears under its final name only once complete."""
+def export_model(model: keras.Model, folder: Path, window: IntensityWindow | None = None) -> tuple[Path, Path]:
+    """Write both forms into ``folder``; each appears under its final name only once complete. ``window``:
+    the grey-value window of a model trained on non-8-bit images, kept beside them as intensity.json (an
+    earlier export's is removed when the model has none)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
@@ -100,9 +105,30 @@ def export_model(model: keras.Model, folder: Path) -> tuple[Path, Path]:
         tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures=module.signatures())
         os.replace(staging / KERAS_FILE, folder / KERAS_FILE)
         _replace_dir(staging / SAVED_MODEL_DIR, folder / SAVED_MODEL_DIR)
+        if window is not None:
+            save_window(folder, window)
+        else:
+            (folder / INTENSITY_FILE).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder / KERAS_FILE, folder / SAVED_MODEL_DIR
+
+
+def model_window(path: Path) -> IntensityWindow | None:
+    """The grey-value window kept with an exported model (data_loading/intensity.py): in its export folder or
+    zoo package (folder or zip), beside its .keras file, or above its SavedModel; None for 8-bit models."""
+    path = Path(path)
+    if path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if INTENSITY_FILE not in archive.namelist():
+                    return None
+                return parse_window(archive.read(INTENSITY_FILE).decode("utf-8"), f"{path}:{INTENSITY_FILE}")
+        except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+            raise UserInputError(f"cannot read {path}: {error}") from None
+    if (path / "saved_model.pb").is_file() and not (path / INTENSITY_FILE).is_file():
+        return load_window(path.parent)
+    return load_window(path if path.is_dir() else path.parent)
 
 
 def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
@@ -143,6 +169,19 @@ def load_ensemble_probability_fn(paths: list[Path]) -> tuple[ProbabilityFn, int]
     if len(functions) == 1:
         return functions[0], classes[0]
     return (lambda inputs: tf.add_n([function(inputs) for function in functions]) / len(functions)), classes[0]
+
+
+def ensemble_window(paths: list[Path], input_type: np.dtype) -> IntensityWindow | None:
+    """The one grey-value window of these models, for an input of ``input_type``; models that keep different
+    windows are refused for an input that needs one (8-bit inputs need none)."""
+    windows = {path: model_window(path) for path in paths}
+    distinct = set(windows.values())
+    if len(distinct) > 1 and np.dtype(input_type) != np.uint8:
+        named = ", ".join(f"{path} ({window.describe() if window else 'none: trained on 8-bit images'})"
+                          for path, window in windows.items())
+        raise UserInputError(f"the models of this ensemble map {np.dtype(input_type)} grey values differently, "
+                             f"so it cannot segment this input: {named}")
+    return next(iter(distinct)) if len(distinct) == 1 else None
 
 
 def _saved_model_probabilities(signatures) -> tuple[ProbabilityFn, int]:

@@ -40,7 +40,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 from skimage.segmentation import watershed
 
-from data_loading.tiff_io import atomic_output
+from common.files import atomic_output
 from runtime.inference.metrics import MEMBRANE, cell_regions
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(10))  # the organisers' sweep, 0.0 to 0.9

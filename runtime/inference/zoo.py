@@ -16,7 +16,10 @@ The package is a folder and the same files as one zip (what the zoo takes):
 The weights are whole-slice graphs (runtime/inference/whole_slice.py): any
 height and width in, the same size out, by the strategy the model was trained
 for. The pre-processing is the zoo's standard ``ensure_dtype`` and
-``scale_linear`` (grey value / 127.5 - 1, as training scaled it); the output
+``scale_linear`` (grey value / 127.5 - 1, as training scaled it). A model
+trained on 16-bit or float images (data_loading/intensity.py) takes their
+grey values: ``clip`` to its window, then ``scale_linear`` onto [-1, 1], and
+the package holds the window as ``intensity.json`` for ``predict.py``. The output
 is already class probabilities (a softmax inside the graph). Before the package
 appears under its name, each weight format is run on the test input and must
 reproduce the test output within the zoo's default tolerance; otherwise
@@ -43,7 +46,7 @@ from PIL import Image
 
 from common.compat import keras
 from common.errors import UserInputError
-from data_loading.preprocessing import scale_intensity
+from data_loading.intensity import INTENSITY_FILE, IntensityWindow, save_window
 from runtime.inference import onnx_models
 from runtime.inference.export import TILE_SPEC, class_probabilities
 from runtime.inference.export import ZOO_DESCRIPTION as DESCRIPTION_FILE
@@ -88,6 +91,37 @@ class PackageInfo:
     scores: Mapping[str, Any] = field(default_factory=dict)  # its last evaluation's log line
     data: str = ""  # what it was trained on, in words
     sample_source: str = ""  # where the test slice comes from
+    window: IntensityWindow | None = None  # the grey-value window of a model trained on non-8-bit images
+
+
+def preprocessing(window: IntensityWindow | None) -> list[dict[str, Any]]:
+    """The zoo's pre-processing steps: 8-bit grey values, or the window's, onto the [-1, 1] training saw."""
+    if window is None:
+        steps = [{"id": "scale_linear", "kwargs": {"gain": GAIN, "offset": OFFSET}}]
+    else:
+        gain = 2.0 / (window.high - window.low)
+        steps = [{"id": "clip", "kwargs": {"min": window.low, "max": window.high}},
+                 {"id": "scale_linear", "kwargs": {"gain": gain, "offset": -1.0 - window.low * gain}}]
+    float32 = {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    return [float32, *steps, float32]  # the last: else the zoo casts back to the input's data type
+
+
+def preprocess(raw: np.ndarray, window: IntensityWindow | None) -> np.ndarray:
+    """``preprocessing(window)`` in NumPy, step for step as the zoo runs it."""
+    values = raw.astype(np.float32)
+    for step in preprocessing(window):
+        kwargs = step["kwargs"]
+        if step["id"] == "clip":
+            values = np.clip(values, np.float32(kwargs["min"]), np.float32(kwargs["max"]))
+        elif step["id"] == "scale_linear":
+            values = (values * np.float32(kwargs["gain"]) + np.float32(kwargs["offset"])).astype(np.float32)
+    return values
+
+
+def _input_words(window: IntensityWindow | None, dtype: str) -> str:
+    if window is None:
+        return "grey EM slice, 8-bit values (0-255)"
+    return f"grey EM slice, {dtype} values, the window [{window.low:g}, {window.high:g}] onto [-1, 1]"
 
 
 class ZooModule(tf.Module):
@@ -127,7 +161,7 @@ def _axes(kind: str, num_classes: int) -> list[dict[str, Any]]:
     return [{"type": "batch"}, *space, {"type": "channel", "channel_names": channels}]
 
 
-def _describe(info: PackageInfo, tensorflow_version: str) -> dict[str, Any]:
+def _describe(info: PackageInfo, tensorflow_version: str, input_type: str) -> dict[str, Any]:
     authors = [{"name": name} for name in (info.authors or [PLACEHOLDER_AUTHOR])]
     classes = _class_names(info.num_classes)
     return {
@@ -144,19 +178,16 @@ def _describe(info: PackageInfo, tensorflow_version: str) -> dict[str, Any]:
                  "tensorflow", "onnx"],
         "documentation": "README.md",
         "covers": ["cover.png"],
-        "attachments": [{"source": onnx_models.NETWORK_FILE}, {"source": "LICENSE"}],
+        "attachments": [{"source": onnx_models.NETWORK_FILE}, {"source": "LICENSE"}]
+        + ([{"source": INTENSITY_FILE}] if info.window else []),
         "inputs": [{
             "id": "raw",
-            "description": "grey EM slice, 8-bit values (0-255); any height and width from 64 pixels",
+            "description": f"{_input_words(info.window, input_type)}; any height and width from 64 pixels",
             "axes": _axes("input", info.num_classes),
             "test_tensor": {"source": "test_input.npy"},
             "sample_tensor": {"source": "sample_input.tif"},
-            "data": {"type": "uint8"},
-            "preprocessing": [
-                {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                {"id": "scale_linear", "kwargs": {"gain": GAIN, "offset": OFFSET}},
-                {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},  # else the zoo casts back to data.type
-            ],
+            "data": {"type": input_type},
+            "preprocessing": preprocessing(info.window),
         }],
         "outputs": [{
             "id": "probabilities",
@@ -216,9 +247,13 @@ def _documentation(info: PackageInfo, agreement: Mapping[str, float]) -> str:
         f"{', '.join(_class_names(info.num_classes))}, trained and exported by the UNet2D recipe for TensorFlow 2.",
         "",
         "## Inputs and outputs",
-        "- Input `raw`: one grey channel, 8-bit grey values (0-255), batch x height x width x 1, any size from "
-        "64 pixels. The pre-processing scales them to [-1, 1] (`scale_linear`, gain 1/127.5, offset -1), as "
-        "training did.",
+        ("- Input `raw`: one grey channel, 8-bit grey values (0-255), batch x height x width x 1, any size from "
+         "64 pixels. The pre-processing scales them to [-1, 1] (`scale_linear`, gain 1/127.5, offset -1), as "
+         "training did." if info.window is None else
+         "- Input `raw`: one grey channel, batch x height x width x 1, any size from 64 pixels. The model was "
+         f"trained on images that were not 8-bit: the pre-processing clips grey values to the window "
+         f"[{info.window.low:g}, {info.window.high:g}] ({info.window.source}) and scales it onto [-1, 1] "
+         f"(`clip`, `scale_linear`); the window is also in `{INTENSITY_FILE}`."),
         f"- Output `probabilities`: batch x height x width x {info.num_classes}, class probabilities at the "
         "input's own size.",
         f"- Inside the graph: the `{info.strategy}` strategy the model was trained for. "
@@ -295,7 +330,8 @@ CoverFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # uint8 slice, its cla
 def write_package(model: keras.Model, folder: Path, info: PackageInfo, sample: np.ndarray,
                   draw_cover: CoverFn) -> tuple[Path, Path]:
     """Write the package into ``folder`` and ``folder``.zip; each appears under its name only once whole and
-    checked, an earlier package there being replaced only then. ``sample``: one uint8 slice."""
+    checked, an earlier package there being replaced only then. ``sample``: one slice, 8-bit for a model
+    without a window, else in grey values of the window's range."""
     folder = Path(folder)
     archive = folder.with_suffix(".zip")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -310,8 +346,9 @@ def write_package(model: keras.Model, folder: Path, info: PackageInfo, sample: n
         onnx_models.convert(module.serve, package / ONNX_FILE)
         onnx_models.convert(module.class_probabilities, package / onnx_models.NETWORK_FILE)
 
-        raw = sample.astype(np.uint8)[np.newaxis, :, :, np.newaxis]
-        expected = module.serve(scale_intensity(raw))["probabilities"].numpy()
+        raw = sample[np.newaxis, :, :, np.newaxis]
+        scaled = preprocess(raw, info.window)
+        expected = module.serve(scaled)["probabilities"].numpy()
         np.save(package / "test_input.npy", raw)
         np.save(package / "test_output.npy", expected)
         tifffile.imwrite(package / "sample_input.tif", sample)
@@ -319,15 +356,18 @@ def write_package(model: keras.Model, folder: Path, info: PackageInfo, sample: n
         reloaded = tf.saved_model.load(str(saved))  # held: its functions need the object's variables alive
         agreement = {
             "tensorflow_saved_model_bundle": _largest_difference(
-                reloaded.serve(scale_intensity(raw))["probabilities"].numpy(), expected,
+                reloaded.serve(scaled)["probabilities"].numpy(), expected,
                 "tensorflow_saved_model_bundle"),
-            "onnx": _largest_difference(_onnx_output(package / ONNX_FILE, scale_intensity(raw).numpy()), expected,
+            "onnx": _largest_difference(_onnx_output(package / ONNX_FILE, scaled), expected,
                                         "onnx"),
         }
-        (package / "cover.png").write_bytes(_png(draw_cover(sample, class_ids(expected[0]))))
+        grey = np.rint(np.clip((scaled[0, :, :, 0] + 1.0) * 127.5, 0, 255)).astype(np.uint8)  # as the network saw it
+        (package / "cover.png").write_bytes(_png(draw_cover(grey, class_ids(expected[0]))))
+        if info.window is not None:
+            save_window(package, info.window)
         (package / "README.md").write_text(_documentation(info, agreement), encoding="utf-8")
         (package / "LICENSE").write_text(_license_text(), encoding="utf-8")
-        description = _describe(info, tf.__version__.split("-")[0])
+        description = _describe(info, tf.__version__.split("-")[0], str(sample.dtype))
         (package / DESCRIPTION_FILE).write_text(yaml.safe_dump(description, sort_keys=False, width=110),
                                                 encoding="utf-8")
         _zip_folder(package, staging / archive.name)

@@ -17,6 +17,7 @@ import numpy as np
 
 from data_loading.data_loader import TRAIN_IMAGES, fold_indices
 from data_loading.image_stack import read_image_stack
+from data_loading.intensity import IntensityWindow, fit_window, is_eight_bit, to_eight_bit
 from data_loading.synthetic_em import generate_volume
 from data_loading.volumes import expand
 from runtime.inference.zoo import PackageInfo
@@ -74,10 +75,20 @@ def _centre(image: np.ndarray) -> np.ndarray:
     return image[top:top + SAMPLE_SIDE, left:left + SAMPLE_SIDE]
 
 
-def sample_slice(args: argparse.Namespace) -> tuple[np.ndarray, str]:
-    """One uint8 slice for the test tensors, and where it came from in words: a validation slice of the
-    run's data where the export run names it (--val_images, --train_images or the ISBI files in
-    --data_dir, with --fold), else a generated EM-like slice."""
+def sample_slice(args: argparse.Namespace, window: IntensityWindow | None) -> tuple[np.ndarray, str]:
+    """One slice for the test tensors, in the grey values the package takes (8-bit, or the window's range),
+    and where it came from in words: a validation slice of the run's data where the export run names it
+    (--val_images, --train_images or the ISBI files in --data_dir, with --fold), else a generated EM-like
+    slice."""
+    image, words = _raw_sample(args)
+    if window is None and not is_eight_bit(image):  # an 8-bit model: the slice as predict would map it
+        image = to_eight_bit(image, fit_window([image], "the slice itself"))
+    elif window is not None and is_eight_bit(image):  # a model of wider grey values: the slice in its range
+        image = (np.float32(window.low) + image.astype(np.float32) * np.float32((window.high - window.low) / 255))
+    return image, words
+
+
+def _raw_sample(args: argparse.Namespace) -> tuple[np.ndarray, str]:
     if args.val_images:
         path = expand(args.val_images, "--val_images")[0]
         images, _ = read_image_stack(path, "--val_images")

@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from common.compat import keras, optimizer_variables, rng_state_variables
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
 from common.quiet_start import quiet_unless_asked
 from data_loading.image_stack import PredictionInput
+from data_loading.intensity import load_window
 from data_loading.tiff_io import write_stack_atomically
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
@@ -428,11 +429,12 @@ class Runner:
             return
         args = self.ctx.args
         folder = Path(args.export_dir or Path(args.model_dir) / "export")
-        sample, sample_source = model_card.sample_slice(args)
-        info = model_card.package_info(args, self.ctx.workers.engine, sample_source)
+        window = load_window(Path(args.model_dir))
+        sample, sample_source = model_card.sample_slice(args, window)
+        info = replace(model_card.package_info(args, self.ctx.workers.engine, sample_source), window=window)
         try:
             with self.ctx.workers.phase("exporting"), quiet_unless_asked():
-                keras_file, saved_model = export_model(self.model, folder)
+                keras_file, saved_model = export_model(self.model, folder, window)
                 started = time.perf_counter()
                 package, archive = write_package(
                     self.model, folder / ZOO_PACKAGE, info, sample,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_loading.tiff_io import atomic_output
+from common.files import atomic_output
 
 PREDICTED = np.array([255, 40, 40], np.float32)  # red: membranes the model predicts
 TRUE = np.array([40, 220, 40], np.float32)  # green: membranes of the label
