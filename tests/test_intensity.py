@@ -196,11 +196,12 @@ def test_a_model_trained_on_sixteen_bit_stacks_keeps_its_window_through_export_a
     tifffile.imwrite(tmp_path / "labels.tif", tifffile.imread(isbi_dir / "train-labels.tif")[:6])
     model, logs = tmp_path / "model", tmp_path / "logs"
     data = ["--train_images", str(tmp_path / "images.tif"), "--train_labels", str(tmp_path / "labels.tif"),
-            "--fold", "0", "--model_dir", str(model), "--log_dir", str(logs), "--input_mode", "tile"]
-    trained = run_main("--exec_mode", "train", "--max_steps", "2", "--batch_size", "1", *data)
+            "--fold", "0", "--model_dir", str(model), "--log_dir", str(logs), "--input_mode", "tile", "--dtype", "fp32"]
+    trained = run_main("--exec_mode", "train_and_evaluate", "--max_steps", "2", "--batch_size", "1", *data)
     assert trained.returncode == 0, trained.stderr[-2000:]
     window = load_window(model)
     assert window == fit_window([sixteen_bit(images)], "the training images")
+    assert window.describe() in trained.stdout + trained.stderr  # the DATA line says how the stack was mapped
     exported = run_main("--exec_mode", "export", *data)
     assert exported.returncode == 0, exported.stderr[-2000:]
     export, package = model / "export", model / "export" / "bioimageio"
@@ -215,7 +216,11 @@ def test_a_model_trained_on_sixteen_bit_stacks_keeps_its_window_through_export_a
     for name, source in (("export", export), ("package", package)):
         result = run_predict(str(source), str(stack), "-o", str(tmp_path / f"{name}.tif"), "--strategy", "tile")
         assert result.returncode == 0 and "mapped" not in result.stderr, result.stderr[-1500:]
-    agree = np.mean(tifffile.imread(tmp_path / "export.tif") == tifffile.imread(tmp_path / "package.tif"))
+    predicted = run_main("--exec_mode", "predict", "--predict_input", str(stack), *data)  # the model dir's window
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    export_masks = tifffile.imread(tmp_path / "export.tif")
+    np.testing.assert_array_equal(tifffile.imread(model / "predictions" / "stack-masks.tif"), export_masks)
+    agree = np.mean(export_masks == tifffile.imread(tmp_path / "package.tif"))
     assert agree >= 0.999, agree
     zoo_env = os.environ.get("UNET2D_ZOO_PYTHON")
     if zoo_env:
