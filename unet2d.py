@@ -20,11 +20,10 @@ from common.errors import exit_status
 from runtime.cli.arguments import parse_args
 
 if TYPE_CHECKING:
-    from data_loading.data_loader import DataSources
+    from runtime.cli.setup import Plan
     from runtime.execution.device import Device, Precision
     from runtime.execution.distribution import Workers
     from runtime.execution.model_dir_lock import ModelDirLock
-    from runtime.loop.warm_start import Source
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -41,15 +40,14 @@ def run(argv: list[str] | None = None) -> None:
         # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
         # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
         with STOP.holding_sigterm():
-            from runtime.cli.setup import check_init_from, check_inputs, lock_model_dir
+            from runtime.cli.setup import lock_model_dir, plan_run
             from runtime.execution.device import choose_precision, select_device
             from runtime.execution.distribution import make_workers
 
             device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
         precision = choose_precision(args.dtype, device)
         with STOP.during("checking the inputs"):
-            sources = check_inputs(args)  # before joining a cluster, so a bad input fails alone and at once
-            init_source = check_init_from(args)
+            plan = plan_run(args)  # before joining a cluster, so a bad input fails alone and at once
         if not joins_cluster:
             workers = make_workers(args.distribution, device.kind)  # before any op runs
     if joins_cluster:
@@ -58,14 +56,14 @@ def run(argv: list[str] | None = None) -> None:
     if lock is not None:
         STOP.on_forced_exit(lock.release)
     try:
-        run_modes(args, device, precision, workers, lock, sources, init_source)
+        run_modes(args, device, precision, workers, lock, plan)
     finally:
         if lock is not None:
             lock.release()
 
 
 def run_modes(args: argparse.Namespace, device: Device, precision: Precision, workers: Workers,
-              lock: ModelDirLock | None, sources: DataSources | None, init_source: Source | None = None) -> None:
+              lock: ModelDirLock | None, plan: Plan) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
     from runtime.cli.setup import (
@@ -89,7 +87,7 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
         print(f"unet2d.py: warning: {precision.warning}", file=sys.stderr, flush=True)
 
     with workers.phase("reading the data"):
-        dataset = load_dataset(args, stream_options(args, workers, device), sources)
+        dataset = load_dataset(args, stream_options(args, workers, device), plan)
         prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
     checkpoint_dir = prepare_checkpoint_dir(args, workers)
     keep_intensity_window(args, workers, dataset)
@@ -105,7 +103,8 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     if tensorboard is not None:
         tensorboard.hyperparameters(vars(args))
 
-    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs, init_source)
+    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs,
+                         plan.init_source)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
     training = "train" in args.exec_mode
     matmul_gradient = device.prefers_matmul_filter_gradient and training

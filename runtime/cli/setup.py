@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
@@ -24,7 +25,7 @@ from data_loading.data_loader import (
 )
 from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input
-from data_loading.intensity import INTENSITY_FILE, load_window, save_window
+from data_loading.intensity import INTENSITY_FILE, IntensityWindow, load_window, save_window
 from data_loading.memory import check_fits
 from data_loading.volumes import plan_pairs, plan_stacks
 from runtime.cli.arguments import evaluates
@@ -212,21 +213,35 @@ def check_ensemble(args: argparse.Namespace) -> None:
                                  "(--base_filters, --num_classes): the models of an ensemble must match")
 
 
-def load_dataset(args: argparse.Namespace, options: StreamOptions,
-                 sources: DataSources | None = None) -> Dataset | SyntheticDataset | None:
-    """The stacks this mode needs, read in full (None for export, which needs none).
+@dataclass(frozen=True)
+class Plan:
+    """What the run reads, checked before a worker joins its cluster; assembly after the join takes it whole.
 
-    ``sources`` is check_inputs's plan; without it the stacks are planned and
-    checked here.
+    A bad input therefore fails on its own worker, in a second, before any
+    peer waits for it, and nothing after the join checks an input again.
     """
+
+    sources: DataSources | None  # the stacks, planned from their headers; None: no files (export, --synth_data)
+    init_source: Source | None  # --init_from's model
+    window: IntensityWindow | None  # the model dir's grey-value window, for the modes that do not train
+
+
+def plan_run(args: argparse.Namespace) -> Plan:
+    sources = check_inputs(args)
+    init_source = check_init_from(args)
+    window = None if "train" in args.exec_mode else load_window(Path(args.model_dir))
+    return Plan(sources, init_source, window)
+
+
+def load_dataset(args: argparse.Namespace, options: StreamOptions, plan: Plan) -> Dataset | SyntheticDataset | None:
+    """The stacks of the plan, read in full (None for export, which needs none). A training run takes its
+    grey-value window from its own training images."""
     if args.exec_mode == "export":
         return None
     if args.synth_data:
         return SyntheticDataset(options, args.num_classes)
-    sources = sources or check_inputs(args)
-    training = "train" in args.exec_mode  # a training run takes its grey-value window from its own images
-    return Dataset(sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes,
-                   split_seed=args.split_seed, window=None if training else load_window(Path(args.model_dir)))
+    return Dataset(plan.sources, options, args.fold, args.fold_scheme, args.input_mode, args.num_classes,
+                   split_seed=args.split_seed, window=plan.window)
 
 
 def keep_intensity_window(args: argparse.Namespace, workers: Workers,

@@ -18,6 +18,7 @@ import tensorflow as tf
 from common.compat import keras, optimizer_variables, rng_state_variables
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
 from common.quiet_start import quiet_unless_asked
+from data_loading.data_loader import Dataset, SyntheticDataset
 from data_loading.image_stack import PredictionInput
 from data_loading.intensity import load_window
 from data_loading.tiff_io import write_stack_atomically
@@ -53,7 +54,7 @@ class RunContext:
     args: argparse.Namespace
     workers: Workers
     logger: Logger
-    dataset: object  # data_loading.data_loader.Dataset or SyntheticDataset
+    dataset: Dataset | SyntheticDataset | None  # None: export, which reads no stacks
     checkpoint_dir: Path  # where this worker's checkpoints are (unused by training benchmarks)
     tensorboard: TensorBoardWriters | None = None
     prediction_inputs: list[PredictionInput] = field(default_factory=list)
