@@ -79,7 +79,7 @@ for fold in "${folds[@]}"; do
   fi
 done
 
-"$python" "$here/runtime/parse_results.py" --model_dir "$results_dir" --env "$env_name" --folds "${folds[@]}"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m runtime.parse_results --model_dir "$results_dir" --env "$env_name" --folds "${folds[@]}"
 
 if [ "${ENSEMBLE:-0}" = 1 ]; then
   fold_dirs=()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The U-Net paper's ingredients one by one on ISBI 2012 fold 0: which of them beat the recipe, and at what cost.
 
-    python benchmarks/ablation.py --data_dir $DATA --base_filters 16 --seeds 123,1,2 --steps 400
-    python benchmarks/ablation.py --data_dir $DATA --configs "recipe,+ elastic,tile + elastic + TTA" --resume
-    python benchmarks/ablation.py --data_dir $DATA --picture docs/images/ablation_cells.png
+    python -m benchmarks.ablation --data_dir $DATA --base_filters 16 --seeds 123,1,2 --steps 400
+    python -m benchmarks.ablation --data_dir $DATA --configs "recipe,+ elastic,tile + elastic + TTA" --resume
+    python -m benchmarks.ablation --data_dir $DATA --picture docs/images/ablation_cells.png
 
 Each configuration adds one ingredient to the one before: the recipe;
 + tile input mode; + elastic deformation; + border weights; + test-time
@@ -41,12 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.input_modes import machine_name, tensorflow_version, unet2d
+from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.parse_results import final_eval
 
-from benchmarks.input_modes import machine_name, tensorflow_version, unet2d  # noqa: E402
-from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.parse_results import final_eval  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 UNIFORM_BORDER_WEIGHTS = ["--input_mode", "tile", "--elastic", "--border_weights", "--border_class_weights", "uniform"]
 # name -> (training flags, evaluation flags); a configuration with evaluation flags only re-scores the model of
@@ -180,7 +179,7 @@ def section(width: int, split_seed: int | None) -> str:
 
 def invocation(script: str, argv: list[str] | None) -> str:
     """How a benchmark was started, for its results file, with the machine's data path left out."""
-    command = f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = f"python -m benchmarks.{Path(script).stem} " + shlex.join(argv if argv is not None else sys.argv[1:])
     return re.sub(r"--data_dir \S+", "--data_dir $DATA", command)
 
 

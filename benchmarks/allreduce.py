@@ -3,7 +3,7 @@
 
 Run under the launcher, as training runs (same engine, same collectives):
 
-    python scripts/launch_workers.py -n 2 --threads_per_worker 1 -- benchmarks/allreduce.py
+    python scripts/launch_workers.py -n 2 --threads_per_worker 1 -- python -m benchmarks.allreduce
 
 Worker 0 prints one JSON line: the gradient bytes, the seconds per all-reduce
 (median of --repeats after one warm-up), and the bytes each worker sends per
@@ -16,11 +16,8 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

@@ -9,8 +9,8 @@ every result is reported as a fraction of that ceiling. The input pipeline
 is measured alone too (input_pipeline.py). Writes results.json, results.md
 and results.png (throughput and memory against batch size) into --out.
 
-    python benchmarks/benchmark.py                     # the full matrix: about 25 minutes on 2 cores
-    python benchmarks/benchmark.py --batch_sizes 2 --dtypes bf16 --modes train
+    python -m benchmarks.benchmark                     # the full matrix: about 25 minutes on 2 cores
+    python -m benchmarks.benchmark --batch_sizes 2 --dtypes bf16 --modes train
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.input_modes import tensorflow_version
+from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.parse_results import merged_data, read_log
 
-from benchmarks.input_modes import tensorflow_version  # noqa: E402
-from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.parse_results import merged_data, read_log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STATS_MODE = {"train": "train", "predict": "test"}  # the key unet2d.py logs each mode's figures under
 # The ceiling of the kernels each run really uses; for training also TensorFlow's own kernels alone.
@@ -39,7 +38,7 @@ TF_CEILING_KEY = {"train": "train_images_per_s", "predict": "predict_images_per_
 
 def run_json(script: str, *flags: str) -> object:
     """Run one of the measuring scripts beside this one in its own process; its JSON answer."""
-    command = [sys.executable, str(ROOT / "benchmarks" / script), *flags, "--json"]
+    command = [sys.executable, "-m", f"benchmarks.{Path(script).stem}", *flags, "--json"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if done.returncode != 0:

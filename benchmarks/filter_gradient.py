@@ -7,29 +7,26 @@ of two UNets with equal weights, one plain and one with the matmul gradient
 where the model uses it, alternated in one process so that the machine's
 noise hits both alike.
 
-    python benchmarks/filter_gradient.py --dtype bf16 --batch_size 2
+    python -m benchmarks.filter_gradient --dtype bf16 --batch_size 2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from benchmarks.kernel_ceiling import DTYPES, best_seconds, model_convolutions  # noqa: E402
-from common.compat import set_mixed_bfloat16  # noqa: E402
-from model.matmul_conv import filter_gradient  # noqa: E402
-from model.unet import build_unet  # noqa: E402
-from runtime.loop.losses import partial_losses  # noqa: E402
-from runtime.loop.optimizer import FusedAdam  # noqa: E402
+from benchmarks.kernel_ceiling import DTYPES, best_seconds, model_convolutions
+from common.compat import set_mixed_bfloat16
+from model.matmul_conv import filter_gradient
+from model.unet import build_unet
+from runtime.loop.losses import partial_losses
+from runtime.loop.optimizer import FusedAdam
 
 
 def per_layer(batch_size: int, dtype: tf.DType, repeats: int) -> None:

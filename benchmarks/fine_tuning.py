@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does starting from a trained model help when labels are few? (--init_from, --freeze_encoder)
 
-    python benchmarks/fine_tuning.py isbi    # ISBI 2012: 3 labelled slices, scored on 6 others (~40 min at width 8)
-    python benchmarks/fine_tuning.py demo3   # the 3-class demo: a 2-class source fine-tuned to 3 classes
+    python -m benchmarks.fine_tuning isbi    # ISBI 2012: 3 labelled slices, scored on 6 others (~40 min at width 8)
+    python -m benchmarks.fine_tuning demo3   # the 3-class demo: a 2-class source fine-tuned to 3 classes
 
 ISBI: the 30 training slices are split once (a fixed permutation) into a
 target of 3 training and 6 evaluation slices, and a source of the other 21.
@@ -36,12 +36,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.input_modes import unet2d
+from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.parse_results import read_log
 
-from benchmarks.input_modes import unet2d  # noqa: E402
-from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.parse_results import read_log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONDITIONS = ("scratch", "source", "source, encoder frozen")
 SPLIT_SEED = 0  # the permutation of the 30 ISBI training slices

@@ -6,10 +6,10 @@ back from their log.json; results accumulate in --out as input_modes.json
 and input_modes.md (rewritten after every run, so a stopped measurement
 keeps what it has):
 
-    python benchmarks/input_modes.py throughput   # train and predict images/s, A/B interleaved (~10 min)
-    python benchmarks/input_modes.py demo         # 3-class synthetic EM, 1024x1024 slices (~40 min)
-    python benchmarks/input_modes.py isbi         # ISBI 2012 fold 0, challenge scores by tile prediction (~40 min)
-    python benchmarks/input_modes.py isbi_steps --steps 120,200
+    python -m benchmarks.input_modes throughput   # train and predict images/s, A/B interleaved (~10 min)
+    python -m benchmarks.input_modes demo         # 3-class synthetic EM, 1024x1024 slices (~40 min)
+    python -m benchmarks.input_modes isbi         # ISBI 2012 fold 0, challenge scores by tile prediction (~40 min)
+    python -m benchmarks.input_modes isbi_steps --steps 120,200
                                                   # one resize-trained model, scored both ways at each step count
 
 Every trained model is scored at full resolution by both prediction
@@ -32,11 +32,10 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.parse_results import final_eval, merged_data, read_log
 
-from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.parse_results import final_eval, merged_data, read_log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("resize", "tile")
 DEMO = {"classes": 3, "size": 1024, "slices": 20, "seed": 0}
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--seeds: whole numbers separated by commas, not {args.seeds!r}")
     args.steps = args.step_counts[-1]
-    command = "python benchmarks/input_modes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.input_modes " + " ".join(argv if argv is not None else sys.argv[1:])
     command = re.sub(r"--data_dir \S+", "--data_dir $DATA", command)  # the reader's data, not this machine's path
     with tempfile.TemporaryDirectory() as work:
         if args.part == "demo":

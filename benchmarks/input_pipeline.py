@@ -5,8 +5,8 @@ The model consumes about 0.7 images/s on a 2-core CPU, tens to hundreds on an
 accelerator; this measures how many images/s the pipeline can produce, on
 one thread and on all of them.
 
-    python benchmarks/input_pipeline.py --data_dir $DATA
-    python benchmarks/input_pipeline.py --data_dir $DATA --elastic_sigma 10   # the recipe's and elastic, A B A B
+    python -m benchmarks.input_pipeline --data_dir $DATA
+    python -m benchmarks.input_pipeline --data_dir $DATA --elastic_sigma 10   # the recipe's and elastic, A B A B
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf
+
+from data_loading.data_loader import Dataset, StreamOptions
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import tensorflow as tf  # noqa: E402
-
-from data_loading.data_loader import Dataset, StreamOptions  # noqa: E402
 
 
 def images_per_second(data_dir: Path, threads: int | None, parallel_map: bool, batch_size: int,

@@ -14,8 +14,8 @@ products (on CPUs, layers of 128+ channels: model/matmul_conv.py), that
 form is timed too, and the ceiling of the kernels the model really runs
 ("own") is reported beside TensorFlow's.
 
-    python benchmarks/kernel_ceiling.py --batch_size 2             # fp32 and bf16, on whichever CPU runs it
-    python benchmarks/kernel_ceiling.py --dtype auto --base_filters 8
+    python -m benchmarks.kernel_ceiling --batch_size 2             # fp32 and bf16, on whichever CPU runs it
+    python -m benchmarks.kernel_ceiling --dtype auto --base_filters 8
 
 On a CPU without native bfloat16 the bf16 ceiling is that of the emulated
 kernels; where bf16 cannot run at all (an AVX-512 CPU with oneDNN capped
@@ -30,18 +30,16 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from common.compat import keras  # noqa: E402
-from common.errors import UserInputError  # noqa: E402
-from model.matmul_conv import MatmulGradConv2D, filter_gradient  # noqa: E402
-from model.unet import build_unet  # noqa: E402
-from runtime.execution.device import choose_precision, describe_cpu, select_device  # noqa: E402
+from common.compat import keras
+from common.errors import UserInputError
+from model.matmul_conv import MatmulGradConv2D, filter_gradient
+from model.unet import build_unet
+from runtime.execution.device import choose_precision, describe_cpu, select_device
 
 DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}
 

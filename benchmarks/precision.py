@@ -14,9 +14,9 @@ unet2d.py's own --benchmark) in fp32, bf16 and auto, three ways:
 and 64 in auto precision. Writes precision.{json,md} or widths.{json,md}
 into --out, each with the machine it ran on.
 
-    python benchmarks/precision.py precision     # about 12 minutes on 2 cores with AVX512_BF16
-    python benchmarks/precision.py precision --settings cap --rounds 2 --steps 8   # auto against fp32, A/B
-    python benchmarks/precision.py widths        # about 5 minutes
+    python -m benchmarks.precision precision     # about 12 minutes on 2 cores with AVX512_BF16
+    python -m benchmarks.precision precision --settings cap --rounds 2 --steps 8   # auto against fp32, A/B
+    python -m benchmarks.precision widths        # about 5 minutes
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import sys
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.benchmark import machine_record, run_config
 
-from benchmarks.benchmark import machine_record, run_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 SETTINGS = {  # name: (extra environment, precisions timed)
@@ -108,7 +107,7 @@ def main() -> None:
     rows = measure(args.steps, args.warmup, args.batch_size, args.settings, args.rounds)
     machine = machine_record()
     args.out.mkdir(parents=True, exist_ok=True)
-    command = f"python benchmarks/precision.py {' '.join(sys.argv[1:])}"
+    command = f"python -m benchmarks.precision {' '.join(sys.argv[1:])}"
     (args.out / f"{args.what}.json").write_text(json.dumps(
         {"date": date.today().isoformat(), "machine": machine, "command": command, "results": rows}, indent=2))
     header = [f"Measured {date.today().isoformat()} on {machine['cpu']} ({machine['cpus']} cores; ISA flags: "

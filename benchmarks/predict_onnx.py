@@ -7,8 +7,8 @@ first ``--slices`` slices of a stack (after one warm-up pass), and measures
 how far ONNX Runtime's probabilities and masks are from TensorFlow fp32's on
 the whole stack.
 
-    python benchmarks/predict_onnx.py --export model/export --stack $DATA/test-volume.tif
-    python benchmarks/predict_onnx.py ... --bf16 auto|on|off --json benchmarks/results/predict_onnx.json
+    python -m benchmarks.predict_onnx --export model/export --stack $DATA/test-volume.tif
+    python -m benchmarks.predict_onnx ... --bf16 auto|on|off --json benchmarks/results/predict_onnx.json
 
 ``--bf16 auto`` times bf16 only where the CPU computes it natively (AVX512_BF16
 or AMX); elsewhere it is emulated and 7-10x slower, which says nothing about
@@ -25,20 +25,20 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import tensorflow as tf
+import tifffile
+import yaml
+
+from benchmarks.ablation import invocation
+from benchmarks.input_modes import machine_name, tensorflow_version
+from common.compat import keras
+from runtime.inference import strategies
+from runtime.inference.export import KERAS_FILE, class_probabilities, load_probability_fn
+from runtime.inference.zoo import ZOO_PACKAGE
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tifffile  # noqa: E402
-import yaml  # noqa: E402
-
-from benchmarks.ablation import invocation  # noqa: E402
-from benchmarks.input_modes import machine_name, tensorflow_version  # noqa: E402
-from common.compat import keras  # noqa: E402
-from runtime.inference import strategies  # noqa: E402
-from runtime.inference.export import KERAS_FILE, class_probabilities, load_probability_fn  # noqa: E402
-from runtime.inference.zoo import ZOO_PACKAGE  # noqa: E402
 
 
 def tensorflow_fn(export: Path, bf16: bool) -> strategies.ProbabilityFn:

@@ -6,7 +6,7 @@ own and the per-type totals add up to the step. Convolution kernels appear
 as oneDNN's ``_MklNative*`` ops and the matmul weight gradient as
 ``_MklMatMul``; everything else is the element-wise work around them.
 
-    python benchmarks/profile_step.py --dtype bf16 --batch_size 2
+    python -m benchmarks.profile_step --dtype bf16 --batch_size 2
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from benchmarks.filter_gradient import training_step  # noqa: E402
-from common.compat import set_mixed_bfloat16  # noqa: E402
-from model.unet import build_unet  # noqa: E402
-from runtime.execution.device import select_device  # noqa: E402
+from benchmarks.filter_gradient import training_step
+from common.compat import set_mixed_bfloat16
+from model.unet import build_unet
+from runtime.execution.device import select_device
 
 
 def op_type_seconds(trace_dir: str) -> dict[str, float]:

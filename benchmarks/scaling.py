@@ -10,8 +10,8 @@ cores), and reports images/s over all workers and the ratio. With
 go through mpirun + Horovod too, beside them. Writes scaling.json and
 scaling.md into --out.
 
-    python benchmarks/scaling.py --workers 2 --threads 1
-    python benchmarks/scaling.py --horovod_python "$(scripts/setup_env.sh tf2.15 | tail -1)"
+    python -m benchmarks.scaling --workers 2 --threads 1
+    python -m benchmarks.scaling --horovod_python "$(scripts/setup_env.sh tf2.15 | tail -1)"
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runtime.parse_results import merged_data, read_log
 
-from runtime.parse_results import merged_data, read_log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STATS_KEY = {"train": "train", "predict": "test"}
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where each ablation model's cells are best: the organisers' threshold sweep against a finer one above 0.9.
 
-    python benchmarks/threshold_sweep.py --data_dir $DATA --base_filters 64 --seeds 123
-    python benchmarks/threshold_sweep.py --data_dir $DATA --base_filters 8 --seeds 123,1,2
+    python -m benchmarks.threshold_sweep --data_dir $DATA --base_filters 64 --seeds 123
+    python -m benchmarks.threshold_sweep --data_dir $DATA --base_filters 8 --seeds 123,1,2
 
 The organisers score a probability map at P(cell) > 0.0, 0.1, ..., 0.9 and
 keep the best (runtime/inference/thinned.py). A model whose best threshold is
@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import ablation
+from benchmarks.input_modes import machine_name, tensorflow_version, unet2d
+from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, best_of_means, slice_sweep
+from runtime.parse_results import read_log
 
-from benchmarks import ablation  # noqa: E402
-from benchmarks.input_modes import machine_name, tensorflow_version, unet2d  # noqa: E402
-from benchmarks.input_pipeline import check_data_dir, default_data_dir  # noqa: E402
-from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, best_of_means, slice_sweep  # noqa: E402
-from runtime.parse_results import read_log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ABOVE = FINER_THRESHOLDS[len(THRESHOLDS):]  # where the organisers' sweep stops, as unet2d.py --finer_sweep
 

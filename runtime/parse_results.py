@@ -1,6 +1,6 @@
 """Reading runs' results back from their log.json files, and averaging a 5-fold cross-validation.
 
-    python runtime/parse_results.py --model_dir <results_dir> --env bf16_1hpu
+    python -m runtime.parse_results --model_dir <results_dir> --env bf16_1hpu
 """
 
 from __future__ import annotations
@@ -9,13 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: python runtime/parse_results.py, like the recipe
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.errors import UserInputError, exit_status  # noqa: E402
+from common.errors import UserInputError, exit_status
 
 # Their home is the log format's module; tests and benchmarks import them from here too.
-from runtime.reporting.dllog import final_eval, merged_data, read_log  # noqa: E402,F401
+from runtime.reporting.dllog import final_eval, merged_data, read_log  # noqa: F401
 
 
 def fold_logs(results_dir: Path, env: str, folds: list[int] | None = None) -> list[Path]:

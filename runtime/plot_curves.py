@@ -1,6 +1,6 @@
 """Learning curves of one or several runs: losses, Dice and the challenge scores against the step.
 
-    python runtime/plot_curves.py results/bf16_1hpu_fold*/log.json --output curves.png
+    python -m runtime.plot_curves results/bf16_1hpu_fold*/log.json --output curves.png
 
 Each log.json is one line per panel, named after its folder (e.g. the five
 folds of a cross-validation side by side).
@@ -12,11 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script, like parse_results.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.errors import UserInputError, exit_status  # noqa: E402
-from runtime.parse_results import read_log  # noqa: E402
+from common.errors import UserInputError, exit_status
+from runtime.parse_results import read_log
 
 PANELS = (  # (title, [(log key, line style)])
     ("training loss", [("train_total_loss", "-")]),

@@ -122,15 +122,15 @@ def test_resume_continues_from_the_checkpoint_and_counts_every_part(monkeypatch,
 
 
 def test_a_section_keeps_every_command_that_wrote_its_rows():
-    old = {"command": "python benchmarks/ablation.py --configs recipe", "steps": 400, "tensorflow": "2.x",
+    old = {"command": "python -m benchmarks.ablation --configs recipe", "steps": 400, "tensorflow": "2.x",
            "measured": "yesterday", "note": "kept"}
-    settings = ablation.record_run(old, "python benchmarks/ablation.py --configs '+ tile' --resume", 400)
-    settings = ablation.record_run(settings, "python benchmarks/ablation.py --configs '+ tile' --resume", 400)
-    assert settings["commands"] == ["python benchmarks/ablation.py --configs recipe",
-                                    "python benchmarks/ablation.py --configs '+ tile' --resume"]
+    settings = ablation.record_run(old, "python -m benchmarks.ablation --configs '+ tile' --resume", 400)
+    settings = ablation.record_run(settings, "python -m benchmarks.ablation --configs '+ tile' --resume", 400)
+    assert settings["commands"] == ["python -m benchmarks.ablation --configs recipe",
+                                    "python -m benchmarks.ablation --configs '+ tile' --resume"]
     assert "command" not in settings and settings["note"] == "kept" and settings["measured"] != "yesterday"
     rows = [row("recipe", 123, 0.80, 0.70), row("+ tile", 123, 0.82, 0.75)]
     text = ablation.markdown({"rows": rows, "settings": {"8-split123": settings}})
-    assert "`python benchmarks/ablation.py --configs recipe`\n\n`python benchmarks/ablation.py --configs '+ tile'" \
+    assert "`python -m benchmarks.ablation --configs recipe`\n\n`python -m benchmarks.ablation --configs '+ tile'" \
            " --resume`\n\nLast measured" in text
     assert ablation.record_run(None, "c", 400)["commands"] == ["c"]

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.one_stack]
 
 def test_benchmark_script_runs_end_to_end(isbi_dir, tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data_dir", str(isbi_dir),
+    command = [sys.executable, "-m", "benchmarks.benchmark", "--data_dir", str(isbi_dir),
                "--modes", "train", "predict",
                "--dtypes", "auto", "--base_filters", "8", "--batch_sizes", "1", "--steps", "2", "--warmup", "1",
                "--out", str(tmp_path)]

@@ -38,12 +38,12 @@ def test_cli_reports_corrupt_and_missing_logs(tmp_path):
     (tmp_path / "bf16_1hpu_fold1" / "log.json").write_text("DLLL {broken\n")
     (tmp_path / "bf16_1hpu_fold2").mkdir()
     (tmp_path / "bf16_1hpu_fold2" / "log.json").write_text("")
-    script = [sys.executable, str(ROOT / "runtime" / "parse_results.py"), "--model_dir", str(tmp_path)]
-    result = subprocess.run([*script, "--env", "bf16_1hpu"], capture_output=True, text=True)
+    script = [sys.executable, "-m", "runtime.parse_results", "--model_dir", str(tmp_path)]
+    result = subprocess.run([*script, "--env", "bf16_1hpu"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
     assert "Evaluation dice score: 0.8 (average of 1 folds)" in result.stdout
     assert "not a valid DLLL record" in result.stderr and "no evaluation result" in result.stderr
-    missing = subprocess.run([*script, "--env", "fp32_8hpu"], capture_output=True, text=True)
+    missing = subprocess.run([*script, "--env", "fp32_8hpu"], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode == 2 and "no log.json" in missing.stderr
 
 
@@ -53,9 +53,9 @@ def test_only_the_folds_asked_for_are_averaged(tmp_path):
     summary = average_folds(tmp_path, "bf16_1hpu", folds=[0, 1])
     assert summary["folds"] == 2 and summary["eval_dice_score"] == pytest.approx(0.85)
     assert average_folds(tmp_path, "bf16_1hpu", folds=[2])["eval_dice_score"] == pytest.approx(0.1)
-    script = [sys.executable, str(ROOT / "runtime" / "parse_results.py"), "--model_dir", str(tmp_path),
-              "--env", "bf16_1hpu", "--folds"]
-    absent = subprocess.run([*script, "4"], capture_output=True, text=True)
+    script = [sys.executable, "-m", "runtime.parse_results", "--model_dir", str(tmp_path), "--env", "bf16_1hpu",
+              "--folds"]
+    absent = subprocess.run([*script, "4"], capture_output=True, text=True, cwd=ROOT)
     assert absent.returncode == 2 and "no log.json of a bf16_1hpu_fold{4} run" in absent.stderr
-    out_of_range = subprocess.run([*script, "5"], capture_output=True, text=True)
+    out_of_range = subprocess.run([*script, "5"], capture_output=True, text=True, cwd=ROOT)
     assert out_of_range.returncode == 2 and "invalid choice: 5" in out_of_range.stderr
