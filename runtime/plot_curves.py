@@ -2,8 +2,10 @@
 
     python -m runtime.plot_curves results/bf16_1hpu_fold*/log.json --output curves.png
 
-Each log.json is one line per panel, named after its folder (e.g. the five
-folds of a cross-validation side by side).
+Each series is named by what it holds (e.g. "Dice of the masks"); with
+several log.json files, each is also named after its folder (e.g. the five
+folds of a cross-validation side by side). Evaluations are points: a run
+that evaluates once (``--evaluate_every 0``) gives one point per score.
 """
 
 from __future__ import annotations
@@ -19,8 +21,25 @@ PANELS = (  # (title, [(log key, line style)])
     ("training loss", [("train_total_loss", "-")]),
     ("evaluation loss", [("eval_total_loss", "o-")]),
     ("Dice", [("eval_dice_score", "o-"), ("eval_mask_dice", "s--")]),
-    ("challenge scores", [("eval_v_rand", "o-"), ("eval_v_info", "s--")]),
+    ("challenge scores", [("eval_v_rand_thinned", "o-"), ("eval_v_info_thinned", "s--"), ("eval_v_rand", "^:"),
+                          ("eval_v_info", "v:")]),
 )
+SERIES_NAMES = {
+    "train_total_loss": "training loss (cross-entropy + Dice)",
+    "eval_total_loss": "evaluation loss (cross-entropy + Dice)",
+    "eval_dice_score": "Dice of the probabilities (the recipe's)",
+    "eval_mask_dice": "Dice of the masks",
+    "eval_v_rand_thinned": "V_Rand, thinned (organisers')",
+    "eval_v_info_thinned": "V_Info, thinned (organisers')",
+    "eval_v_rand": "V_Rand of the mask",
+    "eval_v_info": "V_Info of the mask",
+}
+
+
+def series_label(run: str, key: str, several_runs: bool) -> str:
+    """What a line holds, and whose it is when several runs share the panel."""
+    what = SERIES_NAMES[key]
+    return f"{run}: {what}" if several_runs else what
 
 
 def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
@@ -63,8 +82,8 @@ def plot(logs: list[Path], output: Path) -> Path:
             for key, style in keys:
                 if key in series:
                     steps, values = series[key]
-                    label = name if len(keys) == 1 else f"{name} {key.removeprefix('eval_')}"
-                    axis.plot(steps, values, style, label=label, markersize=3, linewidth=1.2)
+                    axis.plot(steps, values, style, label=series_label(name, key, len(runs) > 1), markersize=3,
+                              linewidth=1.2)
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

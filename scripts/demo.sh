@@ -24,7 +24,7 @@ if [ ! -f "$data/test-volume.tif" ]; then
 fi
 common=(--data_dir "$data" --model_dir "$out/model" --batch_size 2 --dtype auto --base_filters 16)
 "$python" unet2d.py "${common[@]}" --exec_mode train_and_evaluate --fold 0 --max_steps 120 --log_every 20 \
-  --log_dir "$out/logs/train" --tensorboard_logging "$@"
+  --evaluate_every 40 --log_dir "$out/logs/train" --tensorboard_logging "$@"
 "$python" unet2d.py "${common[@]}" --exec_mode predict --log_dir "$out/logs/predict" "$@"
 "$python" -m runtime.plot_curves "$out/logs/train/log.json" -o "$out/learning-curves.png"
 

@@ -223,6 +223,14 @@ def test_bad_output_paths_and_config(tmp_path):
                       "--log_dir", str(tmp_path))
     assert result.returncode == 2 and "--model_dir is not a folder" in result.stderr
     assert a_file.read_text() == "x"
+    squatted = tmp_path / "squatted"  # a file where the checkpoint folder goes: refused, never cleared
+    squatted.mkdir()
+    (squatted / "model_checkpoint").write_text("mine")
+    result = run_main("--synth_data", "--exec_mode", "train", "--max_steps", "1", "--model_dir", str(squatted),
+                      "--log_dir", str(tmp_path / "squatted-logs"))
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "model_checkpoint is a file" in last and "Traceback" not in result.stderr, last
+    assert (squatted / "model_checkpoint").read_text() == "mine"
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
     result = run_main("--synth_data", "--bf16_config_path", str(bad_json),

@@ -115,6 +115,14 @@ def test_learning_curves_plot(trained, tmp_path):
     assert plot_main([str(tmp_path / "missing.json"), "-o", str(target)]) == 2
 
 
+def test_curves_are_named_by_what_they_hold_and_by_run_only_when_there_are_several():
+    from runtime.plot_curves import PANELS, SERIES_NAMES, series_label
+
+    assert {key for _, keys in PANELS for key, _ in keys} == set(SERIES_NAMES)
+    assert series_label("train", "eval_mask_dice", several_runs=False) == "Dice of the masks"
+    assert series_label("fold3", "eval_v_rand_thinned", several_runs=True) == "fold3: V_Rand, thinned (organisers')"
+
+
 @pytest.fixture(scope="module")
 def exported(trained):
     out, _ = trained

@@ -166,6 +166,10 @@ def check_inputs(args: argparse.Namespace) -> DataSources | None:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise UserInputError(f"--model_dir is not a folder: {model_dir}")
+    checkpoints = checkpoint_dir(model_dir)
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise UserInputError(f"{checkpoints} is a file, where the run keeps its checkpoint folder: move it away "
+                             "or choose another --model_dir (it is left as it is)")
     if args.exec_mode == "export":
         export_dir = Path(args.export_dir or model_dir / "export")
         if export_dir.exists() and not export_dir.is_dir():

@@ -93,16 +93,33 @@ def unview(image: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(unmirrored, -(k % 4), axes=(0, 1)))
 
 
+def quarter_turns(images: tf.Tensor, k: int) -> tf.Tensor:
+    """A [B, H, W, C] batch turned ``k`` quarter turns counter-clockwise, as np.rot90 over (rows, columns).
+
+    Not tf.image.rot90: for a batch of unknown size it guards its shape with an
+    Assert inside a cond, whose Merge node makes grappler print a warning line
+    at every evaluation.
+    """
+    k %= 4
+    if k == 1:
+        return tf.reverse(tf.transpose(images, [0, 2, 1, 3]), axis=[1])
+    if k == 2:
+        return tf.reverse(images, axis=[1, 2])
+    if k == 3:
+        return tf.transpose(tf.reverse(images, axis=[1]), [0, 2, 1, 3])
+    return images
+
+
 def views_mapped_back(network: Callable[[tf.Tensor], tf.Tensor], images: tf.Tensor, tta: bool) -> list[tf.Tensor]:
     """A network's outputs for a [B, H, W, C] batch in the graph: one, or with ``tta`` one per view, each turned
     back onto the batch's own orientation (as ``view`` and ``unview`` do for one slice), ready to be averaged.
     The outputs are the centres of the inputs, so any view of an input has the same view of its output."""
     outputs = []
     for k in range(VIEWS if tta else 1):
-        turned = tf.image.rot90(images, k % 4)  # counter-clockwise, as np.rot90 over (rows, columns)
+        turned = quarter_turns(images, k)
         output = network(tf.reverse(turned, axis=[2]) if k >= 4 else turned)
         unmirrored = tf.reverse(output, axis=[2]) if k >= 4 else output
-        outputs.append(tf.image.rot90(unmirrored, (4 - k % 4) % 4))
+        outputs.append(quarter_turns(unmirrored, -k))
     return outputs
 
 

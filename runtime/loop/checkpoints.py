@@ -39,6 +39,8 @@ def clear_checkpoints(folder: Path) -> bool:
         raise UserInputError(f"refusing to clear {folder}: it is a symbolic link")
     if not folder.exists():
         return False
+    if not folder.is_dir():
+        raise UserInputError(f"refusing to clear {folder}: it is a file, not a checkpoint folder")
     if folder.name != CHECKPOINT_FOLDER and folder.parent.name != CHECKPOINT_FOLDER:
         raise AssertionError(f"only checkpoint folders are ever cleared, not {folder}")
     shutil.rmtree(folder)
