@@ -10,16 +10,16 @@ See README.md, and docs/usage.md for every mode and flag.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
 from common.errors import exit_status
-from runtime.cli.arguments import parse_args
+from runtime.cli.arguments import parse_config
 
 if TYPE_CHECKING:
+    from common.config import RunConfig
     from runtime.cli.setup import Plan
     from runtime.execution.device import Device, Precision
     from runtime.execution.distribution import Workers
@@ -27,16 +27,18 @@ if TYPE_CHECKING:
 
 
 def run(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.tf_verbosity is not None:  # must be set before TensorFlow is imported
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(args.tf_verbosity)
+    config = parse_config(argv)
+    tf_verbosity = config.flags["tf_verbosity"]
+    if tf_verbosity is not None:  # must be set before TensorFlow is imported
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(tf_verbosity)
     from common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
     from runtime.execution.signals import STOP
 
     # TensorFlow's C++ start-up lines are dropped unless asked for. A multi-worker job joins its
     # cluster outside (its waiting lines and TensorFlow's cluster start print to the real stderr).
-    joins_cluster = args.distribution == "multi_worker"
-    with tensorflow_start_quietly(not asked_for_tensorflow_lines(args.tf_verbosity)):
+    distribution = config.distribution
+    joins_cluster = distribution.distribution == "multi_worker"
+    with tensorflow_start_quietly(not asked_for_tensorflow_lines(tf_verbosity)):
         # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
         # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
         with STOP.holding_sigterm():
@@ -44,25 +46,25 @@ def run(argv: list[str] | None = None) -> None:
             from runtime.execution.device import choose_precision, select_device
             from runtime.execution.distribution import make_workers
 
-            device = select_device(args.no_hpu)  # loads Gaudi's module before any op runs
-        precision = choose_precision(args.dtype, device)
+            device = select_device(distribution.no_hpu)  # loads Gaudi's module before any op runs
+        precision = choose_precision(config.model.dtype, device)
         with STOP.during("checking the inputs"):
-            plan = plan_run(args)  # before joining a cluster, so a bad input fails alone and at once
+            plan = plan_run(config)  # before joining a cluster, so a bad input fails alone and at once
         if not joins_cluster:
-            workers = make_workers(args.distribution, device.kind)  # before any op runs
+            workers = make_workers(distribution.distribution, device.kind)  # before any op runs
     if joins_cluster:
-        workers = make_workers(args.distribution, device.kind, args.cluster_timeout)
-    lock = lock_model_dir(args, workers)  # before anything is read or written there
+        workers = make_workers(distribution.distribution, device.kind, distribution.cluster_timeout)
+    lock = lock_model_dir(config, workers)  # before anything is read or written there
     if lock is not None:
         STOP.on_forced_exit(lock.release)
     try:
-        run_modes(args, device, precision, workers, lock, plan)
+        run_modes(config, device, precision, workers, lock, plan)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_modes(args: argparse.Namespace, device: Device, precision: Precision, workers: Workers,
+def run_modes(config: RunConfig, device: Device, precision: Precision, workers: Workers,
               lock: ModelDirLock | None, plan: Plan) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
@@ -78,48 +80,50 @@ def run_modes(args: argparse.Namespace, device: Device, precision: Precision, wo
     )
     from runtime.loop.runner import RunContext, Runner
 
-    exporting = args.exec_mode == "export"
-    configure_tensorflow(args, device, workers, bf16=precision.bf16 and not exporting)
-    logger = make_logger(args, workers)
+    exporting = config.exports
+    configure_tensorflow(config, device, workers, bf16=precision.bf16 and not exporting)
+    logger = make_logger(config.outputs, workers, append=config.training.resume_training or exporting)
     if lock is not None and lock.taken_over:
         logger.log("LOCK", {"warning": lock.taken_over})
     if precision.warning and not exporting and workers.is_chief:
         print(f"unet2d.py: warning: {precision.warning}", file=sys.stderr, flush=True)
 
+    data = config.data
     with workers.phase("reading the data"):
-        dataset = load_dataset(args, stream_options(args, workers, device), plan)
-        prediction_inputs = load_prediction_inputs(args, dataset) if "predict" in args.exec_mode else []
-    checkpoint_dir = prepare_checkpoint_dir(args, workers)
-    keep_intensity_window(args, workers, dataset)
-    tensorboard = make_tensorboard(args, workers)
+        dataset = None if exporting else load_dataset(data, stream_options(data, workers, device), plan)
+        prediction_inputs = load_prediction_inputs(data, dataset) if config.predicts else []
+    checkpoint_dir = prepare_checkpoint_dir(config, workers)
+    if config.trains:
+        keep_intensity_window(config.outputs.model_dir, workers, dataset)
+    tensorboard = make_tensorboard(config.outputs, workers)
 
-    logger.log("PARAMETER", vars(args))
+    logger.log("PARAMETER", dict(config.flags))
     logger.log("SETUP", {"device": device.describe(), "engine": workers.engine, "workers": workers.size,
                          "replicas": workers.replicas, "distribution": workers.describe(),
                          "precision": "fp32 (exports are float32)" if exporting else precision.describe(),
-                         "synthetic_data": args.synth_data})
+                         "synthetic_data": data.synth_data})
     if dataset is not None:
-        logger.log("DATA", {**dataset.describe_split(), "fold": args.fold, "fold_scheme": args.fold_scheme})
+        logger.log("DATA", {**dataset.describe_split(), "fold": data.fold, "fold_scheme": data.fold_scheme})
     if tensorboard is not None:
-        tensorboard.hyperparameters(vars(args))
+        tensorboard.hyperparameters(dict(config.flags))
 
-    context = RunContext(args, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs,
+    context = RunContext(config, workers, logger, dataset, checkpoint_dir, tensorboard, prediction_inputs,
                          plan.init_source)
     # Only training needs the weight gradient; exported models keep Keras's own Conv2D layers.
-    training = "train" in args.exec_mode
-    matmul_gradient = device.prefers_matmul_filter_gradient and training
-    exact_bias = device.needs_exact_bias_gradient(precision.bf16) and training
+    matmul_gradient = device.prefers_matmul_filter_gradient and config.trains
+    exact_bias = device.needs_exact_bias_gradient(precision.bf16) and config.trains
+    model = config.model
     with workers.phase("building the model"):  # tf.distribute's first broadcast of the variables is here
-        runner = Runner(context, lambda: build_unet(args.seed, args.num_classes,
+        runner = Runner(context, lambda: build_unet(model.seed, model.num_classes,
                                                     matmul_filter_gradient=matmul_gradient,
-                                                    base_filters=args.base_filters, exact_bias_gradient=exact_bias))
-    if "train" in args.exec_mode:
+                                                    base_filters=model.base_filters, exact_bias_gradient=exact_bias))
+    if config.trains:
         runner.train()
-    if "evaluate" in args.exec_mode:
+    if config.evaluates:
         runner.evaluate()
-    if "predict" in args.exec_mode:
+    if config.predicts:
         runner.predict()
-    if args.exec_mode == "export":
+    if exporting:
         runner.export()
     if tensorboard is not None:
         tensorboard.close()

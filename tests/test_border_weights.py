@@ -154,14 +154,14 @@ def test_the_stream_carries_the_map_and_is_otherwise_unchanged(tmp_path, input_m
 
 
 def test_the_flags_reach_the_stream_options():
-    from runtime.cli.arguments import parse_args
+    from runtime.cli.arguments import parse_config
     from runtime.cli.setup import stream_options
     from runtime.execution.device import select_device
     from runtime.execution.distribution import Workers
 
     def options(*flags: str) -> StreamOptions:
-        args = parse_args(["--data_dir", "x", "--exec_mode", "train", *flags])
-        return stream_options(args, Workers(), select_device(no_hpu=True))
+        config = parse_config(["--data_dir", "x", "--exec_mode", "train", *flags])
+        return stream_options(config.data, Workers(), select_device(no_hpu=True))
 
     assert options().border_w0 == 0.0  # off by default: the recipe
     paper = options("--border_weights")

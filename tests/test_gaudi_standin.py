@@ -19,7 +19,7 @@ import pytest
 
 from common import compat
 from data_loading.data_loader import StreamOptions, SyntheticDataset
-from runtime.cli.arguments import DEFAULT_BF16_CONFIG, parse_args
+from runtime.cli.arguments import DEFAULT_BF16_CONFIG, parse_config
 from runtime.cli.setup import configure_tensorflow, stream_options
 from runtime.execution.device import select_device
 from runtime.execution.distribution import Workers
@@ -90,16 +90,16 @@ def test_without_habana_software_the_cpu_is_used(monkeypatch):
 
 def test_bf16_on_gaudi_sets_the_conversion_config_not_keras_policy(habana, monkeypatch):
     monkeypatch.setenv("TF_BF16_CONVERSION", "unset")  # restored (to absent) after the test
-    args = parse_args(["--synth_data", "--dtype", "bf16"])
-    configure_tensorflow(args, select_device(no_hpu=False), Workers(), bf16=True)
+    config = parse_config(["--synth_data", "--dtype", "bf16"])
+    configure_tensorflow(config, select_device(no_hpu=False), Workers(), bf16=True)
     import os
     assert os.environ["TF_BF16_CONVERSION"] == str(DEFAULT_BF16_CONFIG)
     assert compat.compute_dtype() == "float32"
 
 
 def test_gaudi2_input_pipeline_is_parallel_and_prefetches_to_the_hpu(habana):
-    args = parse_args(["--synth_data", "--batch_size", "2", "--seed", "1"])
-    options = stream_options(args, Workers(), select_device(no_hpu=False))
+    config = parse_config(["--synth_data", "--batch_size", "2", "--seed", "1"])
+    options = stream_options(config.data, Workers(), select_device(no_hpu=False))
     assert options.parallel_map and options.prefetch_device == "/device:HPU:0"
 
 

@@ -117,13 +117,13 @@ def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path, monkeypat
 
 def test_model_dir_of_root_is_never_cleared_itself(tmp_path):
     """With --model_dir / the folder that training clears is /model_checkpoint, and only that."""
-    from runtime.cli.arguments import parse_args
+    from runtime.cli.arguments import parse_config
     from runtime.cli.setup import prepare_checkpoint_dir
     from runtime.execution.distribution import Workers
     from runtime.loop.checkpoints import clear_checkpoints
 
-    args = parse_args(["--synth_data", "--exec_mode", "evaluate", "--model_dir", "/"])
-    assert prepare_checkpoint_dir(args, Workers()) == Path("/model_checkpoint")
+    config = parse_config(["--synth_data", "--exec_mode", "evaluate", "--model_dir", "/"])
+    assert prepare_checkpoint_dir(config, Workers()) == Path("/model_checkpoint")
     for folder in (Path("/"), Path.home(), tmp_path):
         with pytest.raises(AssertionError, match="only checkpoint folders"):
             clear_checkpoints(folder)

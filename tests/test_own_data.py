@@ -337,18 +337,18 @@ FOUND_BEFORE_READING = set(BAD_OWN_DATA) - {"label out of range", "float labels"
 def test_bad_own_data_is_refused_in_one_line_and_header_faults_before_reading(tmp_path, monkeypatch, case):
     """Every kind, through what unet2d.py runs: plan_run before the cluster join (flags, plan from the
     headers, memory check), then load_dataset with that plan (the read); one case also goes through the CLI."""
-    from runtime.cli.arguments import parse_args
+    from runtime.cli.arguments import parse_config
     from runtime.cli.setup import load_dataset, plan_run
 
     data_flags, message, env = _bad_input(tmp_path, case)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    args = parse_args(["--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags])
+    config = parse_config(["--exec_mode", "train", "--num_classes", "3", "--max_steps", "1", *data_flags])
     stage = "plan_run"
     with pytest.raises(UserInputError) as error:
-        plan = plan_run(args)
+        plan = plan_run(config)
         stage = "load_dataset"
-        load_dataset(args, StreamOptions(batch_size=1, seed=0), plan)
+        load_dataset(config.data, StreamOptions(batch_size=1, seed=0), plan)
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
     assert stage == ("plan_run" if case in FOUND_BEFORE_READING else "load_dataset"), stage
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from common.config import RunConfig
+
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
 PREDICT_STRATEGIES = ("resize", "tile")
 INPUT_MODES = ("resize", "tile")
@@ -371,3 +373,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     _check(parser, args)
     return args
+
+
+def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
+    """The flags, checked, as the run's one frozen configuration (common/config.py)."""
+    return RunConfig.from_flags(vars(parse_args(argv)))

@@ -9,12 +9,12 @@ into the same ``--log_dir`` before it. Those lines are the record this reads.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.config import DataConfig, ModelConfig, OutputConfig
 from data_loading.data_loader import TRAIN_IMAGES, fold_indices
 from data_loading.image_stack import read_image_stack
 from data_loading.intensity import IntensityWindow, fit_window, is_eight_bit, to_eight_bit
@@ -50,21 +50,22 @@ def _data_words(flags: dict[str, Any]) -> str:
             f"Data folder: {flags.get('data_dir')}.")
 
 
-def package_info(args: argparse.Namespace, engine: str, sample_source: str) -> PackageInfo:
+def package_info(model: ModelConfig, input_mode: str, outputs: OutputConfig, engine: str,
+                 sample_source: str) -> PackageInfo:
     """The package's metadata: this run's model shape and authors, the training run's flags, precision and
     data, and the last evaluation's scores, as ``<log_dir>/log.json`` recorded them."""
-    log = Path(args.log_dir) / "log.json"
+    log = outputs.log_dir / "log.json"
     records = read_log(log) if log.is_file() else []
     training = _training_run(records)
     flags = merged_data(training, "PARAMETER")
     precision = str(merged_data(training, "SETUP").get("precision", "not recorded")).split(" ")[0]
-    default_name = (f"UNet2D EM segmentation ({args.num_classes} classes - width {args.base_filters} - "
-                    f"{args.input_mode})")
+    default_name = (f"UNet2D EM segmentation ({model.num_classes} classes - width {model.base_filters} - "
+                    f"{input_mode})")
     return PackageInfo(
-        name=args.zoo_name or default_name, strategy=args.input_mode, base_filters=args.base_filters,
-        num_classes=args.num_classes, training_precision=precision,
+        name=outputs.zoo_name or default_name, strategy=input_mode, base_filters=model.base_filters,
+        num_classes=model.num_classes, training_precision=precision,
         engine=ENGINE_WORDS.get(str(flags.get("distribution")), str(flags.get("distribution") or engine)),
-        authors=tuple(args.zoo_author or ()),
+        authors=outputs.zoo_author,
         flags={key: value for key, value in flags.items() if key not in ("zoo_author", "zoo_name")},
         scores=final_eval(records) or {}, data=_data_words(flags) or f"Not recorded in {log}.",
         sample_source=sample_source)
@@ -75,12 +76,12 @@ def _centre(image: np.ndarray) -> np.ndarray:
     return image[top:top + SAMPLE_SIDE, left:left + SAMPLE_SIDE]
 
 
-def sample_slice(args: argparse.Namespace, window: IntensityWindow | None) -> tuple[np.ndarray, str]:
+def sample_slice(data: DataConfig, window: IntensityWindow | None) -> tuple[np.ndarray, str]:
     """One slice for the test tensors, in the grey values the package takes (8-bit, or the window's range),
     and where it came from in words: a validation slice of the run's data where the export run names it
     (--val_images, --train_images or the ISBI files in --data_dir, with --fold), else a generated EM-like
     slice."""
-    image, words = _raw_sample(args)
+    image, words = _raw_sample(data)
     if window is None and not is_eight_bit(image):  # an 8-bit model: the slice as predict would map it
         image = to_eight_bit(image, fit_window([image], "the slice itself"))
     elif window is not None and is_eight_bit(image):  # a model of wider grey values: the slice in its range
@@ -88,19 +89,19 @@ def sample_slice(args: argparse.Namespace, window: IntensityWindow | None) -> tu
     return image, words
 
 
-def _raw_sample(args: argparse.Namespace) -> tuple[np.ndarray, str]:
-    if args.val_images:
-        path = expand(args.val_images, "--val_images")[0]
+def _raw_sample(data: DataConfig) -> tuple[np.ndarray, str]:
+    if data.val_images:
+        path = expand(data.val_images, "--val_images")[0]
         images, _ = read_image_stack(path, "--val_images")
         return _centre(images[0]), f"slice 0 of the validation stack {path}"
-    source = (expand(args.train_images, "--train_images")[0] if args.train_images
-              else Path(args.data_dir) / TRAIN_IMAGES if args.data_dir else None)
+    source = (expand(data.train_images, "--train_images")[0] if data.train_images
+              else Path(data.data_dir) / TRAIN_IMAGES if data.data_dir else None)
     if source is not None and source.exists():
-        images, _ = read_image_stack(source, "--train_images" if args.train_images else "--data_dir")
-        fold = 0 if args.fold is None else args.fold
-        split_seed = args.seed if args.split_seed is None else args.split_seed
-        index = int(fold_indices(len(images), fold, split_seed, args.fold_scheme)[1][0])
+        images, _ = read_image_stack(source, "--train_images" if data.train_images else "--data_dir")
+        fold = 0 if data.fold is None else data.fold
+        split_seed = data.seed if data.split_seed is None else data.split_seed
+        index = int(fold_indices(len(images), fold, split_seed, data.fold_scheme)[1][0])
         return _centre(images[index]), f"slice {index} of {source}, a validation slice of fold {fold}"
-    images, _ = generate_volume(num_slices=1, size=512, seed=args.seed)
+    images, _ = generate_volume(num_slices=1, size=512, seed=data.seed)
     return images[0], ("a generated EM-like slice (the export run was given no data: pass --data_dir, "
                        "--train_images or --val_images to use a real one)")

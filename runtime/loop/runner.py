@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import signal
@@ -16,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.compat import keras, optimizer_variables, rng_state_variables
+from common.config import RunConfig
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
 from common.quiet_start import quiet_unless_asked
 from data_loading.data_loader import Dataset, SyntheticDataset
@@ -41,7 +41,7 @@ from runtime.inference.zoo import ZOO_PACKAGE, write_package
 from runtime.loop import checkpoints, model_card, warm_start
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
-from runtime.loop.roles import is_training_benchmark, logs_here, saves_checkpoints, worker_log_dir
+from runtime.loop.roles import logs_here, saves_checkpoints, worker_log_dir
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
 from runtime.reporting.dllog import Logger
 from runtime.reporting.overlays import cover_picture, write_overlays
@@ -51,7 +51,7 @@ from runtime.reporting.tensorboard import TensorBoardWriters
 
 @dataclass
 class RunContext:
-    args: argparse.Namespace
+    config: RunConfig
     workers: Workers
     logger: Logger
     dataset: Dataset | SyntheticDataset | None  # None: export, which reads no stacks
@@ -69,17 +69,17 @@ class Runner:
         with ctx.workers.scope():  # tf.distribute mirrors the variables made here on every replica
             self.model = build_model()
             # --ensemble: one model per model dir, self.model the first; evaluate and predict average them.
-            self.members = [self.model] + [build_model() for _ in (ctx.args.ensemble or [])[1:]]
-            self.optimizer = FusedAdam(learning_rate=ctx.args.learning_rate)
+            self.members = [self.model] + [build_model() for _ in (ctx.config.evaluation.ensemble or [])[1:]]
+            self.optimizer = FusedAdam(learning_rate=ctx.config.training.learning_rate)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                               rng=rng_state_variables(self.model))
         self.weights_ready = False  # True once trained or restored in this process
-        jit = True if ctx.args.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
+        jit = True if ctx.config.model.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
         self._train_step = ctx.workers.compile_step(self._train_step_fn, jit_compile=jit)
         # --freeze_encoder: a second step whose gradient stops above the encoder, whose weights it never updates.
         self._decoder_step = None
-        if ctx.args.freeze_encoder is not None:
+        if ctx.config.training.freeze_encoder is not None:
             self._decoder_step = ctx.workers.compile_step(self._decoder_step_fn, jit_compile=jit)
         self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit)
         self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit)
@@ -98,7 +98,7 @@ class Runner:
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             ce, dice = partial_losses(logits, labels)
-            loss = ce + dice + weight_decay(self.model.trainable_variables, self.ctx.args.weight_decay)
+            loss = ce + dice + weight_decay(self.model.trainable_variables, self.ctx.config.training.weight_decay)
             # Scaled so that the engine's all-reduce yields the mean gradient over replicas.
             loss = loss * self.ctx.workers.gradient_scale
         tape = self.ctx.workers.wrap_tape(tape)
@@ -111,7 +111,7 @@ class Runner:
         so that eval_dice_score scores what predict writes."""
         logits = [output for member in self.members
                   for output in strategies.views_mapped_back(lambda x, m=member: m(x, training=False), images,
-                                                              self.ctx.args.tta)]
+                                                              self.ctx.config.evaluation.tta)]
         return partial_losses(logits[0], labels) if len(logits) == 1 else ensemble_losses(logits, labels)
 
     def _predict_step_fn(self, images: tf.Tensor) -> tf.Tensor:
@@ -121,17 +121,19 @@ class Runner:
 
     def _full_resolution_probabilities(self, slices: list[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
         """Each slice's class probabilities at its own size, by --predict_strategy (and --tta)."""
-        return strategies.iter_probabilities(self._predict_step, slices, self.ctx.args.batch_size,
-                                             self.ctx.args.predict_strategy, self.ctx.args.tta)
+        evaluation = self.ctx.config.evaluation
+        return strategies.iter_probabilities(self._predict_step, slices, evaluation.batch_size,
+                                             evaluation.predict_strategy, evaluation.tta)
 
     # Training ---------------------------------------------------------------
 
     def _start_step(self) -> int:
         """Restore (--resume_training) or clear old checkpoints; the step to start from."""
-        args, folder = self.ctx.args, self.ctx.checkpoint_dir
-        if is_training_benchmark(args):
+        config, folder = self.ctx.config, self.ctx.checkpoint_dir
+        saves = saves_checkpoints(config.training, config.outputs, self.ctx.workers)
+        if config.is_training_benchmark:
             return 0
-        if args.resume_training:
+        if config.training.resume_training:
             path, damaged = checkpoints.newest_intact(folder, self._warn)
             if path is None:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
@@ -139,13 +141,13 @@ class Runner:
                 return 0
             checkpoints.restore(self.checkpoint, path)
             self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
-            if saves_checkpoints(args, self.ctx.workers) and (damaged or checkpoints.state_names(folder) != path):
+            if saves and (damaged or checkpoints.state_names(folder) != path):
                 # Before saving again: damaged files out of the way, the state file naming what is there.
                 for moved in checkpoints.set_aside(damaged, folder):
                     self._warn(f"moved damaged {moved.name} to {moved.parent} (kept, not deleted)")
                 checkpoints.write_state(folder, path)
             return int(self.step.numpy())
-        if saves_checkpoints(args, self.ctx.workers) and checkpoints.clear_checkpoints(folder):
+        if saves and checkpoints.clear_checkpoints(folder):
             self.ctx.logger.log("CHECKPOINT", {"cleared": str(folder)})
         self._initialise()
         return 0
@@ -156,7 +158,7 @@ class Runner:
         source = self.ctx.init_source
         if source is None:
             return
-        loaded, fresh = warm_start.initialise(self.model, source, self.ctx.args.seed)
+        loaded, fresh = warm_start.initialise(self.model, source, self.ctx.config.training.seed)
         self.ctx.logger.log("CHECKPOINT", {"initialised_from": source.describe(), "loaded_layers": len(loaded),
                                            "fresh_layers": fresh, "source_classes": source.classes,
                                            "loaded": loaded})
@@ -184,19 +186,20 @@ class Runner:
         path = self._save(manager)
         if path:
             return f"wrote checkpoint {path}"
-        args = self.ctx.args
-        if args.benchmark:
+        training = self.ctx.config.training
+        if training.benchmark:
             return "wrote no checkpoint (benchmarks save none)"
-        if args.disable_ckpt_saving:
+        if training.disable_ckpt_saving:
             return "wrote no checkpoint (--disable_ckpt_saving)"
         return "the chief (worker 0) wrote the checkpoint"
 
     def _log_window(self, done: int, steps: int, ce: list[float], dice: list[float], seconds: float) -> None:
-        args, ctx = self.ctx.args, self.ctx
+        ctx = self.ctx
         duration = seconds / len(ce)
         ce_mean, dice_mean = float(np.mean(ce)), float(np.mean(dice))
+        images_per_step = ctx.config.training.batch_size * ctx.workers.replicas
         data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean, "train_total_loss": ce_mean + dice_mean,
-                "iter duration [ms]": 1000.0 * duration, "IPS": args.batch_size * ctx.workers.replicas / duration}
+                "iter duration [ms]": 1000.0 * duration, "IPS": images_per_step / duration}
         ctx.logger.log((done, steps), data)
         if ctx.tensorboard is not None:
             ctx.tensorboard.train_scalars(done, {**data, "loss": data["train_total_loss"],
@@ -207,8 +210,8 @@ class Runner:
         """A live bar on a terminal (None otherwise), kept clear of the log lines and removed at the end."""
         ctx = self.ctx
         bar = None
-        if logs_here(ctx.args, ctx.workers):
-            bar = ProgressBar.for_stream(steps, start, ctx.args.batch_size * ctx.workers.replicas)
+        if logs_here(ctx.config.outputs, ctx.workers):
+            bar = ProgressBar.for_stream(steps, start, ctx.config.training.batch_size * ctx.workers.replicas)
         ctx.logger.status_line = bar
         try:
             yield bar
@@ -218,8 +221,9 @@ class Runner:
             ctx.logger.status_line = None
 
     def train(self) -> None:
-        ctx, args, workers = self.ctx, self.ctx.args, self.ctx.workers
-        steps = args.max_steps // workers.replicas
+        ctx, workers = self.ctx, self.ctx.workers
+        training, outputs = ctx.config.training, ctx.config.outputs
+        steps = training.max_steps // workers.replicas
         # Built before any restore: Keras 3 restores Adam's moments only into existing slots.
         with workers.phase("restoring the checkpoint"):
             with workers.scope():
@@ -230,12 +234,13 @@ class Runner:
             ctx.logger.log("CHECKPOINT", {"message": f"already trained {start} of {steps} steps"})
             return
         manager = None
-        if saves_checkpoints(args, workers):
-            manager = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir, args.keep_checkpoints)
-        saver = checkpoints.PeriodicSaver(args.checkpoint_every, args.checkpoint_minutes)
-        logging = logs_here(args, workers) and not args.benchmark
+        if saves_checkpoints(training, outputs, workers):
+            manager = checkpoints.make_manager(self.checkpoint, ctx.checkpoint_dir, training.keep_checkpoints)
+        saver = checkpoints.PeriodicSaver(training.checkpoint_every, training.checkpoint_minutes)
+        logging = logs_here(outputs, workers) and not training.benchmark
         # Outside benchmarks the warm-up shrinks for short runs, so they still report a speed.
-        warmup = args.warmup_steps if args.benchmark else min(args.warmup_steps, max(steps - start - 2, 0))
+        warmup = (training.warmup_steps if training.benchmark
+                  else min(training.warmup_steps, max(steps - start - 2, 0)))
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
         streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
@@ -247,7 +252,7 @@ class Runner:
                 ce, dice = run_step([next(stream) for stream in streams])
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
-                    raise TrainingDiverged(step + 1, ce, dice, None if is_training_benchmark(args)
+                    raise TrainingDiverged(step + 1, ce, dice, None if ctx.config.is_training_benchmark
                                            else checkpoints.latest(ctx.checkpoint_dir))
                 window_ce.append(ce)
                 window_dice.append(dice)
@@ -262,18 +267,19 @@ class Runner:
                 self.step.assign(done)
                 if bar is not None:
                     bar.update(done, ce + dice)
-                if logging and (done - start == 1 or done % args.log_every == 0 or done == steps):
+                if logging and (done - start == 1 or done % training.log_every == 0 or done == steps):
                     self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
                     window_ce, window_dice, window_start = [], [], time.perf_counter()
                 if workers.any(STOP.requested):
                     raise TrainingInterrupted(STOP.signum or signal.SIGTERM, done, self._stop_note(manager))
-                if done < steps and saver.due(done) and not args.benchmark:
+                if done < steps and saver.due(done) and not training.benchmark:
                     self._save(manager)
                     saver.saved()
-                if args.evaluate_every and done % args.evaluate_every == 0 and done < steps and not args.benchmark:
+                every = ctx.config.evaluation.evaluate_every
+                if every and done % every == 0 and done < steps and not training.benchmark:
                     self.evaluate(step=done)
-            if logs_here(args, workers):
-                ctx.logger.log((), {**performance_stats(timer.durations, args.batch_size * workers.replicas,
+            if logs_here(outputs, workers):
+                ctx.logger.log((), {**performance_stats(timer.durations, training.batch_size * workers.replicas,
                                                         "train"), "time_to_first_step_s": first_step_at})
             final = self._save(manager)
         if STOP.requested:  # came after the last vote, while saving: the training is complete, stop here
@@ -281,7 +287,7 @@ class Runner:
                                       else self._stop_note(None))
 
     def _encoder_frozen(self, step: int) -> bool:
-        freeze = self.ctx.args.freeze_encoder
+        freeze = self.ctx.config.training.freeze_encoder
         return freeze is not None and (freeze == "all" or step < freeze)
 
     # Evaluation and prediction ---------------------------------------------
@@ -289,7 +295,7 @@ class Runner:
     def _ensure_weights(self) -> None:
         if self.weights_ready:
             return
-        folders = [checkpoints.checkpoint_dir(Path(d)) for d in self.ctx.args.ensemble or []]
+        folders = [checkpoints.checkpoint_dir(Path(d)) for d in self.ctx.config.evaluation.ensemble or []]
         with self.ctx.workers.phase("restoring the checkpoint"):
             if not folders:
                 path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step)
@@ -326,14 +332,14 @@ class Runner:
         data = {"eval_ce_loss": ce_loss, "eval_dice_loss": dice_loss,
                 "eval_total_loss": ce_loss + dice_loss, "eval_dice_score": 1.0 - dice_loss,
                 "loss": ce_loss + dice_loss, "accuracy": 1.0 - dice_loss}
-        if logs_here(ctx.args, ctx.workers):
+        if logs_here(ctx.config.outputs, ctx.workers):
             data.update(self._challenge_scores(step))
             ctx.logger.log((), {**data, "global_step": step})
             if "eval_v_rand_thinned_threshold" in data and ctx.workers.is_chief:
                 try:
-                    save_best_threshold(Path(ctx.args.model_dir), step, data)
+                    save_best_threshold(ctx.config.outputs.model_dir, step, data)
                 except OSError as error:
-                    self._warn(f"could not keep the best threshold in {ctx.args.model_dir}: {error}")
+                    self._warn(f"could not keep the best threshold in {ctx.config.outputs.model_dir}: {error}")
         if ctx.tensorboard is not None:
             ctx.tensorboard.eval_scalars(step, data)
             ctx.tensorboard.eval_time(step, "end")
@@ -344,24 +350,24 @@ class Runner:
         validation = getattr(self.ctx.dataset, "validation_slices", None)
         if validation is None:  # synthetic data has no cell regions to score
             return {}
-        args = self.ctx.args
+        evaluation = self.ctx.config.evaluation
         images, labels = validation()
-        thresholds = FINER_THRESHOLDS if args.finer_sweep else THRESHOLDS
+        thresholds = FINER_THRESHOLDS if evaluation.finer_sweep else THRESHOLDS
         predicted, sweeps = [], []
         for truth, probabilities in zip(labels, self._full_resolution_probabilities(images), strict=True):
             predicted.append(strategies.class_ids(probabilities))
             sweeps.append(slice_sweep(truth, cell_probability(probabilities), thresholds))
-        if args.overlays:
+        if evaluation.overlays:
             names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
-            write_overlays(worker_log_dir(args, self.ctx.workers) / "overlays", names, images, predicted,
-                           labels, args.overlays, args.num_classes)
+            write_overlays(worker_log_dir(self.ctx.config.outputs, self.ctx.workers) / "overlays", names, images,
+                           predicted, labels, evaluation.overlays, evaluation.num_classes)
         return {**challenge_scores(labels, predicted), **best_over_thresholds(sweeps, thresholds),
-                **class_dice(labels, predicted, args.num_classes)}
+                **class_dice(labels, predicted, evaluation.num_classes)}
 
     def predict(self) -> list[Path]:
         """Masks of each test stack (0/255 for two classes, class ids for more), under <model_dir>/predictions."""
-        ctx, args = self.ctx, self.ctx.args
-        if args.benchmark:
+        ctx = self.ctx
+        if ctx.config.training.benchmark:
             if not self.weights_ready and checkpoints.latest(ctx.checkpoint_dir):  # trained weights, if any
                 self._ensure_weights()
             with ctx.workers.phase("predicting"):
@@ -375,7 +381,8 @@ class Runner:
 
     def _predict_stack(self, source: PredictionInput, threshold: float | None) -> Path | None:
         """One stack: every worker segments its share of the slices, the chief writes the masks."""
-        args, workers, classes = self.ctx.args, self.ctx.workers, self.ctx.args.num_classes
+        evaluation, workers = self.ctx.config.evaluation, self.ctx.workers
+        classes = evaluation.num_classes
         mine = np.arange(workers.rank, len(source.slices), workers.size)  # every size-th slice is this worker's
         ids, cells = ids_and_cells(self._full_resolution_probabilities(source.slices[mine]), threshold)
 
@@ -387,13 +394,13 @@ class Runner:
         cell_mask = whole_stack(cells) if threshold is not None else ids
         if not workers.is_chief:
             return None
-        path = Path(args.model_dir) / source.masks_file
+        path = self.ctx.config.outputs.model_dir / source.masks_file
         summary = {}
         try:
             write_stack_atomically(path, strategies.mask_values(ids, classes))
-            write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=args.overlays,
+            write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=evaluation.overlays,
                            num_classes=classes)
-            if args.cell_labels:
+            if evaluation.cell_labels:
                 labels = cell_labels(cell_mask)
                 write_stack_atomically(cells_path(path), labels)
                 summary = {"cell_labels": str(cells_path(path)), "cells": int(sum(s.max() for s in labels)),
@@ -404,16 +411,16 @@ class Runner:
         summary.update({"cell_fraction": float(fractions[1])} if classes == 2
                        else {"class_fractions": [round(float(f), 6) for f in fractions]})
         self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(ids),
-                                        "strategy": args.predict_strategy, **summary})
+                                        "strategy": evaluation.predict_strategy, **summary})
         return path
 
     def _cell_threshold(self) -> float | None:
         """--cell_threshold as a number (``best``: the last evaluation's), None for the class decision."""
-        chosen = self.ctx.args.cell_threshold
+        chosen = self.ctx.config.evaluation.cell_threshold
         if chosen != "best":
             return chosen
         try:
-            threshold, step = load_best_threshold(Path(self.ctx.args.model_dir))
+            threshold, step = load_best_threshold(self.ctx.config.outputs.model_dir)
         except ValueError as error:
             raise UserInputError(f"--cell_threshold best: {error}") from None
         newest = checkpoints.latest(self.ctx.checkpoint_dir)
@@ -428,18 +435,19 @@ class Runner:
         self._ensure_weights()
         if not self.ctx.workers.is_chief:
             return
-        args = self.ctx.args
-        folder = Path(args.export_dir or Path(args.model_dir) / "export")
-        window = load_window(Path(args.model_dir))
-        sample, sample_source = model_card.sample_slice(args, window)
-        info = replace(model_card.package_info(args, self.ctx.workers.engine, sample_source), window=window)
+        config = self.ctx.config
+        folder = config.outputs.export_dir
+        window = load_window(config.outputs.model_dir)
+        sample, sample_source = model_card.sample_slice(config.data, window)
+        info = replace(model_card.package_info(config.model, config.data.input_mode, config.outputs,
+                                               self.ctx.workers.engine, sample_source), window=window)
         try:
             with self.ctx.workers.phase("exporting"), quiet_unless_asked():
                 keras_file, saved_model = export_model(self.model, folder, window)
                 started = time.perf_counter()
                 package, archive = write_package(
                     self.model, folder / ZOO_PACKAGE, info, sample,
-                    lambda image, ids: cover_picture(image, ids, args.num_classes))
+                    lambda image, ids: cover_picture(image, ids, config.model.num_classes))
         except (OSError, tf.errors.OpError) as error:
             raise write_failure("the export", folder, error) from None
         self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model),
@@ -447,9 +455,9 @@ class Runner:
                                        "zoo_seconds": round(time.perf_counter() - started, 1)})
 
     def _benchmark_predict(self) -> None:
-        args = self.ctx.args
-        timer = StepTimer(args.warmup_steps)
-        batches = self.ctx.dataset.test_fn(count=None, drop_remainder=True).take(args.max_steps)
+        training = self.ctx.config.training
+        timer = StepTimer(training.warmup_steps)
+        batches = self.ctx.dataset.test_fn(count=None, drop_remainder=True).take(training.max_steps)
         first_step_at = None
         timer.start()
         for images in batches:
@@ -457,7 +465,7 @@ class Runner:
             timer.step_done()
             first_step_at = first_step_at or seconds_since_process_start()
         if self.ctx.workers.is_chief:  # every worker segments batches of its own meanwhile
-            images_per_step = args.batch_size * self.ctx.workers.size
+            images_per_step = training.batch_size * self.ctx.workers.size
             self.ctx.logger.log((), {**performance_stats(timer.durations, images_per_step, "test"),
                                      "time_to_first_step_s": first_step_at})
         return None
