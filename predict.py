@@ -69,14 +69,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from data_loading.image_stack import read_image_stack
-    from data_loading.intensity import check_finite, map_stacks
-    from data_loading.tiff_io import write_stack_atomically
-    from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
-    from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
-    from runtime.inference.strategies import iter_probabilities, mask_values
-    from runtime.reporting.overlays import write_overlays
+    from common.quiet_start import asked_for_tensorflow_lines, tensorflow_start_quietly
+
+    with tensorflow_start_quietly(not asked_for_tensorflow_lines(None)):  # TensorFlow's start-up lines, dropped
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from data_loading.image_stack import read_image_stack
+        from data_loading.intensity import check_finite, map_stacks
+        from data_loading.tiff_io import write_stack_atomically
+        from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
+        from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
+        from runtime.inference.strategies import iter_probabilities, mask_values
+        from runtime.reporting.overlays import write_overlays
 
     source = Path(args.input)
     grey, names = read_image_stack(source)

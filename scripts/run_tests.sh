@@ -32,6 +32,11 @@ first=true
 # The zoo's own tools (bioimageio.core), in their own environment, check the packages that export writes.
 UNET2D_ZOO_PYTHON=$(scripts/setup_env.sh zoo | tail -n 1)
 export UNET2D_ZOO_PYTHON
+# The TF 2.15 stack's Python, for the tests of models that cross stacks (trained on one, read on the other).
+if [[ " $stacks " == *" tf2.15 "* ]]; then
+  UNET2D_TF215_PYTHON=$(scripts/setup_env.sh tf2.15 | tail -n 1)
+  export UNET2D_TF215_PYTHON
+fi
 for stack in $stacks; do
   python=$(scripts/setup_env.sh "$stack" | tail -n 1)
   if $first; then

@@ -18,6 +18,7 @@ An export folder holds two forms of the same float32 weights:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 import model.layers  # noqa: F401  (registers the UNet's own Keras layers, which load_model needs)
-from common.compat import keras
+from common.compat import KERAS_MAJOR, keras
 from common.errors import UserInputError
 from common.geometry import INPUT_SIZE
 from data_loading import preprocessing as pre
@@ -142,8 +143,7 @@ def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
     if path.suffix in (".onnx", ".zip", ".yaml") or (path / ZOO_DESCRIPTION).is_file():
         from runtime.inference.onnx_models import network_probability_fn  # ONNX Runtime only when asked for
         return network_probability_fn(path)
-    if path.is_dir() and (path / KERAS_FILE).is_file() and not (path / "saved_model.pb").exists():
-        path = path / KERAS_FILE  # an export folder: the Keras file is the quicker to load
+    path = _readable_form(path)
     try:
         if path.is_file() and path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False)
@@ -151,10 +151,40 @@ def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
                 int(model.output_shape[-1])
         if (path / "saved_model.pb").is_file():
             return _saved_model_probabilities(tf.saved_model.load(str(path)).signatures)
-    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
-        raise UserInputError(f"cannot load the model {path}: {str(error).strip().splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as error:
+        raise UserInputError(f"cannot load the model {path}: {str(error).strip().splitlines()[0][:300]}") from None
     raise UserInputError(f"not an exported model: {path} (expected a .keras file, a SavedModel folder "
                          f"or an export folder holding {KERAS_FILE})")
+
+
+def keras_file_major(path: Path) -> int | None:
+    """The major version of the Keras that wrote a .keras file (from its metadata), None if unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            written = json.loads(archive.read("metadata.json"))["keras_version"]
+        return int(str(written).split(".")[0])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def _readable_form(path: Path) -> Path:
+    """The form of an exported model this stack reads: in an export folder the Keras file when this Keras
+    wrote it (the quicker to load), else the SavedModel, which both stacks read; a .keras file of the other
+    Keras leads to the SavedModel beside it, or is refused in one line that says why."""
+    if path.is_dir() and (path / KERAS_FILE).is_file() and not (path / "saved_model.pb").exists():
+        if keras_file_major(path / KERAS_FILE) == KERAS_MAJOR or not (path / SAVED_MODEL_DIR).is_dir():
+            path = path / KERAS_FILE
+        else:
+            return path / SAVED_MODEL_DIR
+    if path.is_file() and path.suffix == ".keras":
+        written = keras_file_major(path)
+        if written is not None and written != KERAS_MAJOR:
+            beside = path.parent / SAVED_MODEL_DIR
+            if (beside / "saved_model.pb").is_file():
+                return beside
+            raise UserInputError(f"{path} was written by Keras {written}, which this stack (Keras {KERAS_MAJOR}) "
+                                 f"cannot read: give the export's {SAVED_MODEL_DIR}/ or its zoo package instead")
+    return path
 
 
 def load_ensemble_probability_fn(paths: list[Path]) -> tuple[ProbabilityFn, int]:

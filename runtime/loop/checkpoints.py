@@ -19,6 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from common.errors import UserInputError
+from runtime.loop import portable
 
 CHECKPOINT_FOLDER = "model_checkpoint"
 CHECKPOINT_NAME = "checkpoint"  # files checkpoint-<step>.index and checkpoint-<step>.data-*
@@ -224,12 +225,25 @@ def _flag_hint(path: str, model: tf.keras.Model | None) -> str:
     return f" (trained with {'; '.join(differ)})" if differ else ""
 
 
-def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-    """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line."""
+def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> str | None:
+    """Load ``path`` into ``checkpoint``; a checkpoint of another model is the user's error, in one line.
+
+    A checkpoint of the other stack (Keras 2 against Keras 3) is read by its
+    structure (runtime/loop/portable.py); the returned line then says so and
+    what could not be carried over. None: read as it was written.
+    """
+    if portable.written_by_other_keras(path):
+        try:
+            return _restore_across_stacks(checkpoint, path)
+        except (ValueError, KeyError, tf.errors.OpError) as error:
+            written = portable.writer_of(path) or "the other Keras"
+            raise UserInputError(f"checkpoint {path} was written by {written} and does not fit this model on "
+                                 f"{portable.this_stack()}: {error}") from None
     status = None
     try:  # Keras 2 may fail in restore() itself, Keras 3 in the assertion
         status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
+        return None
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         if status is not None:
             status.expect_partial()  # no second report of the same mismatch when the checkpoint is collected
@@ -238,14 +252,36 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         raise UserInputError(f"checkpoint {path} does not fit this model{hint}: {first_line}") from None
 
 
+def _restore_across_stacks(checkpoint: tf.train.Checkpoint, path: str) -> str:
+    """The other stack's checkpoint into ``checkpoint``'s model (and optimizer, step and generator state, when
+    it tracks them); ValueError when it is not the other stack's or not this model."""
+    state = portable.read_state(path)
+    model = checkpoint.model
+    written = portable.writer_of(path) or f"Keras {state.keras}"
+    optimizer = getattr(checkpoint, "optimizer", None)
+    if optimizer is None:
+        portable.load_weights(state, model)
+        step = getattr(checkpoint, "step", None)
+        if step is not None and state.step is not None:
+            step.assign(state.step)
+        return f"read {path}, written by {written}, on {portable.this_stack()}: weights and step"
+    rng = list(getattr(checkpoint, "rng", None) or [])
+    missing = portable.load_training_state(state, model, optimizer, checkpoint.step, rng)
+    return (f"read {path}, written by {written}, on {portable.this_stack()}: weights, Adam's moments and "
+            "iteration count, and the step" + (f"; not carried over: {', '.join(missing)}" if missing else ""))
+
+
 def restore_model(model: tf.keras.Model, folder: Path, warn: Callable[[str], None],
-                  step: tf.Variable | None = None) -> str:
-    """Load the model weights (and the step it was trained to, if asked) of the newest intact checkpoint."""
+                  step: tf.Variable | None = None, note: Callable[[str], None] | None = None) -> str:
+    """Load the model weights (and the step it was trained to, if asked) of the newest intact checkpoint.
+    ``note`` hears how a checkpoint of the other stack was read."""
     path, _ = newest_intact(folder, warn)
     if path is None:
         raise no_checkpoint(folder)
     parts = {"model": model} if step is None else {"model": model, "step": step}
-    restore(tf.train.Checkpoint(**parts), path, partial=True)
+    across = restore(tf.train.Checkpoint(**parts), path, partial=True)
+    if across and note is not None:
+        note(across)
     return path
 
 

@@ -38,7 +38,7 @@ from runtime.inference.thinned import (
     slice_sweep,
 )
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
-from runtime.loop import checkpoints, model_card, warm_start
+from runtime.loop import checkpoints, model_card, portable, warm_start
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import logs_here, saves_checkpoints, worker_log_dir
@@ -139,8 +139,9 @@ class Runner:
                 self.ctx.logger.log("CHECKPOINT", {"message": f"no checkpoint in {folder}; starting at step 0"})
                 self._initialise()
                 return 0
-            checkpoints.restore(self.checkpoint, path)
-            self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
+            across = checkpoints.restore(self.checkpoint, path)
+            self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy()),
+                                               **({"across_stacks": across} if across else {})})
             if saves and (damaged or checkpoints.state_names(folder) != path):
                 # Before saving again: damaged files out of the way, the state file naming what is there.
                 for moved in checkpoints.set_aside(damaged, folder):
@@ -166,12 +167,16 @@ class Runner:
     def _warn(self, message: str) -> None:
         self.ctx.logger.log("CHECKPOINT", {"warning": message})
 
+    def _across_stacks(self, message: str) -> None:
+        self.ctx.logger.log("CHECKPOINT", {"across_stacks": message})
+
     def _save(self, manager: tf.train.CheckpointManager | None) -> str | None:
         if manager is None:
             return None
         try:
             with quiet_unless_asked():  # a failed SaveV2 prints C++ warnings before our one line says why
                 path = manager.save(checkpoint_number=self.step)
+            portable.record_writer(path)  # which stack wrote it, for the other stack's messages
         except (tf.errors.OpError, OSError) as error:
             checkpoints.remove_partial(Path(manager.directory))
             kept = manager.latest_checkpoint
@@ -298,10 +303,12 @@ class Runner:
         folders = [checkpoints.checkpoint_dir(Path(d)) for d in self.ctx.config.evaluation.ensemble or []]
         with self.ctx.workers.phase("restoring the checkpoint"):
             if not folders:
-                path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step)
+                path = checkpoints.restore_model(self.model, self.ctx.checkpoint_dir, self._warn, self.step,
+                                                 self._across_stacks)
                 self.ctx.logger.log("CHECKPOINT", {"restored": path, "step": int(self.step.numpy())})
             else:  # the first member's step stands for the ensemble's in the logs
-                paths = [checkpoints.restore_model(member, folder, self._warn, self.step if index == 0 else None)
+                paths = [checkpoints.restore_model(member, folder, self._warn, self.step if index == 0 else None,
+                                                   self._across_stacks)
                          for index, (member, folder) in enumerate(zip(self.members, folders, strict=True))]
                 self.ctx.logger.log("CHECKPOINT", {"ensemble": paths, "step": int(self.step.numpy())})
         self.weights_ready = True

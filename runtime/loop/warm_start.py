@@ -29,7 +29,7 @@ from common.errors import UserInputError
 from model.unet import build_unet
 from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, ZOO_DESCRIPTION
 from runtime.inference.zoo import SAVED_MODEL_ZIP, ZOO_PACKAGE
-from runtime.loop import checkpoints
+from runtime.loop import checkpoints, portable
 
 FLAG = "--init_from"
 ENCODER_PREFIXES = ("input_", "down")  # the contracting path: the input block and the down blocks
@@ -164,6 +164,13 @@ def _source_model(source: Source, seed: int) -> keras.Model:
     if source.keras_file is not None:
         return _keras_geometry(source.keras_file)[0]
     model = build_unet(seed, source.classes, base_filters=source.width)
+    if portable.written_by_other_keras(source.checkpoint):  # trained on the other stack: read by structure
+        try:
+            portable.load_weights(portable.read_state(source.checkpoint), model)
+        except (ValueError, KeyError, tf.errors.OpError) as error:
+            raise UserInputError(f"{FLAG} {source.describe()}: written by the other Keras, and its weights do "
+                                 f"not read into a UNet on {portable.this_stack()} ({error})") from None
+        return model
     status = tf.train.Checkpoint(model=model).read(source.checkpoint).expect_partial()  # read: no save_counter
     try:
         status.assert_existing_objects_matched()
