@@ -68,7 +68,9 @@ def scores_by_step(records: list[dict]) -> dict[int, dict[str, float]]:
     for record in records:
         data = record.get("data", {})
         if record.get("step") == [] and "eval_dice_score" in data:
-            found[int(data["global_step"])] = {key: data[key] for key in ("eval_dice_score", "eval_v_rand_thinned")}
+            found[int(data["global_step"])] = {key: data[key] for key in data
+                                               if key in ("eval_dice_score", "eval_v_rand_thinned")
+                                               or key.startswith("eval_dice_class_")}
     return found
 
 
@@ -169,13 +171,19 @@ def markdown(results: dict) -> str:
         lines += [f"## {part}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()
                                                                 if k != "slices"), "",
                   f"Slices: {settings.get('slices')}", ""]
-        for key, title in (("eval_dice_score", "eval Dice"), ("eval_v_rand_thinned", "thinned V_Rand")):
+        scores = [("eval_dice_score", "eval Dice"), ("eval_v_rand_thinned", "thinned V_Rand")]
+        classes = sorted({key for run in runs for curve in run["curve"].values() for key in curve
+                          if key.startswith("eval_dice_class_")})
+        scores += [(key, f"Dice of class {key.rsplit('_', 1)[1]}") for key in classes if settings["classes"] > 2]
+        for key, title in scores:
             lines += [f"### {title}", "", "| start | " + " | ".join(f"step {s}" for s in steps) + " |",
                       "|---|" + "---:|" * len(steps)]
             for condition in CONDITIONS:
                 cells = []
                 for step in steps:
-                    found = summary(runs, condition, step, key)
+                    found = summary(runs, condition, step, key) if all(
+                        key in run["curve"].get(str(step), {}) for run in runs
+                        if run["condition"] == condition and str(step) in run["curve"]) else None
                     cells.append("" if found is None else f"{found[0]:.3f} ({found[1]:.3f}, n={found[2]})")
                 lines.append(f"| {condition} | " + " | ".join(cells) + " |")
             lines.append("")
