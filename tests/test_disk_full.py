@@ -54,7 +54,8 @@ def test_a_checkpoint_that_fills_the_disk_keeps_the_last_good_one(tmp_path):
         assert line == (f"unet2d.py: error: cannot write checkpoint 2 in {folder}: no space left on the device; "
                         f"the last good checkpoint {folder / 'checkpoint-1'} is kept"), line
         names = sorted(path.name for path in folder.iterdir())
-        assert names == ["checkpoint", "checkpoint-1.data-00000-of-00001", "checkpoint-1.index"], names
+        assert names == ["checkpoint", "checkpoint-1.data-00000-of-00001", "checkpoint-1.index",
+                         "written_by.json"], names  # which stack wrote checkpoint 1, and nothing of the failed one
         shutil.copytree(model, tmp_path / "copy")
     evaluated = run_cli("--synth_data", "--exec_mode", "evaluate", "--fold", "0", "--batch_size", "1",
                         "--model_dir", str(tmp_path / "copy"), "--log_dir", str(tmp_path / "eval"))
