@@ -27,9 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserInputError
+from common.files import atomic_output
 
 INTENSITY_FILE = "intensity.json"
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+RULE = ("8-bit images as they are; other grey images: round(255 * clip((value - low) / (high - low), 0, 1)), "
+        f"low/high the {LOW_PERCENTILE:g}th/{HIGH_PERCENTILE:g}th percentiles of the training images")
 SAMPLED_VALUES = 1 << 24  # percentiles from at most this many evenly strided values: a big stack is not copied
 
 
@@ -83,8 +86,6 @@ def to_eight_bit(images: np.ndarray, window: IntensityWindow | None) -> np.ndarr
 
 def save_window(folder: Path, window: IntensityWindow) -> Path:
     """Write ``<folder>/intensity.json`` whole or not at all."""
-    from common.files import atomic_output
-
     path = Path(folder) / INTENSITY_FILE
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps({**asdict(window), "rule": RULE}) + "\n", encoding="utf-8")
@@ -114,10 +115,6 @@ def parse_window(text: str, name: str) -> IntensityWindow:
     if not window.high > window.low:
         raise UserInputError(f"{name} holds the window [{window.low}, {window.high}]; its high must exceed its low")
     return window
-
-
-RULE = ("8-bit images as they are; other grey images: round(255 * clip((value - low) / (high - low), 0, 1)), "
-        f"low/high the {LOW_PERCENTILE:g}th/{HIGH_PERCENTILE:g}th percentiles of the training images")
 
 
 def map_stacks(stacks: list[np.ndarray], window: IntensityWindow | None,

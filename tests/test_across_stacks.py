@@ -1,5 +1,5 @@
 """One model, both stacks: a checkpoint or export written on TF 2.15 (Keras 2) reads on current TensorFlow
-(Keras 3), and back: evaluate and resume both ways, export of the other stack's checkpoint, and predict.py
+(Keras 3), and back: evaluate, resume and export of the other stack's checkpoint both ways, and predict.py
 of both stacks on one export.
 
 The two Kerases save the same tensors under different object graphs; runtime/loop/portable.py reads either
@@ -89,7 +89,7 @@ def test_a_model_trained_on_tf215_evaluates_resumes_exports_and_predicts_on_curr
     assert records(logs / "resume", "saved")[-1]["step"] == 4
 
 
-def test_a_model_trained_on_current_evaluates_predicts_and_resumes_on_tf215(stacks_data, tmp_path):
+def test_a_model_trained_on_current_evaluates_predicts_resumes_and_exports_on_tf215(stacks_data, tmp_path):
     python, stack, common = stacks_data
     model, logs = tmp_path / "model", tmp_path / "logs"
     trained = run_main(*common, "--exec_mode", "train_and_evaluate", "--max_steps", "2", "--model_dir", str(model),
@@ -116,5 +116,9 @@ def test_a_model_trained_on_current_evaluates_predicts_and_resumes_on_tf215(stac
     across = records(logs / "resume", "across_stacks")[0]["across_stacks"]
     assert re.search(r"written by TensorFlow 2\.(1[6-9]|[2-9]\d)\.\d+ with Keras 3", across), across
     assert "Adam's moments and iteration count, and the step" in across, across
+    exported = on_tf215(python, "unet2d.py", *common, "--exec_mode", "export", "--model_dir", str(model),
+                        "--log_dir", str(logs / "resume"))
+    assert exported.returncode == 0 and (model / "export" / "saved_model" / "saved_model.pb").is_file(), \
+        exported.stderr[-3000:]
     writers = json.loads((model / "model_checkpoint" / "written_by.json").read_text())
     assert "Keras 3" in writers["checkpoint-2"] and "Keras 2" in writers["checkpoint-4"], writers

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -31,13 +32,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from common.compat import KERAS_MAJOR, keras
+from common.compat import KERAS_MAJOR, adam_slots, keras
 from common.files import atomic_output
 
 WRITERS_FILE = "written_by.json"
 _KERAS2_LAYER = re.compile(r"^layer_with_weights-(\d+)$")
 
 
+@cache
 def this_stack() -> str:
     try:
         keras_version = version("keras")  # tf.keras of TF 2.15 has no __version__; the package has one
@@ -163,17 +165,19 @@ def _check_layers(state: PortableState, model: keras.Model) -> list[keras.layers
     ours = [[tuple(w.shape) for w in layer.weights] for layer in owners]
     theirs = [[tuple(v.shape) for v in variables] for variables in state.layers]
     if ours != theirs:
-        first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours),
-                                                                                                 len(theirs)))
-        raise ValueError(f"{len(theirs)} layers with weights against this model's {len(ours)}; the first that "
-                         f"differs is number {first}")
+        raise ValueError(f"its {len(theirs)} layers with weights differ in number or shape from this model's "
+                         f"{len(ours)}")
     return owners
 
 
 def load_weights(state: PortableState, model: keras.Model) -> None:
     """The layers' weights into ``model``, after checking every shape (ValueError: nothing assigned)."""
-    for layer, values in zip(_check_layers(state, model), state.layers, strict=True):
-        for weight, value in zip(layer.weights, values, strict=True):
+    _assign_layers(_check_layers(state, model), state.layers)
+
+
+def _assign_layers(layers: list[keras.layers.Layer], values: list[list[np.ndarray]]) -> None:
+    for layer, arrays in zip(layers, values, strict=True):
+        for weight, value in zip(layer.weights, arrays, strict=True):
             weight.assign(value)
 
 
@@ -181,13 +185,11 @@ def load_training_state(state: PortableState, model: keras.Model, optimizer: ker
                         step: tf.Variable, rng: list[tf.Variable]) -> list[str]:
     """Weights, Adam's moments and iteration count, and the step, into a built optimizer; what could not be
     carried over, in words (empty when everything was)."""
-    from common.compat import adam_slots
-
-    _check_layers(state, model)
+    owners = _check_layers(state, model)
     trainable = model.trainable_variables
     moments_fit = (len(state.momentums) == len(state.velocities) == len(trainable)
                    and all(tuple(m.shape) == tuple(v.shape) for m, v in zip(state.momentums, trainable, strict=True)))
-    load_weights(state, model)
+    _assign_layers(owners, state.layers)
     missing = []
     if moments_fit:
         for variable, momentum, velocity in zip(trainable, state.momentums, state.velocities, strict=True):
