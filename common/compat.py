@@ -9,6 +9,9 @@ instead of testing versions itself.
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
 import tensorflow as tf
 
 keras = tf.keras  # Keras 2 on TF 2.15, Keras 3 on TF 2.16+
@@ -67,3 +70,13 @@ def coordinated_job(name: str, num_tasks: int) -> object:
     except ImportError:
         from tensorflow.tsl.protobuf import coordination_config_pb2  # TF 2.15
     return coordination_config_pb2.CoordinatedJob(name=name, num_tasks=num_tasks)
+
+
+@cache
+def stack_name() -> str:
+    """"TensorFlow x.y.z with Keras a.b.c": tf.keras of TF 2.15 has no __version__, the keras package has one."""
+    try:
+        keras_version = version("keras")
+    except PackageNotFoundError:
+        keras_version = str(KERAS_MAJOR)
+    return f"TensorFlow {tf.__version__.split('-')[0]} with Keras {keras_version}"

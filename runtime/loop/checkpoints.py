@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from common.compat import stack_name
 from common.errors import UserInputError
 from runtime.loop import portable
 
@@ -238,7 +239,7 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -
         except (ValueError, KeyError, tf.errors.OpError) as error:
             written = portable.writer_of(path) or "the other Keras"
             raise UserInputError(f"checkpoint {path} was written by {written} and does not fit this model on "
-                                 f"{portable.this_stack()}: {error}") from None
+                                 f"{stack_name()}: {error}") from None
     status = None
     try:  # Keras 2 may fail in restore() itself, Keras 3 in the assertion
         status = checkpoint.restore(path)
@@ -264,10 +265,10 @@ def _restore_across_stacks(checkpoint: tf.train.Checkpoint, path: str) -> str:
         step = getattr(checkpoint, "step", None)
         if step is not None and state.step is not None:
             step.assign(state.step)
-        return f"read {path}, written by {written}, on {portable.this_stack()}: weights and step"
+        return f"read {path}, written by {written}, on {stack_name()}: weights and step"
     rng = list(getattr(checkpoint, "rng", None) or [])
     missing = portable.load_training_state(state, model, optimizer, checkpoint.step, rng)
-    return (f"read {path}, written by {written}, on {portable.this_stack()}: weights, Adam's moments and "
+    return (f"read {path}, written by {written}, on {stack_name()}: weights, Adam's moments and "
             "iteration count, and the step" + (f"; not carried over: {', '.join(missing)}" if missing else ""))
 
 

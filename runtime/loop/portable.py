@@ -24,28 +24,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from common.compat import KERAS_MAJOR, adam_slots, keras
+from common.compat import KERAS_MAJOR, adam_slots, keras, stack_name
 from common.files import atomic_output
 
 WRITERS_FILE = "written_by.json"
 _KERAS2_LAYER = re.compile(r"^layer_with_weights-(\d+)$")
-
-
-@cache
-def this_stack() -> str:
-    try:
-        keras_version = version("keras")  # tf.keras of TF 2.15 has no __version__; the package has one
-    except PackageNotFoundError:
-        keras_version = str(KERAS_MAJOR)
-    return f"TensorFlow {tf.__version__.split('-')[0]} with Keras {keras_version}"
 
 
 def record_writer(checkpoint_path: str) -> None:
@@ -54,7 +43,7 @@ def record_writer(checkpoint_path: str) -> None:
     writers = _writers(folder)
     present = {path.name.removesuffix(".index") for path in folder.glob("*.index")}
     writers = {key: value for key, value in writers.items() if key in present}
-    writers[name] = this_stack()
+    writers[name] = stack_name()
     with atomic_output(folder / WRITERS_FILE) as temporary:
         temporary.write_text(json.dumps(writers, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from common.compat import keras
+from common.compat import keras, stack_name
 from common.errors import UserInputError
 from model.unet import build_unet
 from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, ZOO_DESCRIPTION
@@ -169,7 +169,7 @@ def _source_model(source: Source, seed: int) -> keras.Model:
             portable.load_weights(portable.read_state(source.checkpoint), model)
         except (ValueError, KeyError, tf.errors.OpError) as error:
             raise UserInputError(f"{FLAG} {source.describe()}: written by the other Keras, and its weights do "
-                                 f"not read into a UNet on {portable.this_stack()} ({error})") from None
+                                 f"not read into a UNet on {stack_name()} ({error})") from None
         return model
     status = tf.train.Checkpoint(model=model).read(source.checkpoint).expect_partial()  # read: no save_counter
     try:
