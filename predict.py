@@ -6,11 +6,13 @@
 
 MODEL is what ``unet2d.py --exec_mode export`` wrote: the export folder, its
 ``unet2d.keras`` or its ``saved_model/``, or its zoo package. INPUT is one
-multipage grey TIFF, one PNG or TIFF image, or a folder of PNG/TIFF slices, of
-any size, in 8 or 16 bits or float; images that are not 8-bit are mapped as
-the model's training images were (data_loading/intensity.py). The masks
-(0 = membrane, 255 = cell for a two-class model; class ids for more) are
-written as one multipage TIFF at the input's size.
+multipage grey TIFF, one PNG or TIFF image, a folder of PNG/TIFF slices, a
+Zarr array or OME-Zarr image, or an HDF5 dataset (``file.h5:/volumes/raw``),
+of any size, in 8 or 16 bits or float; images that are not 8-bit are mapped
+as the model's training images were (data_loading/intensity.py). It is read,
+segmented and written one slice at a time, so it may be larger than memory.
+The masks (0 = membrane, 255 = cell for a two-class model; class ids for
+more) are written as one multipage TIFF at the input's size.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from common.errors import exit_status, write_failure
 from runtime.cli.arguments import PREDICT_STRATEGIES, DefaultsHelpFormatter, OneLineErrorParser, cell_threshold
@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("model", nargs="+",
                         help="export folder, unet2d.keras file or SavedModel folder; several: an ensemble, their "
                              "class probabilities averaged (e.g. the exports of the five folds)")
-    parser.add_argument("input", help="multipage grey TIFF, one PNG or TIFF image, or a folder of PNG/TIFF slices "
-                                      "(8- or 16-bit or float grey values)")
+    parser.add_argument("input", help="multipage grey TIFF, one PNG or TIFF image, a folder of PNG/TIFF slices, a "
+                                      "Zarr array or OME-Zarr image (vol.zarr, vol.zarr/raw) or an HDF5 dataset "
+                                      "(file.h5:/volumes/raw); 8- or 16-bit or float grey values")
     parser.add_argument("-o", "--output", default=None,
                         help="masks file (default: <input name>-masks.tif beside the input)")
     parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default="resize",
@@ -73,39 +74,55 @@ def run(argv: list[str] | None = None) -> Path:
 
     with tensorflow_start_quietly(not asked_for_tensorflow_lines(None)):  # TensorFlow's start-up lines, dropped
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from data_loading.image_stack import read_image_stack
-        from data_loading.intensity import check_finite, map_stacks
-        from data_loading.tiff_io import write_stack_atomically
-        from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
+        from data_loading.intensity import map_volumes
+        from data_loading.readers import open_volume
+        from runtime.inference.cells import each_ids_and_cells
         from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
-        from runtime.inference.strategies import iter_probabilities, mask_values
-        from runtime.reporting.overlays import write_overlays
+        from runtime.inference.strategies import iter_probabilities
+        from runtime.loop.masks import write_masks
 
-    source = Path(args.input)
-    grey, names = read_image_stack(source)
-    check_finite(grey, source)
+    source = args.input
+    reader = open_volume(source, "INPUT")
+    check_memory(reader, args)
     models = [Path(model) for model in args.model]
-    slices, notes = map_stacks([grey], ensemble_window(models, grey.dtype), [str(source)])
+    (slices,), notes = map_volumes([reader], ensemble_window(models, reader.dtype))
     for note in notes:
         print(f"predict.py: {note}", file=sys.stderr, flush=True)
-    slices = slices[0]
     probability_fn, num_classes = load_ensemble_probability_fn(models)
-    maps = iter_probabilities(probability_fn, slices, args.batch_size, args.strategy, args.tta)
-    ids, cells = ids_and_cells(maps, args.cell_threshold)
-    ids = np.stack(ids)
-    masks = mask_values(ids, num_classes)
-    output = Path(args.output) if args.output else source.parent / f"{source.stem}-masks.tif"
+    maps = iter_probabilities(probability_fn, (slices.read(z) for z in range(slices.shape[0])), args.batch_size,
+                              args.strategy, args.tta)
+    decided = each_ids_and_cells(maps, args.cell_threshold)
+    output = Path(args.output) if args.output else default_output(source, slices.stem)
     try:
-        write_stack_atomically(output, masks)
-        if args.cell_labels:
-            write_stack_atomically(cells_path(output), cell_labels(np.stack(cells) if cells else ids))
-        if args.overlays:
-            write_overlays(output.parent / f"{output.stem}-overlays", names, slices, ids, count=args.overlays,
-                           num_classes=num_classes)
+        write_masks(output, slices, slices.slice_names(), decided, num_classes, args.overlays, args.cell_labels,
+                    overlays_folder=output.parent / f"{output.stem}-overlays")
     except OSError as error:
         raise write_failure(output.name, output.parent, error) from None
-    print(f"predict.py: wrote {len(masks)} masks of {masks.shape[1]}x{masks.shape[2]} to {output}")
+    count, height, width = slices.shape
+    print(f"predict.py: wrote {count} masks of {height}x{width} to {output}")
     return output
+
+
+def default_output(source: str, stem: str) -> Path:
+    """``<input name>-masks.tif`` beside the input (beside the file or store, for HDF5 and Zarr volumes)."""
+    from data_loading.readers import split_hdf5
+
+    hdf5 = split_hdf5(source)
+    base = hdf5[0] if hdf5 else Path(source)
+    while base.parent != base and any(part.endswith(".zarr") for part in base.parent.parts):
+        base = base.parent  # out of a Zarr store: masks never go inside the user's store
+    return base.parent / f"{stem}-masks.tif"
+
+
+def check_memory(reader, args: argparse.Namespace) -> None:
+    """predict.py holds one slice at a time at full size; refused in one line if even that does not fit."""
+    from data_loading.data_loader import slice_working_bytes
+    from data_loading.memory import check_fits
+
+    pixels = reader.shape[1] * reader.shape[2]
+    check_fits(slice_working_bytes(pixels, 2, args.tta) * (1 if args.strategy == "tile" else args.batch_size),
+               f"one slice of {reader.name} ({reader.shape[1]}x{reader.shape[2]})", "use smaller slices or "
+               "free memory")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ class DataConfig:
     fold_scheme: str
     split_seed: int | None
     input_mode: str
+    volume_loading: str  # auto, memory or stream (data_loading/memory.py)
     num_classes: int
     batch_size: int
     seed: int
@@ -176,6 +177,7 @@ class RunConfig:
                 val_labels=_paths(f["val_labels"]), test_images=_paths(f["test_images"]),
                 predict_input=f["predict_input"], synth_data=f["synth_data"], fold=f["fold"],
                 fold_scheme=f["fold_scheme"], split_seed=f["split_seed"], input_mode=f["input_mode"],
+                volume_loading=f["volume_loading"],
                 num_classes=f["num_classes"], batch_size=f["batch_size"], seed=f["seed"], augment=f["augment"],
                 elastic=f["elastic"], elastic_sigma=f["elastic_sigma"], elastic_grid=f["elastic_grid"],
                 border_weights=f["border_weights"], border_w0=f["border_w0"], border_sigma=f["border_sigma"],

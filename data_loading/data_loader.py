@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +16,19 @@ from common.geometry import INPUT_SIZE, NUM_CLASSES, OUTPUT_SIZE
 from data_loading import preprocessing as pre
 from data_loading.border_weights import training_weight_maps
 from data_loading.input_paths import check_input
-from data_loading.intensity import IntensityWindow, check_finite, fit_window, map_stacks
-from data_loading.tiles import TileSampler, evaluation_tiles, input_tiles
-from data_loading.volumes import StackFile, Volume, plan_pairs, plan_stacks, read_labelled, read_unlabelled
+from data_loading.intensity import IntensityWindow, fit_window, map_volumes
+from data_loading.memory import MemoryNeeds
+from data_loading.tiles import SliceRef, TileSampler, corners, covered_size, read_crop, slice_refs
+from data_loading.volume_reader import ArrayVolume
+from data_loading.volumes import (
+    StackFile,
+    Volume,
+    in_memory,
+    plan_pairs,
+    plan_stacks,
+    read_labelled,
+    read_unlabelled,
+)
 
 TRAIN_IMAGES = "train-volume.tif"
 TRAIN_LABELS = "train-labels.tif"
@@ -122,22 +134,55 @@ class DataSources:
     val: list[tuple[StackFile, StackFile]] = field(default_factory=list)  # a fixed validation set, if given
     test: list[StackFile] = field(default_factory=list)
 
-    def memory_needed(self, input_mode: str, num_classes: int) -> int:
-        """Bytes the stacks and the pipeline's copies of them take (an estimate, on the high side)."""
-        stacks = [stack for pair in self.train + self.val for stack in pair] + self.test
-        raw = sum(math.prod(stack.shape) for stack in stacks)
-        slices = [stack.shape[1:] for stack, _ in self.train + self.val for _ in range(stack.shape[0])]
-        if input_mode == "tile":
-            derived = 2 * TileSampler.canvas_bytes(slices)  # training canvases; evaluation tiles take no more
-        else:
-            derived = len(slices) * INPUT_SIZE**2 * 4 * (1 + num_classes)  # float32 images and one-hot labels
-        return raw + 2 * derived  # TensorFlow holds a copy of what it is handed
+    def memory_needs(self, num_classes: int, border_weights: bool = False, tta: bool = False) -> MemoryNeeds:
+        """What the stacks take in memory and streamed (estimates, on the high side; docs/data.md).
+
+        In memory: every image as uint8, every label as uint8 class ids, the
+        border weight maps as float32, plus the largest label volume once more
+        while it is read and checked (as stored, and sorted for its values).
+        Both ways: one slice at a time at full size while it is predicted or
+        scored (``slice_working_bytes``).
+        """
+        labelled = [stack for pair in self.train + self.val for stack in pair]
+        images = [image for image, _ in self.train + self.val] + self.test
+        labels = [label for _, label in self.train + self.val]
+        resident = sum(math.prod(stack.shape) for stack in images + labels)
+        loading = max((2 * stack.reader.nbytes for stack in labels), default=0)
+        weights = sum(4 * math.prod(image.shape) for image, _ in self.train) if border_weights else 0
+        largest = max((math.prod(stack.shape[1:]) for stack in labelled + self.test), default=0)
+        working = slice_working_bytes(largest, num_classes, tta)
+        unstreamable = None
+        if border_weights and self.train:
+            unstreamable = (f"--border_weights keeps a weight map of every training slice in memory "
+                            f"({weights / 2**30:.1f} GiB here)")
+        return MemoryNeeds(resident + loading + weights + working, working, unstreamable)
 
 
-def _slices(volumes: list[Volume]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every volume's slices, in order: one global slice index over all volumes."""
-    return ([image for volume in volumes for image in volume.images],
-            [label for volume in volumes for label in volume.labels])
+def slice_working_bytes(pixels: int, num_classes: int, tta: bool = False) -> int:
+    """Memory one slice of ``pixels`` takes while predicted and scored: its float input and overlapping tiles
+    (2.2x the slice at the 572/388 tile), K float32 probabilities for the tiles and stitched, the class ids,
+    and the int64 cell regions of masks, thinned masks and truth; twice the probabilities with ``tta``."""
+    per_pixel = 4 + 4 * 2.2 + num_classes * 4 * (2.2 + 1 + (2 if tta else 0)) + 1 + 3 * 8
+    return int(pixels * per_pixel)
+
+
+def _slice_refs(volumes: list[Volume]) -> list[tuple[SliceRef, SliceRef]]:
+    """Every volume's (image, label) slices, in order: one global slice index over all volumes."""
+    return [((volume.images, z), (volume.labels, z)) for volume in volumes for z in range(volume.images.shape[0])]
+
+
+@contextmanager
+def read_errors_in_one_line() -> Iterator[None]:
+    """A volume's one-line error raised while a tf.data stream read it (``tf.numpy_function`` wraps it in a
+    TensorFlow error with its traceback) as that one line again."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        marker = f"{UserInputError.__name__}: "
+        text = getattr(error, "message", None) or str(error)
+        if marker not in text:
+            raise
+        raise UserInputError(text.split(marker, 1)[1].strip().splitlines()[0]) from None
 
 
 class Dataset(_Streams):
@@ -149,44 +194,46 @@ class Dataset(_Streams):
     become 572x572 inputs: ``resize`` (the recipe's) or ``tile`` (full
     resolution crops, data_loading/tiles.py).
 
-    Images that are not 8-bit are mapped to 8 bits by ``window`` (the model's,
-    kept in its model dir) or, without one, by the window the training images
-    give (data_loading/intensity.py); ``self.window`` is the one used.
+    Volumes stay readers (data_loading/volume_reader.py): in memory as uint8
+    arrays when ``keep_in_memory``, else read from their stores a tile or a
+    slice at a time as the streams draw them. Images that are not 8-bit are
+    mapped to 8 bits by ``window`` (the model's, kept in its model dir) or,
+    without one, by the window the training images give
+    (data_loading/intensity.py); ``self.window`` is the one used.
     """
 
     def __init__(self, sources: DataSources, options: StreamOptions, fold: int | None,
                  fold_scheme: str = "original", input_mode: str = "resize", num_classes: int = NUM_CLASSES,
-                 split_seed: int | None = None, window: IntensityWindow | None = None) -> None:
+                 split_seed: int | None = None, window: IntensityWindow | None = None,
+                 keep_in_memory: bool = True) -> None:
         super().__init__(options)
-        self.input_mode, self.num_classes = input_mode, num_classes
-        self.train_volumes = read_labelled(sources.train, num_classes)
-        self.val_volumes = read_labelled(sources.val, num_classes)
+        self.input_mode, self.num_classes, self.keep_in_memory = input_mode, num_classes, keep_in_memory
+        self.train_volumes = read_labelled(sources.train, num_classes, keep_in_memory)
+        self.val_volumes = read_labelled(sources.val, num_classes, keep_in_memory)
         self.test_volumes = read_unlabelled(sources.test)
         self.window, intensity_notes = self._map_to_eight_bits(window)
-        self._images, self._labels = _slices(self.train_volumes)
+        self._slices = _slice_refs(self.train_volumes)
         self.split_seed = options.seed if split_seed is None else split_seed  # the recipe: --seed draws the split
-        self.train_indices, self.val_indices = fold_indices(len(self._images), None if sources.val else fold,
+        self.train_indices, self.val_indices = fold_indices(len(self._slices), None if sources.val else fold,
                                                             self.split_seed, fold_scheme)
-        if not self._images:
+        if not self._slices:
             self.train_indices = self.val_indices = np.array([], dtype=np.int64)
-        self._val_images, self._val_labels = self._images, self._labels
+        self._val_slices = self._slices
         if sources.val:
-            self._val_images, self._val_labels = _slices(self.val_volumes)
-            self.val_indices = np.arange(len(self._val_images))
+            self._val_slices = _slice_refs(self.val_volumes)
+            self.val_indices = np.arange(len(self._val_slices))
         self.notes = [volume.note for volume in self.train_volumes + self.val_volumes if volume.note]
         self.notes += intensity_notes
 
     def _map_to_eight_bits(self, window: IntensityWindow | None) -> tuple[IntensityWindow | None, list[str]]:
-        """Every volume's images as uint8, by ``window`` or the training images' own; the window and notes."""
+        """Every volume's images as uint8, by ``window`` or the training images' own (fitted on a sample of
+        their chunks); read into memory here if the volumes stay there. The window and notes."""
         volumes = self.train_volumes + self.val_volumes + self.test_volumes
-        for volume in volumes:
-            check_finite(volume.images, volume.source)
         if window is None:
             window = fit_window([volume.images for volume in self.train_volumes], "the training images")
-        mapped, notes = map_stacks([volume.images for volume in volumes], window,
-                                   [str(volume.source) for volume in volumes])
+        mapped, notes = map_volumes([volume.images for volume in volumes], window)
         for volume, images in zip(volumes, mapped, strict=True):
-            volume.images = images
+            volume.images = in_memory(images) if self.keep_in_memory else images
         return window, notes
 
     @classmethod
@@ -205,13 +252,12 @@ class Dataset(_Streams):
     def eval_size(self) -> int:
         return len(self.val_indices)
 
-    @property
-    def test_size(self) -> int:
-        return sum(len(volume.images) for volume in self.test_volumes)
-
-    def validation_slices(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The validation images and their class ids at full resolution, for the challenge scores."""
-        return ([self._val_images[i] for i in self.val_indices], [self._val_labels[i] for i in self.val_indices])
+    def validation_slices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The validation images and their class ids at full resolution, one slice at a time (a volume on disk
+        is read as they are scored, never held whole)."""
+        for index in self.val_indices:
+            (images, z), (labels, _) = self._val_slices[index]
+            yield images.read(z), labels.read(z)
 
     def train_fn(self, start_step: int = 0, shard: int | None = None) -> tf.data.Dataset:
         """Endless, shuffled, augmented batches of one replica's shard, from batch ``start_step`` on.
@@ -253,32 +299,49 @@ class Dataset(_Streams):
         dataset = self._map(tf.data.Dataset.range(first_sample, 2**62), sample)
         return self._prefetch(dataset.batch(opts.batch_size, drop_remainder=True))
 
-    def _weight_maps(self, indices: np.ndarray) -> tuple[list[np.ndarray], float]:
-        """The border weight map of each of these training slices, and the membrane's class weight."""
-        maps, w_c = training_weight_maps([self._labels[i] for i in indices], self.num_classes,
-                                         self.options.border_w0, self.options.border_sigma,
-                                         self.options.border_balance)
-        return maps, float(w_c[0])
+    def _weight_maps(self, indices: np.ndarray) -> tuple[list[SliceRef], float]:
+        """The border weight map of each of these training slices (in memory), and the membrane's class weight."""
+        if not self.keep_in_memory:
+            raise UserInputError("--border_weights keeps a weight map of every training slice in memory; it does "
+                                 "not stream (--volume_loading stream)")
+        labels = [labels.read(z) for _, (labels, z) in (self._slices[i] for i in indices)]
+        maps, w_c = training_weight_maps(labels, self.num_classes, self.options.border_w0,
+                                         self.options.border_sigma, self.options.border_balance)
+        return slice_refs(maps), float(w_c[0])
 
-    def _resized_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):
-        """The recipe's: whole slices, resized to 388 and padded to 572 once, up front."""
-        images = tf.stack([pre.normalize_image(self._images[i]) for i in indices])
-        labels = tf.stack([pre.normalize_label(self._labels[i], self.num_classes) for i in indices])
-        if weights is not None:  # padded with the membrane's weight, as the labels are with membrane
-            maps, membrane = weights
-            labels = tf.concat([labels, tf.stack([pre.normalize_weights(m, membrane) for m in maps])], axis=-1)
-        return lambda chosen, sample_seed: (images[chosen], labels[chosen], sample_seed)
+    def _picked(self, indices: np.ndarray) -> tuple[list[SliceRef], list[SliceRef]]:
+        chosen = [self._slices[i] for i in indices]
+        return [image for image, _ in chosen], [label for _, label in chosen]
 
-    def _tile_picker(self, indices: np.ndarray, weights: tuple[list[np.ndarray], float] | None = None):
+    def _resized_picker(self, indices: np.ndarray, weights: tuple[list[SliceRef], float] | None = None):
+        """The recipe's: the whole slice, resized to 388 and padded to 572 (read when drawn, one at a time)."""
+        images, labels = self._picked(indices)
+        sources = [images, labels] + ([weights[0]] if weights is not None else [])
+        types = [tf.uint8, tf.uint8] + ([tf.float32] if weights is not None else [])
+
+        def read(chosen: np.ndarray) -> list[np.ndarray]:
+            return [reader.read(z) for reader, z in (refs[int(chosen)] for refs in sources)]
+
+        def pick(chosen: tf.Tensor, sample_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            slices = tf.numpy_function(read, [chosen], types, stateful=False)
+            for piece in slices:
+                piece.set_shape([None, None])
+            image, label = pre.normalize_image(slices[0]), pre.normalize_label(slices[1], self.num_classes)
+            if weights is not None:  # padded with the membrane's weight, as the labels are with membrane
+                label = tf.concat([label, pre.normalize_weights(slices[2], weights[1])], axis=-1)
+            return image, label, sample_seed
+        return pick
+
+    def _tile_picker(self, indices: np.ndarray, weights: tuple[list[SliceRef], float] | None = None):
         """A random full-resolution 572x572 crop of the slice, its label aligned, both with mirrored context."""
-        tiles = TileSampler([self._images[i] for i in indices], [self._labels[i] for i in indices],
-                            None if weights is None else weights[0])
+        images, labels = self._picked(indices)
+        tiles = TileSampler(images, labels, None if weights is None else weights[0])
 
         def pick(chosen: tf.Tensor, sample_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(sample_seed, 2))
-            crops = tiles.crop(tf.cast(chosen, tf.int32), tiles.offset(chosen, crop_seed), tiles.weights)
+            crops = tiles.crop(tf.cast(chosen, tf.int32), tiles.offset(chosen, crop_seed))
             image, label = self._tile_pair(*crops[:2])
-            if tiles.weights is not None:
+            if tiles.weighted:
                 label = tf.concat([label, crops[2][..., tf.newaxis]], axis=-1)
             return image, label, augment_seed
         return pick
@@ -288,33 +351,68 @@ class Dataset(_Streams):
         return pre.scale_intensity(image)[..., tf.newaxis], tf.one_hot(tf.cast(label, tf.int32), self.num_classes)
 
     def eval_fn(self, count: int = 1) -> tf.data.Dataset:
-        """The validation slices (resize) or their full-resolution tiles (tile), with their 388x388 labels."""
+        """The validation slices (resize) or their full-resolution tiles (tile), with their 388x388 labels,
+        each read from its volume as the stream reaches it."""
         if self.eval_size == 0:
             raise UserInputError("no validation slices: evaluation needs --fold or --val_images")
-        images, labels = self.validation_slices()
+        chosen = [self._val_slices[i] for i in self.val_indices]
         if self.input_mode == "tile":
-            tiles = [evaluation_tiles(image, label) for image, label in zip(images, labels, strict=True)]
-            inputs = tf.constant(np.stack([tile for image_tiles, _ in tiles for tile in image_tiles]))
-            targets = tf.constant(np.stack([tile for _, label_tiles in tiles for tile in label_tiles]))
-            dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).repeat(count)
-            dataset = self._map(dataset, self._tile_pair)
+            places = [(index, top, left) for index, ((reader, _), _) in enumerate(chosen)
+                      for top, left in corners(*covered_size(reader.shape[1:]))]
+
+            def read_tile(place: np.ndarray) -> list[np.ndarray]:
+                index, top, left = (int(v) for v in place)
+                image_ref, label_ref = chosen[index]
+                return [read_crop(image_ref, top, left, INPUT_SIZE),
+                        read_crop(label_ref, top, left, OUTPUT_SIZE, context=0)]
+
+            def tile(place: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                image, label = tf.numpy_function(read_tile, [place], [tf.uint8, tf.uint8], stateful=False)
+                image.set_shape([INPUT_SIZE, INPUT_SIZE])
+                label.set_shape([OUTPUT_SIZE, OUTPUT_SIZE])
+                return self._tile_pair(image, label)
+            dataset = self._map(tf.data.Dataset.from_tensor_slices(np.array(places, np.int64)).repeat(count), tile)
         else:
-            inputs = tf.stack([pre.normalize_image(image) for image in images])
-            targets = tf.stack([pre.normalize_label(label, self.num_classes) for label in labels])
-            dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).repeat(count)
-            dataset = self._map(dataset, lambda image, label: (image, pre.crop_label(label)))
+            def read_slice(index: np.ndarray) -> list[np.ndarray]:
+                (images, z), (labels, _) = chosen[int(index)]
+                return [images.read(z), labels.read(z)]
+
+            def whole(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                image, label = tf.numpy_function(read_slice, [index], [tf.uint8, tf.uint8], stateful=False)
+                image.set_shape([None, None])
+                label.set_shape([None, None])
+                return (pre.normalize_image(image),
+                        pre.crop_label(pre.normalize_label(label, self.num_classes)))
+            indices = tf.data.Dataset.range(len(chosen)).repeat(count)
+            dataset = self._map(indices, whole)
         return self._prefetch(dataset.batch(self.options.batch_size))
 
     def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:
         """Network inputs of the test slices (whole resized slices, or tiles), for timing prediction."""
-        slices = [image for volume in self.test_volumes for image in volume.images]
+        slices = [(volume.images, z) for volume in self.test_volumes for z in range(volume.images.shape[0])]
         if self.input_mode == "tile":
-            inputs = np.stack([tile for image in slices for tile in input_tiles(image)])
-            dataset = tf.data.Dataset.from_tensor_slices(inputs).repeat(count)
-            dataset = self._map(dataset, lambda image: pre.scale_intensity(image)[..., tf.newaxis])
+            places = [(index, top, left) for index, (reader, _) in enumerate(slices)
+                      for top, left in corners(*covered_size(reader.shape[1:]))]
+
+            def read_tile(place: np.ndarray) -> np.ndarray:
+                index, top, left = (int(v) for v in place)
+                return read_crop(slices[index], top, left, INPUT_SIZE)
+
+            def tile(place: tf.Tensor) -> tf.Tensor:
+                image = tf.numpy_function(read_tile, [place], tf.uint8, stateful=False)
+                image.set_shape([INPUT_SIZE, INPUT_SIZE])
+                return pre.scale_intensity(image)[..., tf.newaxis]
+            dataset = self._map(tf.data.Dataset.from_tensor_slices(np.array(places, np.int64)).repeat(count), tile)
         else:
-            dataset = tf.data.Dataset.from_tensor_slices(tf.stack([pre.normalize_image(image) for image in slices]))
-            dataset = dataset.repeat(count)
+            def read_slice(index: np.ndarray) -> np.ndarray:
+                reader, z = slices[int(index)]
+                return reader.read(z)
+
+            def whole(index: tf.Tensor) -> tf.Tensor:
+                image = tf.numpy_function(read_slice, [index], tf.uint8, stateful=False)
+                image.set_shape([None, None])
+                return pre.normalize_image(image)
+            dataset = self._map(tf.data.Dataset.range(len(slices)).repeat(count), whole)
         return self._prefetch(dataset.batch(self.options.batch_size, drop_remainder=drop_remainder))
 
     def describe_split(self) -> dict[str, object]:
@@ -322,12 +420,14 @@ class Dataset(_Streams):
                                         "val_slices": self.val_indices.tolist(),
                                         "split_seed": self.split_seed, "input_mode": self.input_mode,
                                         "num_classes": self.num_classes}
-        if self._images:
-            described["slice_size"] = list(self._images[0].shape)
+        if self._slices:
+            described["slice_size"] = list(self._slices[0][0][0].shape[1:])
         volumes = self.train_volumes + self.val_volumes + self.test_volumes
         if any(volume.source.name not in (TRAIN_IMAGES, TEST_IMAGES) for volume in volumes):  # the recipe's need none
-            described["volumes"] = [{"images": str(volume.source), "slices": len(volume.images),
+            described["volumes"] = [{"images": str(volume.source), "slices": volume.images.shape[0],
                                      "size": list(volume.images.shape[1:])} for volume in volumes]
+        if not self.keep_in_memory:
+            described["volume_loading"] = "stream"
         if self.window is not None:
             described["intensity"] = self.window.describe()
         if self.notes:
@@ -368,7 +468,7 @@ class SyntheticDataset(_Streams):
     @property
     def test_volumes(self) -> list[Volume]:
         """A grey stand-in test volume, so predict runs end to end without data files."""
-        images = np.full((self.test_size, 512, 512), 128, np.uint8)
+        images = ArrayVolume(np.full((self.test_size, 512, 512), 128, np.uint8), "synthetic")
         return [Volume(images, None, Path("synthetic"), [f"test_{index:03d}" for index in range(self.test_size)])]
 
     def test_fn(self, count: int | None = 1, drop_remainder: bool = False) -> tf.data.Dataset:

@@ -1,15 +1,19 @@
 """Will the data fit? The memory a run's stacks take, against what the machine has left.
 
-Stacks are read whole into memory as uint8, and the input pipeline keeps
-its own float32 copies (resize mode) or mirror-padded uint8 canvases (tile
-mode). A stack that does not fit would be killed by the kernel midway
-through reading or, worse, through training; it is refused before the first
-read instead.
+A run either keeps its stacks in memory (uint8 grey values and class ids,
+read slice by slice) or streams them (every tile or slice read from its
+volume when needed): ``--volume_loading``. Either way one slice at a time
+is worked on at full size (its grey values, probabilities, masks, cell
+labels), which the estimate counts as well. Whatever does not fit would be
+killed by the kernel midway through reading or, worse, through training; it
+is refused before the first read instead, in one line that names the way
+that fits (streaming) where there is one.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserInputError
@@ -53,10 +57,42 @@ def available_bytes() -> int | None:
     return min(known) if known else None
 
 
-def check_fits(needed: int, what: str) -> None:
+def check_fits(needed: int, what: str, remedy: str = "use fewer or smaller stacks (or free memory)") -> None:
     """A one-line UserInputError if ``needed`` bytes exceed the memory left."""
     available = available_bytes()
     if available is not None and needed > available:
         raise UserInputError(f"{what} need about {needed / GIB:.1f} GiB of memory, but only "
-                             f"{max(available, 0) / GIB:.1f} GiB is available; use fewer or smaller stacks "
-                             "(or free memory)")
+                             f"{max(available, 0) / GIB:.1f} GiB is available; {remedy}")
+
+
+@dataclass(frozen=True)
+class MemoryNeeds:
+    """Bytes a run needs with its stacks in memory, and streamed; ``unstreamable`` says why it cannot stream."""
+
+    in_memory: int
+    streamed: int
+    unstreamable: str | None = None
+
+
+STREAM_ROUTE = "--volume_loading stream reads them a tile at a time"
+
+
+def keep_in_memory(asked: str, needs: MemoryNeeds, what: str = "the image and label stacks") -> bool:
+    """Whether the stacks stay in memory (``asked``: auto, memory or stream), after checking that it fits.
+
+    ``auto`` keeps them in memory while they take at most half of what is
+    available (the other half is the model's, TensorFlow's and the page
+    cache's), and streams them beyond that.
+    """
+    if asked == "stream" and needs.unstreamable:
+        raise UserInputError(f"--volume_loading stream: {needs.unstreamable}")
+    if asked == "memory" or (asked == "auto" and needs.unstreamable):
+        remedy = (f"{STREAM_ROUTE} (but {needs.unstreamable})" if needs.unstreamable
+                  else f"{STREAM_ROUTE} (or free memory)")
+        check_fits(needs.in_memory, what, remedy)
+        return True
+    available = available_bytes()
+    if asked == "auto" and (available is None or needs.in_memory <= available // 2):
+        return True
+    check_fits(needs.streamed, f"{what}, streamed,", "use smaller slices (or free memory)")
+    return False

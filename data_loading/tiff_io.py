@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,36 @@ def read_stack(path: Path) -> np.ndarray:
                              f"it has shape {stack.shape}")
     check_grey_values(stack.dtype, path)
     return stack
+
+
+def _is_big(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether a stack may pass TIFF's 4 GB (BigTIFF then); compression is not counted on."""
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**31
+
+
+def write_pages_atomically(path: Path, shape: tuple[int, int, int], dtype: np.dtype,
+                           pages: Iterator[np.ndarray]) -> None:
+    """A deflate-compressed multipage TIFF of ``shape`` from slices that arrive one at a time (a generator that
+    computes them): memory holds one slice, and readers never see a half-written file."""
+    with atomic_output(path) as temporary:
+        tifffile.imwrite(temporary, pages, shape=shape, dtype=dtype, compression="zlib", photometric="minisblack",
+                         bigtiff=_is_big(shape, dtype))
+
+
+class PageWriter:
+    """Slices appended one by one as pages of a scratch TIFF (no stack metadata): for intermediate files that a
+    second pass reads back (``write_pages_atomically`` writes the final ones)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self._writer: tifffile.TiffWriter | None = tifffile.TiffWriter(path, bigtiff=_is_big(shape, dtype))
+
+    def write(self, image: np.ndarray) -> None:
+        self._writer.write(image, metadata=None, compression="zlib", photometric="minisblack")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def write_stack_atomically(path: Path, stack: np.ndarray) -> None:

@@ -11,12 +11,13 @@ sees the same borders in all three.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from common.geometry import INPUT_SIZE, OUTPUT_SIZE
+from data_loading.volume_reader import ArrayVolume, VolumeReader, read_mirrored
 
 CONTEXT = (INPUT_SIZE - OUTPUT_SIZE) // 2  # 92 pixels on each side
 
@@ -50,7 +51,8 @@ def tile_offsets(length: int) -> list[int]:
     return starts
 
 
-def _corners(height: int, width: int) -> list[tuple[int, int]]:
+def corners(height: int, width: int) -> list[tuple[int, int]]:
+    """Top-left corners (in the mirror-padded slice) of the 572x572 tiles whose centres cover it."""
     return [(top, left) for top in tile_offsets(height) for left in tile_offsets(width)]
 
 
@@ -58,53 +60,48 @@ def input_tiles(image: np.ndarray) -> list[np.ndarray]:
     """The 572x572 network inputs whose 388x388 centres cover one slice (evaluation's grid)."""
     height, width = covered_size(image.shape)
     padded = mirror_pad(image, height, width)
-    return [padded[top:top + INPUT_SIZE, left:left + INPUT_SIZE] for top, left in _corners(height, width)]
+    return [padded[top:top + INPUT_SIZE, left:left + INPUT_SIZE] for top, left in corners(height, width)]
 
 
 def evaluation_tiles(image: np.ndarray, label: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """572x572 image tiles of one slice and the 388x388 label centres they predict, pixel for pixel."""
     height, width = covered_size(image.shape)
     padded_label = mirror_pad(label, height, width, context=0)
-    labels = [padded_label[top:top + OUTPUT_SIZE, left:left + OUTPUT_SIZE] for top, left in _corners(height, width)]
+    labels = [padded_label[top:top + OUTPUT_SIZE, left:left + OUTPUT_SIZE] for top, left in corners(height, width)]
     return input_tiles(image), labels
+
+
+SliceRef = tuple[VolumeReader, int]  # one slice: its volume and its index there
+
+
+def slice_refs(slices: Sequence[np.ndarray]) -> list[SliceRef]:
+    """2-D arrays in memory (weight maps, tests) as slices of volumes."""
+    return [(ArrayVolume(piece[np.newaxis]), 0) for piece in slices]
+
+
+def read_crop(ref: SliceRef, top: int, left: int, size: int, context: int = CONTEXT) -> np.ndarray:
+    """The ``size`` x ``size`` crop at (top, left) of the slice mirror-padded by ``context`` (as ``mirror_pad``
+    lays it out), read from its volume: only the rows and columns of the slice the crop covers."""
+    reader, z = ref
+    return read_mirrored(reader, z, top - context, left - context, size, size)
 
 
 class TileSampler:
     """Random 572x572 crops of mirror-padded training slices, with their labels at the same place.
 
-    The padded slices (uint8 images and class ids) are laid into one canvas
-    each, zero beyond a slice's own extent, so slices of different sizes share
-    one tensor; ``sizes`` keeps each one's covered size so no crop reaches the
-    zeros.
+    Each crop is read from the slice's volume when it is drawn, through
+    ``tf.numpy_function``: a volume in memory costs no copy, and a volume on
+    disk is read only where a tile falls (the chunks it touches). ``sizes``
+    keeps each slice's covered size (data_loading/tiles.covered_size), which
+    bounds where a crop may start.
     """
 
-    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray],
-                 weights: list[np.ndarray] | None = None) -> None:
-        covered = [covered_size(image.shape) for image in images]
-        shape = self._canvas_shape([image.shape for image in images])
-        self.images = tf.constant(self._canvas(images, covered, np.zeros(shape, np.uint8)))
-        self.labels = tf.constant(self._canvas(labels, covered, np.zeros(shape, np.uint8)))
-        # Weight maps (data_loading/border_weights.py), mirrored like the labels they were computed from.
-        self.weights = None if weights is None else tf.constant(self._canvas(weights, covered,
-                                                                             np.zeros(shape, np.float32)))
+    def __init__(self, images: Sequence[SliceRef], labels: Sequence[SliceRef],
+                 weights: Sequence[SliceRef] | None = None) -> None:
+        self._images, self._labels, self._weights = list(images), list(labels), weights
+        covered = [covered_size(reader.shape[1:]) for reader, _ in self._images]
         self.sizes = tf.constant(covered, tf.int32)
-
-    @staticmethod
-    def _canvas(slices: list[np.ndarray], covered: list[tuple[int, int]], canvas: np.ndarray) -> np.ndarray:
-        for index, (piece, (height, width)) in enumerate(zip(slices, covered, strict=True)):
-            canvas[index, :height + 2 * CONTEXT, :width + 2 * CONTEXT] = mirror_pad(piece, height, width)
-        return canvas
-
-    @staticmethod
-    def _canvas_shape(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
-        """(slices, height, width) of a canvas that holds every padded slice of these shapes."""
-        covered = [covered_size(shape) for shape in shapes]
-        return (len(shapes), max(h for h, _ in covered) + 2 * CONTEXT, max(w for _, w in covered) + 2 * CONTEXT)
-
-    @staticmethod
-    def canvas_bytes(shapes: list[tuple[int, ...]]) -> int:
-        """Memory the two canvases (images, labels) of slices of these shapes take."""
-        return 2 * math.prod(TileSampler._canvas_shape(shapes)) if shapes else 0
+        self.weighted = weights is not None
 
     def offset(self, chosen: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Top-left corner [y, x] of the 388x388 window, uniform over the covered area of slice ``chosen``."""
@@ -112,10 +109,19 @@ class TileSampler:
         draws = tf.random.stateless_uniform([2], seed, minval=0, maxval=2**31 - 1, dtype=tf.int32)
         return draws % limits
 
-    def crop(self, chosen: tf.Tensor, corner: tf.Tensor, canvas: tf.Tensor | None = None) -> tuple[tf.Tensor, ...]:
-        """572x572 image and label crops (uint8) whose centres are the window at ``corner``; with ``canvas``
-        (e.g. ``self.weights``), its crop at the same place too."""
-        begin = tf.stack([chosen, corner[0], corner[1]])
-        size = [1, INPUT_SIZE, INPUT_SIZE]
-        crops = (tf.slice(self.images, begin, size)[0], tf.slice(self.labels, begin, size)[0])
-        return crops if canvas is None else (*crops, tf.slice(canvas, begin, size)[0])
+    def _read(self, chosen: np.ndarray, corner: np.ndarray) -> list[np.ndarray]:
+        index, (top, left) = int(chosen), (int(corner[0]), int(corner[1]))
+        crops = [read_crop(self._images[index], top, left, INPUT_SIZE),
+                 read_crop(self._labels[index], top, left, INPUT_SIZE)]
+        if self._weights is not None:
+            crops.append(read_crop(self._weights[index], top, left, INPUT_SIZE).astype(np.float32))
+        return crops
+
+    def crop(self, chosen: tf.Tensor, corner: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """572x572 image and label crops (uint8) whose centres are the window at ``corner``; with weight maps,
+        the weights' crop at the same place too (float32)."""
+        types = [tf.uint8, tf.uint8] + ([tf.float32] if self.weighted else [])
+        crops = tf.numpy_function(self._read, [chosen, corner], types, stateful=False)
+        for crop in crops:
+            crop.set_shape([INPUT_SIZE, INPUT_SIZE])
+        return tuple(crops)

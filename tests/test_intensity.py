@@ -108,8 +108,9 @@ def test_a_file_that_is_no_tiff_says_so_in_one_line(tmp_path, content, message):
 def test_the_isbi_stacks_stay_bit_identical(isbi_dir):
     data = Dataset.isbi(isbi_dir, OPTIONS, fold=0)
     assert data.window is None and "intensity" not in data.describe_split()
-    np.testing.assert_array_equal(data.train_volumes[0].images, tifffile.imread(isbi_dir / "train-volume.tif"))
-    np.testing.assert_array_equal(data.test_volumes[0].images, tifffile.imread(isbi_dir / "test-volume.tif"))
+    np.testing.assert_array_equal(data.train_volumes[0].images.read_all(),
+                                  tifffile.imread(isbi_dir / "train-volume.tif"))
+    np.testing.assert_array_equal(data.test_volumes[0].images.read_all(), tifffile.imread(isbi_dir / "test-volume.tif"))
 
 
 def sixteen_bit(images: np.ndarray) -> np.ndarray:
@@ -129,9 +130,11 @@ def test_sixteen_bit_own_data_is_mapped_by_the_training_window_test_stacks_too(i
     data = Dataset(sources, OPTIONS, fold=0)
     window = fit_window([sixteen_bit(images)], "the training images")
     assert data.window == window and data.describe_split()["intensity"] == window.describe()
-    np.testing.assert_array_equal(data.train_volumes[0].images, to_eight_bit(sixteen_bit(images), window))
-    np.testing.assert_array_equal(data.test_volumes[0].images, to_eight_bit(sixteen_bit(images[:1]) + 100, window))
-    assert data.train_volumes[0].labels.dtype == np.uint8 and set(np.unique(data.train_volumes[0].labels)) == {0, 1}
+    np.testing.assert_array_equal(data.train_volumes[0].images.read_all(), to_eight_bit(sixteen_bit(images), window))
+    np.testing.assert_array_equal(data.test_volumes[0].images.read_all(),
+                                  to_eight_bit(sixteen_bit(images[:1]) + 100, window))
+    labels = data.train_volumes[0].labels.read_all()
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1}
     kept = IntensityWindow(0.0, 65535.0, "a model's")  # a model dir's window wins over the stacks' own
     assert Dataset(sources, OPTIONS, fold=0, window=kept).window == kept
 

@@ -14,10 +14,10 @@ import tifffile
 from PIL import Image
 
 from common.errors import UserInputError
-from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices
+from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices, slice_working_bytes
 from data_loading.synthetic_em import generate_volume
 from data_loading.tiff_io import read_stack
-from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, tile_offsets
+from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, slice_refs, tile_offsets
 from data_loading.volumes import plan_pairs
 from runtime.parse_results import final_eval, read_log
 from tests.conftest import ROOT, run_cli, run_main, run_predict, unet2d_command
@@ -80,8 +80,7 @@ def test_folds_split_the_slices_of_all_volumes_together(own_data):
     np.testing.assert_array_equal(data.val_indices, val)
     every_slice = [image for path in own_data["train_images"][:2] for image in tifffile.imread(path)]
     every_slice.append(np.asarray(Image.open(Path(own_data["train_images"][2]) / "slice_00.png")))
-    images, labels = data.validation_slices()
-    for index, image, label in zip(val, images, labels, strict=True):
+    for index, (image, label) in zip(val, data.validation_slices(), strict=True):
         np.testing.assert_array_equal(image, every_slice[index])
         assert label.shape == image.shape and label.max() < CLASSES
 
@@ -95,7 +94,7 @@ def test_streams_of_volumes_of_different_sizes(own_data, input_mode):
     batches = list(data.eval_fn())
     count = sum(int(batch[0].shape[0]) for batch in batches)
     if input_mode == "tile":  # every validation slice cut into tiles that cover it
-        shapes = [image.shape for image in data.validation_slices()[0]]
+        shapes = [image.shape for image, _ in data.validation_slices()]
         assert count == sum(len(tile_offsets(covered_size(s)[0])) * len(tile_offsets(covered_size(s)[1]))
                             for s in shapes)
     else:
@@ -109,7 +108,7 @@ def test_tile_crops_lie_in_the_slice_or_its_mirror_with_labels_aligned():
     shapes = [(300, 700), (500, 420)]  # one smaller than 388 in height: mirrored out to 388
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
     labels = [rng.integers(0, CLASSES, shape, dtype=np.uint8) for shape in shapes]
-    sampler = TileSampler(images, labels)
+    sampler = TileSampler(slice_refs(images), slice_refs(labels))
     for draw in range(40):
         chosen = draw % 2
         corner = sampler.offset(tf.constant(chosen, tf.int64), tf.constant([7, draw], tf.int64)).numpy()
@@ -132,7 +131,7 @@ def test_tile_stream_without_augmentation_pairs_each_crop_with_its_own_labels(ow
     """Through the real stream: each crop is found in a slice's mirror padding, and its label is that place's."""
     data = own_dataset(own_data, "tile", fold=None, augment=False)
     slices = [(image, label) for volume in data.train_volumes
-              for image, label in zip(volume.images, volume.labels, strict=True)]
+              for image, label in zip(volume.images.read_all(), volume.labels.read_all(), strict=True)]
     for images, labels in data.train_fn().take(3):
         for image, label in zip(images.numpy(), labels.numpy(), strict=True):
             grey = np.round((image[..., 0] + 1.0) * 127.5).astype(np.uint8)
@@ -192,13 +191,18 @@ def test_labels_outside_the_classes_name_file_slice_and_value(tmp_path):
         Dataset(sources, StreamOptions(batch_size=1, seed=0), None, num_classes=3)
 
 
-def test_memory_estimate_counts_the_stacks_and_the_pipeline_copies(own_data):
+def test_memory_estimate_counts_every_copy_and_one_slice_at_work(own_data):
+    """In memory: uint8 images and class ids, the largest label volume once more as stored and sorted while it is
+    checked, border weight maps as float32; both ways: the largest slice while it is predicted and scored."""
     sources = DataSources(plan_pairs(own_data["train_images"], own_data["train_labels"], "-i", "-l"))
-    raw = 2 * (2 * 300 * 450 + 2 * 420 * 500 + 400 * 400)
-    resize = sources.memory_needed("resize", CLASSES)
-    assert resize == raw + 2 * 5 * 572 * 572 * 4 * (1 + CLASSES)
-    tile = sources.memory_needed("tile", CLASSES)
-    assert tile == raw + 2 * 2 * 2 * 5 * (420 + 184) * (500 + 184)
+    pixels = 2 * 300 * 450 + 2 * 420 * 500 + 400 * 400
+    largest_labels = max(2 * 300 * 450, 2 * 420 * 500, 400 * 400)  # 8-bit label stacks: 2 bytes a pixel to load
+    working = slice_working_bytes(420 * 500, CLASSES)
+    needs = sources.memory_needs(CLASSES)
+    assert needs.in_memory == 2 * pixels + 2 * largest_labels + working and needs.streamed == working
+    assert needs.unstreamable is None
+    weighted = sources.memory_needs(CLASSES, border_weights=True)
+    assert weighted.in_memory == needs.in_memory + 4 * pixels and "--border_weights" in weighted.unstreamable
 
 
 # Through the command line -------------------------------------------------------

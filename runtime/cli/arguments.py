@@ -18,6 +18,7 @@ from common.config import RunConfig
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
 PREDICT_STRATEGIES = ("resize", "tile")
+VOLUME_LOADING = ("auto", "memory", "stream")
 INPUT_MODES = ("resize", "tile")
 MAX_CLASSES = 255  # class ids are stored as uint8
 DISTRIBUTIONS = ("none", "horovod", "mirrored", "multi_worker")
@@ -85,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding train-volume.tif, train-labels.tif and test-volume.tif "
              "(not needed with --synth_data)")
     add("--train_images", nargs="+", default=None, metavar="STACK",
-        help="your own training images instead of <data_dir>/train-volume.tif: one or more multipage grey "
-             "TIFFs or folders of PNG/TIFF slices, as paths or quoted globs; volumes may differ in size")
+        help="your own training images instead of <data_dir>/train-volume.tif: one or more volumes, as paths "
+             "or quoted globs: multipage grey TIFFs, folders of PNG/TIFF slices, Zarr arrays or OME-Zarr images "
+             "(vol.zarr, vol.zarr/raw), HDF5 datasets (file.h5:/volumes/raw); volumes may differ in size")
     add("--train_labels", nargs="+", default=None, metavar="STACK",
         help="labels of --train_images, volume by volume and slice by slice: class ids 0..K-1 "
              "(for 2 classes also the recipe's 0/255)")
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--test_images", nargs="+", default=None, metavar="STACK",
         help="stacks predict segments instead of <data_dir>/test-volume.tif; masks go to "
              "<model_dir>/predictions/<name>-masks.tif")
+    add("--volume_loading", choices=VOLUME_LOADING, default="auto",
+        help="memory: read every stack into memory first; stream: read each tile or slice from its volume when "
+             "needed, so volumes larger than memory train, evaluate and predict (not with --border_weights); "
+             "auto: memory when the stacks take at most half the free memory, else stream")
     add("--num_classes", type=int, default=2, metavar="K",
         help="classes to segment; labels hold class ids 0..K-1. 2 is the recipe's membrane/cell, and its "
              "masks are 0/255; for more, masks hold class ids")

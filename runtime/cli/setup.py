@@ -31,7 +31,7 @@ from data_loading.data_loader import (
 from data_loading.image_stack import PredictionInput
 from data_loading.input_paths import check_input
 from data_loading.intensity import INTENSITY_FILE, IntensityWindow, load_window, save_window
-from data_loading.memory import check_fits
+from data_loading.memory import keep_in_memory
 from data_loading.volumes import plan_pairs, plan_stacks
 from runtime.execution.device import Device
 from runtime.execution.distribution import Workers
@@ -179,7 +179,6 @@ def check_inputs(config: RunConfig) -> DataSources | None:
     data = config.data
     if not config.exports and not data.synth_data:
         sources = plan_data(data, config.trains, config.evaluates, config.scores_validation, config.predicts)
-        check_fits(sources.memory_needed(data.input_mode, data.num_classes), "the image and label stacks")
     reads_checkpoint = not config.trains and not config.training.benchmark
     if config.evaluation.ensemble:
         check_ensemble(config.evaluation.ensemble, config.model)
@@ -191,6 +190,15 @@ def check_inputs(config: RunConfig) -> DataSources | None:
         except ValueError as error:
             raise UserInputError(f"--cell_threshold best: {error}") from None
     return sources
+
+
+def choose_loading(config: RunConfig, sources: DataSources | None) -> bool:
+    """Whether the stacks stay in memory (--volume_loading), refused in one line if neither way fits."""
+    if sources is None:
+        return True
+    data = config.data
+    needs = sources.memory_needs(data.num_classes, data.border_weights and config.trains, config.evaluation.tta)
+    return keep_in_memory(data.volume_loading, needs)
 
 
 def check_init_from(init_from: str | None, model_dir: Path, base_filters: int) -> Source | None:
@@ -228,24 +236,26 @@ class Plan:
     """
 
     sources: DataSources | None  # the stacks, planned from their headers; None: no files (export, --synth_data)
+    in_memory: bool  # the stacks are read into memory first; False: streamed a tile or a slice at a time
     init_source: Source | None  # --init_from's model
     window: IntensityWindow | None  # the model dir's grey-value window, for the modes that do not train
 
 
 def plan_run(config: RunConfig) -> Plan:
     sources = check_inputs(config)
+    in_memory = choose_loading(config, sources)
     init_source = check_init_from(config.training.init_from, config.outputs.model_dir, config.model.base_filters)
     window = None if config.trains else load_window(config.outputs.model_dir)
-    return Plan(sources, init_source, window)
+    return Plan(sources, in_memory, init_source, window)
 
 
 def load_dataset(data: DataConfig, options: StreamOptions, plan: Plan) -> Dataset | SyntheticDataset:
-    """The stacks of the plan, read in full. A training run takes its grey-value window from its own training
-    images, any other the model dir's."""
+    """The stacks of the plan, in memory or streamed as planned. A training run takes its grey-value window from
+    its own training images, any other the model dir's."""
     if data.synth_data:
         return SyntheticDataset(options, data.num_classes)
     return Dataset(plan.sources, options, data.fold, data.fold_scheme, data.input_mode, data.num_classes,
-                   split_seed=data.split_seed, window=plan.window)
+                   split_seed=data.split_seed, window=plan.window, keep_in_memory=plan.in_memory)
 
 
 def keep_intensity_window(model_dir: Path, workers: Workers, dataset: Dataset | SyntheticDataset | None) -> None:
@@ -262,11 +272,11 @@ def load_prediction_inputs(data: DataConfig, dataset: Dataset | SyntheticDataset
     inputs, files = [], set()
     for volume in dataset.test_volumes:
         if volume.source.name == TEST_IMAGES and not (data.test_images or data.predict_input):  # the recipe's names
-            names, masks_file = [f"test_{i:03d}" for i in range(len(volume.images))], "test-masks.tif"
+            names, masks_file = [f"test_{i:03d}" for i in range(volume.images.shape[0])], "test-masks.tif"
         else:
-            names, masks_file = volume.names, f"{volume.source.stem or 'input'}-masks.tif"
+            names, masks_file = volume.names, f"{volume.images.stem or 'input'}-masks.tif"
         if masks_file in files:
-            raise UserInputError(f"two test stacks are named {volume.source.stem}; their masks would overwrite "
+            raise UserInputError(f"two test stacks are named {volume.images.stem}; their masks would overwrite "
                                  "each other in <model_dir>/predictions (rename one)")
         files.add(masks_file)
         inputs.append(PredictionInput(volume.images, names, Path("predictions") / masks_file))

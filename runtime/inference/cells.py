@@ -8,7 +8,7 @@ than 65535 cells.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,15 @@ import numpy as np
 from runtime.inference.metrics import cell_regions
 from runtime.inference.strategies import class_ids
 from runtime.inference.thinned import cell_probability
+
+
+def each_ids_and_cells(probability_maps: Iterable[np.ndarray],
+                       threshold: float | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each map's class ids and the mask its cells are taken from: P(cell) > threshold, or the ids themselves
+    without one; one slice at a time."""
+    for probabilities in probability_maps:
+        ids = class_ids(probabilities)
+        yield ids, ids if threshold is None else (cell_probability(probabilities) > threshold).astype(np.uint8)
 
 
 def ids_and_cells(probability_maps: Iterable[np.ndarray],
@@ -28,6 +37,11 @@ def ids_and_cells(probability_maps: Iterable[np.ndarray],
         if threshold is not None:
             cells.append((cell_probability(probabilities) > threshold).astype(np.uint8))
     return ids, cells
+
+
+def cell_ids_of_slice(mask: np.ndarray) -> np.ndarray:
+    """One slice's cell ids (1..n, 0 on membranes), as uint32: written slice by slice, narrowed at the end."""
+    return cell_regions(mask).astype(np.uint32)
 
 
 def cell_labels(masks: np.ndarray) -> np.ndarray:

@@ -63,22 +63,48 @@ def v_rand(true_regions: np.ndarray, predicted_regions: np.ndarray) -> float:
     return 1.0 - float(error)
 
 
+def slice_challenge(truth: np.ndarray, prediction: np.ndarray) -> tuple[float, float, float] | None:
+    """(V_Rand, V_Info, Dice of the cell masks) of one slice of class ids; None for a slice without cells."""
+    true_cell, predicted_cell = truth != MEMBRANE, prediction != MEMBRANE
+    if not np.any(true_cell):
+        return None  # a slice without cells has no foreground to score
+    true_regions, predicted_regions = cell_regions(truth), cell_regions(prediction)
+    dice = 2.0 * np.count_nonzero(true_cell & predicted_cell) / (np.count_nonzero(true_cell)
+                                                                   + np.count_nonzero(predicted_cell))
+    return v_rand(true_regions, predicted_regions), v_info(true_regions, predicted_regions), dice
+
+
+def mean_challenge(per_slice: Sequence[tuple[float, float, float] | None]) -> dict[str, float]:
+    """The slices' V_Rand, V_Info and mask Dice averaged, as ``eval_*``; {} when no slice had cells."""
+    scored = np.array([scores for scores in per_slice if scores is not None])
+    if not len(scored):
+        return {}
+    rand, info, dice = scored.mean(axis=0)
+    return {"eval_v_rand": float(rand), "eval_v_info": float(info), "eval_mask_dice": float(dice)}
+
+
 def challenge_scores(true_masks: Sequence[np.ndarray], predicted_masks: Sequence[np.ndarray]) -> dict[str, float]:
     """V_Rand and V_Info per slice of two class-id stacks, averaged; plus the Dice of the cell masks."""
-    rand, info, dice = [], [], []
-    for truth, prediction in zip(true_masks, predicted_masks, strict=True):
-        true_cell, predicted_cell = truth != MEMBRANE, prediction != MEMBRANE
-        if not np.any(true_cell):
-            continue  # a slice without cells has no foreground to score
-        true_regions, predicted_regions = cell_regions(truth), cell_regions(prediction)
-        rand.append(v_rand(true_regions, predicted_regions))
-        info.append(v_info(true_regions, predicted_regions))
-        dice.append(2.0 * np.count_nonzero(true_cell & predicted_cell)
-                    / (np.count_nonzero(true_cell) + np.count_nonzero(predicted_cell)))
-    if not rand:
-        return {}
-    return {"eval_v_rand": float(np.mean(rand)), "eval_v_info": float(np.mean(info)),
-            "eval_mask_dice": float(np.mean(dice))}
+    return mean_challenge([slice_challenge(truth, prediction)
+                           for truth, prediction in zip(true_masks, predicted_masks, strict=True)])
+
+
+class ClassOverlap:
+    """Each class's overlap and sizes, added slice by slice: the pooled Dice without keeping a slice."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.overlap, self.sizes = np.zeros(num_classes), np.zeros(num_classes)
+
+    def add(self, truth: np.ndarray, prediction: np.ndarray) -> None:
+        k = self.num_classes
+        self.overlap += np.bincount(truth[truth == prediction].ravel(), minlength=k)[:k]
+        self.sizes += np.bincount(truth.ravel(), minlength=k)[:k]
+        self.sizes += np.bincount(prediction.ravel(), minlength=k)[:k]
+
+    def scores(self) -> dict[str, float]:
+        scores = np.where(self.sizes > 0, 2.0 * self.overlap / np.maximum(self.sizes, 1), 1.0)
+        return {f"eval_dice_class_{k}": float(scores[k]) for k in range(self.num_classes)}
 
 
 def class_dice(true_masks: Sequence[np.ndarray], predicted_masks: Sequence[np.ndarray],
@@ -89,10 +115,7 @@ def class_dice(true_masks: Sequence[np.ndarray], predicted_masks: Sequence[np.nd
     present in only a few slices (organelles) is not scored by its emptiest
     slice. A class absent from both truth and prediction scores 1.
     """
-    overlap, sizes = np.zeros(num_classes), np.zeros(num_classes)
+    pooled = ClassOverlap(num_classes)
     for truth, prediction in zip(true_masks, predicted_masks, strict=True):
-        overlap += np.bincount(truth[truth == prediction].ravel(), minlength=num_classes)[:num_classes]
-        sizes += np.bincount(truth.ravel(), minlength=num_classes)[:num_classes]
-        sizes += np.bincount(prediction.ravel(), minlength=num_classes)[:num_classes]
-    scores = np.where(sizes > 0, 2.0 * overlap / np.maximum(sizes, 1), 1.0)
-    return {f"eval_dice_class_{k}": float(scores[k]) for k in range(num_classes)}
+        pooled.add(truth, prediction)
+    return pooled.scores()

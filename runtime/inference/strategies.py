@@ -22,7 +22,7 @@ probability maps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -59,26 +59,27 @@ def tile_grid(height: int, width: int) -> tuple[int, int]:
     return math.ceil(height / OUTPUT_SIZE), math.ceil(width / OUTPUT_SIZE)
 
 
-def _tiles(image: np.ndarray) -> list[np.ndarray]:
-    """572x572x1 mirror-padded, normalised input tiles of one uint8 slice, row by row."""
+def _tiled_slice(probabilities: ProbabilityFn, image: np.ndarray, batch_size: int) -> np.ndarray:
+    """One slice's class probabilities at full resolution: its mirror-padded tiles, ``batch_size`` at a time,
+    each centre written into the stitched map as it comes (no list of every tile is kept)."""
     rows, cols = tile_grid(*image.shape)
     size, step = INPUT_SIZE, OUTPUT_SIZE
-    padded = pre.scale_intensity(mirror_pad(image, rows * step, cols * step)).numpy()
-    return [padded[r * step:r * step + size, c * step:c * step + size, np.newaxis]
-            for r in range(rows) for c in range(cols)]
+    padded = np.asarray(pre.scale_intensity(mirror_pad(image, rows * step, cols * step)))
+    places = [(r, c) for r in range(rows) for c in range(cols)]
+    stitched = None
+    for start in range(0, len(places), batch_size):
+        part = places[start:start + batch_size]
+        batch = np.stack([padded[r * step:r * step + size, c * step:c * step + size, np.newaxis] for r, c in part])
+        outputs = np.asarray(probabilities(tf.constant(batch)))
+        if stitched is None:
+            stitched = np.empty((rows * step, cols * step, outputs.shape[-1]), outputs.dtype)
+        for (r, c), output in zip(part, outputs, strict=True):
+            stitched[r * step:(r + 1) * step, c * step:(c + 1) * step] = output
+    return stitched[:image.shape[0], :image.shape[1]]
 
 
 def _tiled(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    tiles = [_tiles(image) for image in slices]
-    outputs = iter(_outputs(probabilities, [tile for image_tiles in tiles for tile in image_tiles], batch_size))
-    step, stitched = OUTPUT_SIZE, []
-    for image in slices:
-        rows, cols = tile_grid(*image.shape)
-        centres = np.stack([next(outputs) for _ in range(rows * cols)])
-        classes = centres.shape[-1]
-        whole = centres.reshape(rows, cols, step, step, classes).transpose(0, 2, 1, 3, 4)
-        stitched.append(whole.reshape(rows * step, cols * step, classes)[:image.shape[0], :image.shape[1]])
-    return stitched
+    return [_tiled_slice(probabilities, image, batch_size) for image in slices]
 
 
 def view(image: np.ndarray, k: int) -> np.ndarray:
@@ -152,12 +153,20 @@ def class_ids(probabilities: np.ndarray) -> np.ndarray:
     return (classes - 1 - np.argmax(probabilities[..., ::-1], axis=-1)).astype(np.uint8)
 
 
-def iter_probabilities(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,
+def iter_probabilities(probabilities: ProbabilityFn, slices: Iterable[np.ndarray], batch_size: int,
                        strategy: str = "resize", tta: bool = False) -> Iterator[np.ndarray]:
-    """Each slice's class probabilities in turn, ``batch_size`` slices at a time, so a large stack never
-    holds more than a batch of float maps."""
-    for start in range(0, len(slices), batch_size):
-        yield from predict_probabilities(probabilities, slices[start:start + batch_size], batch_size, strategy, tta)
+    """Each slice's class probabilities in turn, the slices taken from ``slices`` as they come (a generator
+    reading a volume from disk works): ``batch_size`` slices at a time for ``resize``, one for ``tile``
+    (its tiles batched), so that memory holds the float maps of one batch of slices, never of the stack."""
+    group: list[np.ndarray] = []
+    per_pass = 1 if strategy == "tile" else batch_size
+    for image in slices:
+        group.append(image)
+        if len(group) == per_pass:
+            yield from predict_probabilities(probabilities, group, batch_size, strategy, tta)
+            group = []
+    if group:
+        yield from predict_probabilities(probabilities, group, batch_size, strategy, tta)
 
 
 def predict_class_ids(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int,

@@ -16,8 +16,8 @@ import numpy as np
 
 from common.config import DataConfig, ModelConfig, OutputConfig
 from data_loading.data_loader import TRAIN_IMAGES, fold_indices
-from data_loading.image_stack import read_image_stack
 from data_loading.intensity import IntensityWindow, fit_window, is_eight_bit, to_eight_bit
+from data_loading.readers import open_volume, split_hdf5
 from data_loading.synthetic_em import generate_volume
 from data_loading.volumes import expand
 from runtime.inference.zoo import PackageInfo
@@ -92,16 +92,15 @@ def sample_slice(data: DataConfig, window: IntensityWindow | None) -> tuple[np.n
 def _raw_sample(data: DataConfig) -> tuple[np.ndarray, str]:
     if data.val_images:
         path = expand(data.val_images, "--val_images")[0]
-        images, _ = read_image_stack(path, "--val_images")
-        return _centre(images[0]), f"slice 0 of the validation stack {path}"
+        return _centre(open_volume(path, "--val_images").read(0)), f"slice 0 of the validation stack {path}"
     source = (expand(data.train_images, "--train_images")[0] if data.train_images
               else Path(data.data_dir) / TRAIN_IMAGES if data.data_dir else None)
-    if source is not None and source.exists():
-        images, _ = read_image_stack(source, "--train_images" if data.train_images else "--data_dir")
+    if source is not None and (source.exists() or split_hdf5(str(source))):
+        images = open_volume(source, "--train_images" if data.train_images else "--data_dir")
         fold = 0 if data.fold is None else data.fold
         split_seed = data.seed if data.split_seed is None else data.split_seed
-        index = int(fold_indices(len(images), fold, split_seed, data.fold_scheme)[1][0])
-        return _centre(images[index]), f"slice {index} of {source}, a validation slice of fold {fold}"
+        index = int(fold_indices(images.shape[0], fold, split_seed, data.fold_scheme)[1][0])
+        return _centre(images.read(index)), f"slice {index} of {source}, a validation slice of fold {fold}"
     images, _ = generate_volume(num_slices=1, size=512, seed=data.seed)
     return images[0], ("a generated EM-like slice (the export run was given no data: pass --data_dir, "
                        "--train_images or --val_images to use a real one)")

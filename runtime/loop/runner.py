@@ -6,6 +6,7 @@ import contextlib
 import math
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -18,28 +19,20 @@ from common.compat import keras, optimizer_variables, rng_state_variables
 from common.config import RunConfig
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
 from common.quiet_start import quiet_unless_asked
-from data_loading.data_loader import Dataset, SyntheticDataset
+from data_loading.data_loader import Dataset, SyntheticDataset, read_errors_in_one_line
 from data_loading.image_stack import PredictionInput
 from data_loading.intensity import load_window
-from data_loading.tiff_io import write_stack_atomically
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
-from runtime.inference.cells import cell_labels, cells_path, ids_and_cells
+from runtime.inference.cells import each_ids_and_cells, ids_and_cells
 from runtime.inference.export import class_probabilities, export_model
-from runtime.inference.metrics import challenge_scores, class_dice
-from runtime.inference.thinned import (
-    FINER_THRESHOLDS,
-    THRESHOLDS,
-    best_over_thresholds,
-    cell_probability,
-    load_best_threshold,
-    save_best_threshold,
-    slice_sweep,
-)
+from runtime.inference.scores import SliceScores
+from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, load_best_threshold, save_best_threshold
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
 from runtime.loop import checkpoints, model_card, portable, warm_start
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
+from runtime.loop.masks import write_masks
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import logs_here, saves_checkpoints, worker_log_dir
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
@@ -254,7 +247,9 @@ class Runner:
             timer.start()
             for step in range(start, steps):
                 run_step = self._decoder_step if self._encoder_frozen(step) else self._train_step
-                ce, dice = run_step([next(stream) for stream in streams])
+                with read_errors_in_one_line():
+                    batches = [next(stream) for stream in streams]
+                ce, dice = run_step(batches)
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
                     raise TrainingDiverged(step + 1, ce, dice, None if ctx.config.is_training_benchmark
@@ -323,11 +318,12 @@ class Runner:
         """Mean cross-entropy and dice loss over the validation batches, each worker scoring every size-th one."""
         workers = self.ctx.workers
         sums = np.zeros(3, np.float64)  # cross-entropy, dice loss, images
-        for index, (images, labels) in enumerate(self.ctx.dataset.eval_fn(count=1)):
-            if index % workers.size == workers.rank:
-                ce, dice = self._eval_step(images, labels)
-                size = int(images.shape[0])
-                sums += (float(ce) * size, float(dice) * size, size)
+        with read_errors_in_one_line():  # the batches are read from the volumes as the loop reaches them
+            for index, (images, labels) in enumerate(self.ctx.dataset.eval_fn(count=1)):
+                if index % workers.size == workers.rank:
+                    ce, dice = self._eval_step(images, labels)
+                    size = int(images.shape[0])
+                    sums += (float(ce) * size, float(dice) * size, size)
         ce_sum, dice_sum, count = workers.sum_across_workers(sums)  # also where a lost peer shows
         return ce_sum / count, dice_sum / count
 
@@ -353,23 +349,33 @@ class Runner:
         return data
 
     def _challenge_scores(self, step: int) -> dict[str, float]:
-        """V_Rand, V_Info (of the mask, and the organisers' after thinning), mask and class Dice, at full size."""
+        """V_Rand, V_Info (of the mask, and the organisers' after thinning), mask and class Dice, at full size,
+        scored slice by slice as the slices are read and predicted (runtime/inference/scores.py)."""
         validation = getattr(self.ctx.dataset, "validation_slices", None)
         if validation is None:  # synthetic data has no cell regions to score
             return {}
         evaluation = self.ctx.config.evaluation
-        images, labels = validation()
-        thresholds = FINER_THRESHOLDS if evaluation.finer_sweep else THRESHOLDS
-        predicted, sweeps = [], []
-        for truth, probabilities in zip(labels, self._full_resolution_probabilities(images), strict=True):
-            predicted.append(strategies.class_ids(probabilities))
-            sweeps.append(slice_sweep(truth, cell_probability(probabilities), thresholds))
-        if evaluation.overlays:
+        scores = SliceScores(evaluation.num_classes, FINER_THRESHOLDS if evaluation.finer_sweep else THRESHOLDS)
+        pending: deque[tuple[np.ndarray, np.ndarray]] = deque()  # slices read, waiting for their probabilities
+        pictured: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # the first --overlays slices
+
+        def images() -> Iterator[np.ndarray]:
+            for image, truth in validation():
+                pending.append((image, truth))
+                yield image
+
+        for probabilities in self._full_resolution_probabilities(images()):
+            image, truth = pending.popleft()
+            predicted = strategies.class_ids(probabilities)
+            scores.add(truth, predicted, probabilities)
+            if len(pictured) < evaluation.overlays:
+                pictured.append((image, predicted, truth))
+        if pictured:
             names = [f"eval_step{step}_slice{index}" for index in self.ctx.dataset.val_indices]
-            write_overlays(worker_log_dir(self.ctx.config.outputs, self.ctx.workers) / "overlays", names, images,
-                           predicted, labels, evaluation.overlays, evaluation.num_classes)
-        return {**challenge_scores(labels, predicted), **best_over_thresholds(sweeps, thresholds),
-                **class_dice(labels, predicted, evaluation.num_classes)}
+            images_, predicted_, truths = (list(column) for column in zip(*pictured, strict=True))
+            write_overlays(worker_log_dir(self.ctx.config.outputs, self.ctx.workers) / "overlays", names, images_,
+                           predicted_, truths, evaluation.overlays, evaluation.num_classes)
+        return scores.scores()
 
     def predict(self) -> list[Path]:
         """Masks of each test stack (0/255 for two classes, class ids for more), under <model_dir>/predictions."""
@@ -387,39 +393,38 @@ class Runner:
                     if (path := self._predict_stack(source, threshold)) is not None]
 
     def _predict_stack(self, source: PredictionInput, threshold: float | None) -> Path | None:
-        """One stack: every worker segments its share of the slices, the chief writes the masks."""
+        """One stack, a slice at a time: alone, read, segmented and written slice by slice; with several
+        workers, every worker segments its share of the slices and the chief writes the masks."""
         evaluation, workers = self.ctx.config.evaluation, self.ctx.workers
-        classes = evaluation.num_classes
-        mine = np.arange(workers.rank, len(source.slices), workers.size)  # every size-th slice is this worker's
-        ids, cells = ids_and_cells(self._full_resolution_probabilities(source.slices[mine]), threshold)
-
-        def whole_stack(parts: list[np.ndarray]) -> np.ndarray:
-            mine_only = np.stack(parts) if parts else np.zeros((0, *source.slices.shape[1:]), np.uint8)
-            return workers.gather_slices(mine_only, mine, source.slices.shape)
-
-        ids = whole_stack(ids)
-        cell_mask = whole_stack(cells) if threshold is not None else ids
-        if not workers.is_chief:
-            return None
+        reader = source.slices
+        mine = np.arange(workers.rank, reader.shape[0], workers.size)  # every size-th slice is this worker's
+        maps = self._full_resolution_probabilities(reader.read(int(z)) for z in mine)
+        if workers.size > 1:
+            ids, cells = ids_and_cells(maps, threshold)
+            masks = [self._gathered(parts, mine, reader.shape) for parts in (ids, cells if threshold is not None
+                                                                             else ids)]
+            if not workers.is_chief:
+                return None
+            decided = iter(zip(masks[0], masks[1], strict=True))
+        else:
+            decided = each_ids_and_cells(maps, threshold)
         path = self.ctx.config.outputs.model_dir / source.masks_file
-        summary = {}
         try:
-            write_stack_atomically(path, strategies.mask_values(ids, classes))
-            write_overlays(path.parent / "overlays", source.names, source.slices, ids, count=evaluation.overlays,
-                           num_classes=classes)
-            if evaluation.cell_labels:
-                labels = cell_labels(cell_mask)
-                write_stack_atomically(cells_path(path), labels)
-                summary = {"cell_labels": str(cells_path(path)), "cells": int(sum(s.max() for s in labels)),
-                           "cell_threshold": "class decision" if threshold is None else threshold}
+            summary = write_masks(path, reader, source.names, decided, evaluation.num_classes,
+                                  evaluation.overlays, evaluation.cell_labels)
         except OSError as error:
             raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
-        fractions = np.bincount(ids.ravel(), minlength=classes)[:classes] / ids.size
-        summary.update({"cell_fraction": float(fractions[1])} if classes == 2
-                       else {"class_fractions": [round(float(f), 6) for f in fractions]})
-        self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": len(ids),
+        if evaluation.cell_labels:
+            summary["cell_threshold"] = "class decision" if threshold is None else threshold
+        self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": reader.shape[0],
                                         "strategy": evaluation.predict_strategy, **summary})
         return path
+
+    def _gathered(self, parts: list[np.ndarray], mine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+        """Every worker's slices put together on each worker (a whole stack of int32: the multi-worker predict's
+        cost, until it predicts blockwise)."""
+        mine_only = np.stack(parts) if parts else np.zeros((0, *shape[1:]), np.uint8)
+        return self.ctx.workers.gather_slices(mine_only, mine, shape)
 
     def _cell_threshold(self) -> float | None:
         """--cell_threshold as a number (``best``: the last evaluation's), None for the class decision."""

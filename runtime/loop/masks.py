@@ -1,0 +1,76 @@
+"""Writing what predict decides, slice by slice: masks, cell labels and overlays of a stack of any length.
+
+Memory holds one slice of each output, never the stack, and each file
+appears under its final name only once it is whole. Cell ids go to a scratch
+file as uint32 first and are written out at the end as uint16 when no slice
+holds more than 65535 cells (else uint32): the file ``cell_labels`` of the
+whole stack would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data_loading.readers import TiffVolume
+from data_loading.tiff_io import PageWriter, write_pages_atomically
+from data_loading.volume_reader import VolumeReader
+from runtime.inference.cells import cell_ids_of_slice, cells_path
+from runtime.inference.strategies import mask_values
+from runtime.reporting.overlays import write_overlays
+
+
+def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Iterator[tuple[np.ndarray, np.ndarray]],
+                num_classes: int, overlays: int, with_cells: bool,
+                overlays_folder: Path | None = None) -> dict[str, object]:
+    """Masks of ``images`` at ``path`` (and cell ids beside it, ``with_cells``) from each slice's (class ids,
+    cell mask), and overlays of the first ``overlays`` slices (in ``overlays_folder``, default ``overlays/``
+    beside the masks); the summary the PREDICT line logs."""
+    overlays_folder = overlays_folder or path.parent / "overlays"
+    counts = np.zeros(num_classes, np.int64)
+    cells_scratch = path.with_name(f".{path.name}.cells.part")
+    cells = PageWriter(cells_scratch, images.shape, np.uint32) if with_cells else None
+    most_cells, total_cells = 0, 0
+
+    def pages() -> Iterator[np.ndarray]:
+        nonlocal most_cells, total_cells
+        for index, (ids, cell_mask) in enumerate(decided):
+            counts[:] += np.bincount(ids.ravel(), minlength=num_classes)[:num_classes]
+            if cells is not None:
+                labelled = cell_ids_of_slice(cell_mask)
+                cells.write(labelled)
+                most_cells = max(most_cells, int(labelled.max(initial=0)))
+                total_cells += int(labelled.max(initial=0))
+            if index < overlays:
+                write_overlays(overlays_folder, names[index:index + 1], [images.read(index)], [ids], count=1,
+                               num_classes=num_classes)
+            yield mask_values(ids, num_classes)
+
+    try:
+        write_pages_atomically(path, images.shape, np.uint8, pages())
+        if cells is not None:
+            cells.close()
+            _write_cells(cells_scratch, cells_path(path), most_cells)
+    finally:
+        if cells is not None:
+            cells.close()
+            cells_scratch.unlink(missing_ok=True)
+    summary: dict[str, object] = {}
+    if with_cells:
+        summary.update({"cell_labels": str(cells_path(path)), "cells": total_cells})
+    fractions = counts / max(counts.sum(), 1)
+    summary.update({"cell_fraction": float(fractions[1])} if num_classes == 2
+                   else {"class_fractions": [round(float(f), 6) for f in fractions]})
+    return summary
+
+
+def _write_cells(scratch: Path, final: Path, most_cells: int) -> None:
+    """The scratch file's cell ids as the final stack: uint16 when they fit, else uint32, slice by slice."""
+    wide = TiffVolume(scratch)
+    dtype = np.uint16 if most_cells <= np.iinfo(np.uint16).max else np.uint32
+    try:
+        write_pages_atomically(final, wide.shape, dtype, (wide.read(z).astype(dtype) for z in range(wide.shape[0])))
+    finally:
+        wide.close()
