@@ -334,6 +334,29 @@ def test_the_window_from_sampled_chunks_lands_within_a_grey_level_of_the_whole_s
     assert "263,040 values of 3,932,160 voxels" in thinned.source  # every 15th of each chunk: at most 2^18
 
 
+def test_scores_added_slice_by_slice_equal_those_of_the_whole_stack(isbi_dir):
+    """What evaluation of a volume larger than memory keeps (a few numbers a slice) gives the stack's scores."""
+    from runtime.inference.metrics import challenge_scores, class_dice
+    from runtime.inference.scores import SliceScores
+    from runtime.inference.strategies import class_ids
+    from runtime.inference.thinned import thinned_scores
+
+    truths = (tifffile.imread(isbi_dir / "train-labels.tif")[:2] // 255).astype(np.uint8)
+    rng = np.random.default_rng(2)
+    cell = np.clip(0.15 + 0.7 * truths + rng.normal(0, 0.25, truths.shape), 0, 1).astype(np.float32)
+    maps = np.stack([1 - cell, cell], axis=-1)
+    predicted = [class_ids(m) for m in maps]
+    scores = SliceScores(2)
+    for truth, ids, probabilities in zip(truths, predicted, maps, strict=True):
+        scores.add(truth, ids, probabilities)
+    whole = {**challenge_scores(truths, predicted), **thinned_scores(truths, maps[..., 1]),
+             **class_dice(truths, predicted, 2)}
+    ours = scores.scores()
+    assert ours.keys() == whole.keys() and len(ours) == 9
+    for name, value in whole.items():
+        assert abs(ours[name] - value) <= 1e-12, name
+
+
 # Memory: stream when it does not fit, and say so --------------------------------------------------------
 
 
@@ -449,3 +472,40 @@ def test_predict_py_refuses_a_slice_that_does_not_fit_in_one_line(export, tmp_pa
     done = run_predict(str(export), str(tmp_path / "v.zarr"), "--strategy", "tile")
     assert done.returncode == 2
     assert "one slice of" in done.stderr and "4096x4096) need about 1.0 GiB of memory" in done.stderr
+
+
+# Through the command line ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_predict_streamed_from_ome_zarr_as_from_memory(isbi_dir, tmp_path):
+    """unet2d.py on OME-Zarr stores streamed: trains, and evaluates and predicts exactly as with the stacks in
+    memory (the same 17 evaluation numbers, the same masks)."""
+    from runtime.parse_results import read_log
+    from tests.conftest import run_main
+
+    stores = isbi_as_stores(isbi_dir, tmp_path, slices=8)
+    model = tmp_path / "model"
+    common = ["--input_mode", "tile", "-b", "2", "--model_dir", str(model), "--overlays", "1"]
+    trained = run_main("--exec_mode", "train", "--train_images", stores["zarr_images"], "--train_labels",
+                       stores["zarr_labels"], "--fold", "0", "--max_steps", "2", "--warmup_steps", "0",
+                       "--volume_loading", "stream", "--log_dir", str(tmp_path / "train"), *common)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "volume_loading : stream" in trained.stdout
+    scores = {}
+    for loading in ("memory", "stream"):
+        done = run_main("--exec_mode", "evaluate", "--train_images", stores["zarr_images"], "--train_labels",
+                        stores["zarr_labels"], "--fold", "0", "--volume_loading", loading, "--log_dir",
+                        str(tmp_path / loading), *common)
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores[loading] = next(r["data"] for r in read_log(tmp_path / loading / "log.json")
+                               if "eval_v_rand_thinned" in r.get("data", {}))
+    assert scores["memory"] == scores["stream"] and len([k for k in scores["stream"] if k.startswith("eval_")]) == 13
+    masks = {}
+    for loading, images in (("memory", stores["tif_images"]), ("stream", stores["zarr_images"])):
+        done = run_main("--exec_mode", "predict", "--test_images", images, "--volume_loading", loading,
+                        "--cell_labels", "--log_dir", str(tmp_path / f"p{loading}"), *common)
+        assert done.returncode == 0, done.stderr[-2000:]
+        masks[loading] = tifffile.imread(model / "predictions" / "images-masks.tif")
+        assert tifffile.imread(model / "predictions" / "images-cells.tif").shape == (8, 512, 512)
+    np.testing.assert_array_equal(masks["memory"], masks["stream"])

@@ -29,6 +29,7 @@ def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Ite
     cell mask), and overlays of the first ``overlays`` slices (in ``overlays_folder``, default ``overlays/``
     beside the masks); the summary the PREDICT line logs."""
     overlays_folder = overlays_folder or path.parent / "overlays"
+    path.parent.mkdir(parents=True, exist_ok=True)
     counts = np.zeros(num_classes, np.int64)
     cells_scratch = path.with_name(f".{path.name}.cells.part")
     cells = PageWriter(cells_scratch, images.shape, np.uint32) if with_cells else None
