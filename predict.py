@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from common.errors import exit_status, write_failure
+from common.errors import UserInputError, exit_status, write_failure
 from runtime.cli.arguments import PREDICT_STRATEGIES, DefaultsHelpFormatter, OneLineErrorParser, cell_threshold
+from runtime.inference.blocks import TILE_OUTPUTS
 
 
 def cell_threshold_number(text: str) -> float:
@@ -60,6 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overlays", type=int, default=0, metavar="N",
                         help="also write PNG pictures of the first N slices into <output stem>-overlays/")
     parser.add_argument("-b", "--batch_size", type=int, default=4, help="slices (or tiles) per forward pass")
+    blockwise = parser.add_argument_group("blockwise prediction into OME-Zarr (an output ending in .zarr; the "
+                                          "default for Zarr and HDF5 inputs)")
+    blockwise.add_argument("--tile_size", default="auto", choices=["auto", *map(str, TILE_OUTPUTS)],
+                           help="output side of the overlap tiles (input: 184 more); auto: the one computing the "
+                                "fewest pixels for these slices within a memory bound")
+    blockwise.add_argument("--chunks", type=int, default=None, metavar="N",
+                           help="output chunks of 1 x N x N [default: a whole multiple of the tile near 1024]")
+    blockwise.add_argument("--probabilities", choices=("uint8", "float16"), default=None,
+                           help="also write the class probabilities as <stem>-probabilities.ome.zarr (c, z, y, x)")
+    blockwise.add_argument("--overwrite", action="store_true",
+                           help="start over: replace an output made by another model or with other settings "
+                                "(without it such an output is refused, and the same command goes on where a "
+                                "stopped run left off)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.overlays < 0:
         parser.error("--batch_size must be at least 1 and --overlays 0 or more")
@@ -88,11 +102,13 @@ def run(argv: list[str] | None = None) -> Path:
     (slices,), notes = map_volumes([reader], ensemble_window(models, reader.dtype))
     for note in notes:
         print(f"predict.py: {note}", file=sys.stderr, flush=True)
+    output = Path(args.output) if args.output else default_output(source, slices.stem, zarr_input(reader))
+    if output.name.endswith(".zarr"):
+        return run_blockwise(args, slices, models, output)
     probability_fn, num_classes = load_ensemble_probability_fn(models)
     maps = iter_probabilities(probability_fn, (slices.read(z) for z in range(slices.shape[0])), args.batch_size,
                               args.strategy, args.tta)
     decided = each_ids_and_cells(maps, args.cell_threshold)
-    output = Path(args.output) if args.output else default_output(source, slices.stem)
     try:
         write_masks(output, slices, slices.slice_names(), decided, num_classes, args.overlays, args.cell_labels,
                     overlays_folder=output.parent / f"{output.stem}-overlays")
@@ -103,15 +119,55 @@ def run(argv: list[str] | None = None) -> Path:
     return output
 
 
-def default_output(source: str, stem: str) -> Path:
-    """``<input name>-masks.tif`` beside the input (beside the file or store, for HDF5 and Zarr volumes)."""
+def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: Path) -> Path:
+    """The volume block by block into OME-Zarr images (runtime/loop/blockwise.py)."""
+    from runtime.inference.export import load_ensemble_probability_fn
+    from runtime.inference.networks import export_networks
+    from runtime.loop.blockwise import BlockwiseSettings, model_fingerprint, predict_blockwise
+
+    if args.strategy != "tile":
+        raise UserInputError(f"{output} is an OME-Zarr output, which is predicted block by block with overlap "
+                             "tiles: add --strategy tile, or name a .tif output")
+    networks = export_networks(models, load_ensemble_probability_fn)
+    settings = BlockwiseSettings(tile=None if args.tile_size == "auto" else int(args.tile_size), chunk=args.chunks,
+                                 tta=args.tta, cell_labels=args.cell_labels, cell_threshold=args.cell_threshold,
+                                 probabilities=args.probabilities, batch_size=args.batch_size,
+                                 overwrite=args.overwrite, overlays=args.overlays)
+    if settings.tile is not None and settings.tile not in networks.sizes:
+        raise UserInputError(f"--tile_size {settings.tile}: this model is a fixed-size SavedModel or ONNX network "
+                             "(388 only); give its export folder or unet2d.keras for larger tiles")
+
+    def say(line: str) -> None:
+        print(f"predict.py: {line}", file=sys.stderr, flush=True)
+    try:
+        summary = predict_blockwise(slices, slices.slice_names(), networks, output, settings,
+                                    model_fingerprint(models), say)
+    except OSError as error:
+        raise write_failure(output.name, output.parent, error) from None
+    say(str(summary.pop("summary")))
+    count, height, width = slices.shape
+    print(f"predict.py: wrote {count} masks of {height}x{width} to {output} (tile {summary['tile']}, chunks "
+          f"{'x'.join(map(str, summary['chunks']))})")
+    return output
+
+
+def zarr_input(reader) -> bool:
+    """Whether a volume came from a chunked store (Zarr, OME-Zarr, HDF5): its masks then go to OME-Zarr."""
+    from data_loading.chunked import Hdf5Volume, ZarrVolume
+
+    return isinstance(reader, ZarrVolume | Hdf5Volume)
+
+
+def default_output(source: str, stem: str, chunked: bool = False) -> Path:
+    """``<input name>-masks.tif`` beside the input, or ``-masks.ome.zarr`` for a Zarr or HDF5 input (beside the
+    file or store: masks never go inside the user's store)."""
     from data_loading.readers import split_hdf5
 
     hdf5 = split_hdf5(source)
     base = hdf5[0] if hdf5 else Path(source)
     while base.parent != base and any(part.endswith(".zarr") for part in base.parent.parts):
-        base = base.parent  # out of a Zarr store: masks never go inside the user's store
-    return base.parent / f"{stem}-masks.tif"
+        base = base.parent
+    return base.parent / f"{stem}-masks{'.ome.zarr' if chunked else '.tif'}"
 
 
 def check_memory(reader, args: argparse.Namespace) -> None:

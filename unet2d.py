@@ -91,7 +91,8 @@ def run_modes(config: RunConfig, device: Device, precision: Precision, workers: 
     data = config.data
     with workers.phase("reading the data"):
         dataset = None if exporting else load_dataset(data, stream_options(data, workers, device), plan)
-        prediction_inputs = load_prediction_inputs(data, dataset) if config.predicts else []
+        strategy = config.evaluation.predict_strategy
+        prediction_inputs = load_prediction_inputs(data, dataset, strategy) if config.predicts else []
     checkpoint_dir = prepare_checkpoint_dir(config, workers)
     if config.trains:
         keep_intensity_window(config.outputs.model_dir, workers, dataset)

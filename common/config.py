@@ -102,6 +102,8 @@ class EvaluationConfig:
     overlays: int
     batch_size: int
     num_classes: int
+    tile_size: int | None  # blockwise prediction's output tile; None: chosen per volume
+    overwrite: bool  # blockwise prediction may start over on an output made otherwise
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ class RunConfig:
                 evaluate_every=f["evaluate_every"], finer_sweep=f["finer_sweep"], ensemble=_paths(f["ensemble"]),
                 tta=f["tta"], predict_strategy=f["predict_strategy"], cell_labels=f["cell_labels"],
                 cell_threshold=f["cell_threshold"], overlays=f["overlays"], batch_size=f["batch_size"],
-                num_classes=f["num_classes"]),
+                num_classes=f["num_classes"], tile_size=None if f["tile_size"] == "auto" else int(f["tile_size"]),
+                overwrite=f["overwrite"]),
             distribution=DistributionConfig(distribution=f["distribution"], cluster_timeout=f["cluster_timeout"],
                                             no_hpu=f["no_hpu"]),
             outputs=OutputConfig(

@@ -21,7 +21,6 @@ import numpy as np
 from common.errors import UserInputError
 
 LEVEL = "0"  # the full-resolution array inside the image group
-AXES = [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 
 
 def zarr_major() -> int:
@@ -43,39 +42,53 @@ def check_ngff_version(version: str) -> str:
     return version
 
 
-def _multiscales(name: str, scale: tuple[float, float, float], version: str) -> list[dict]:
+def _multiscales(name: str, axes: str, scale: tuple[float, ...], version: str) -> list[dict]:
     level = {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
-    multiscale = {"name": name, "axes": AXES, "datasets": [level]}
+    described = [{"name": axis, "type": "channel" if axis == "c" else "space"} for axis in axes]
+    multiscale = {"name": name, "axes": described, "datasets": [level]}
     if version == "0.4":
         multiscale = {"version": version, **multiscale}
     return [multiscale]
 
 
-def _create(folder: Path, shape: tuple[int, int, int], dtype: np.dtype, chunks: tuple[int, int, int], name: str,
-            scale: tuple[float, float, float], version: str):
+def create_image(folder: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], name: str,
+                 version: str, axes: str = "zyx", scale: tuple[float, ...] | None = None,
+                 extra: dict | None = None):
+    """A new OME-Zarr image group at ``folder`` (which must not exist) with one level of ``shape``; its array.
+
+    ``extra`` joins the NGFF metadata (e.g. ``image-label`` for a label image)."""
     import zarr
     from numcodecs import Blosc
 
+    scale = scale or (1.0,) * len(shape)
+    ome = {"multiscales": _multiscales(name, axes, scale, version), **(extra or {})}
     if zarr_major() >= 3 and version == "0.4":  # Zarr format 2 written by zarr-python 3
         group = zarr.open_group(store=str(folder), mode="w-", zarr_format=2)
         array = group.create_array(LEVEL, shape=shape, chunks=chunks, dtype=dtype,
                                    chunk_key_encoding={"name": "v2", "separator": "/"},
                                    compressors=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE))
-        group.attrs["multiscales"] = _multiscales(name, scale, version)
+        group.attrs.update(ome)
         return array
     if zarr_major() >= 3:
         from zarr.codecs import BloscCodec
 
         group = zarr.open_group(store=str(folder), mode="w-", zarr_format=3)
-        array = group.create_array(LEVEL, shape=shape, chunks=chunks, dtype=dtype, dimension_names=["z", "y", "x"],
+        array = group.create_array(LEVEL, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(axes),
                                    compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")])
-        group.attrs["ome"] = {"version": version, "multiscales": _multiscales(name, scale, version)}
+        group.attrs["ome"] = {"version": version, **ome}
         return array
     group = zarr.open_group(str(folder), mode="w-")
     array = group.create_dataset(LEVEL, shape=shape, chunks=chunks, dtype=dtype, dimension_separator="/",
                                  compressor=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE))
-    group.attrs["multiscales"] = _multiscales(name, scale, version)
+    group.attrs.update(ome)
     return array
+
+
+def open_level(folder: Path):
+    """The full-resolution array of an OME-Zarr image this module wrote, for writing (each process its own)."""
+    import zarr
+
+    return zarr.open_array(store=str(folder / LEVEL), mode="r+")
 
 
 class OmeZarrWriter:
@@ -92,7 +105,8 @@ class OmeZarrWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
         os.rmdir(self._folder)  # zarr creates it; mode "w-" wants none there
-        self._array = _create(self._folder, shape, np.dtype(dtype), self.chunks, name, scale, self.version)
+        self._array = create_image(self._folder, shape, np.dtype(dtype), self.chunks, name, self.version,
+                                   scale=scale)
         self._buffer: list[np.ndarray] = []
         self._written = 0
 

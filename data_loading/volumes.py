@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserInputError
+from data_loading.chunked import Hdf5Volume, ZarrVolume
 from data_loading.readers import open_volume
 from data_loading.volume_reader import ArrayVolume, VolumeReader
 
@@ -49,6 +50,7 @@ class Volume:
     source: Path
     names: list[str]  # one per slice, for pictures and messages
     note: str | None = None  # what was done to accept the labels, for the log
+    chunked: bool = False  # stored in a chunked store (Zarr, OME-Zarr, HDF5): its masks go to OME-Zarr
 
 
 def expand(specs: Sequence[str], flag: str) -> list[Path]:
@@ -183,4 +185,5 @@ def read_labelled(pairs: list[tuple[StackFile, StackFile]], num_classes: int, ke
 
 
 def read_unlabelled(stacks: list[StackFile]) -> list[Volume]:
-    return [Volume(stack.reader, None, stack.path, stack.reader.slice_names()) for stack in stacks]
+    return [Volume(stack.reader, None, stack.path, stack.reader.slice_names(),
+                   chunked=isinstance(stack.reader, ZarrVolume | Hdf5Volume)) for stack in stacks]

@@ -25,13 +25,23 @@ def encoder_filters(base_filters: int) -> tuple[int, ...]:
     return tuple(base_filters * 2**depth for depth in range(DEPTH))
 
 
+def valid_input(size: int) -> bool:
+    """Whether a square input of ``size`` pixels keeps every pooling exact: 124 + 16 k (572 = 124 + 16 * 28)."""
+    return size >= 140 and (size - 124) % 16 == 0
+
+
 def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False,
-               base_filters: int = BASE_FILTERS, exact_bias_gradient: bool = False) -> keras.Model:
+               base_filters: int = BASE_FILTERS, exact_bias_gradient: bool = False,
+               input_size: int = INPUT_SIZE) -> keras.Model:
     """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py),
-    ``exact_bias_gradient`` the float32 bias gradient bf16 needs on TensorFlow's own kernels (model/layers.py)."""
+    ``exact_bias_gradient`` the float32 bias gradient bf16 needs on TensorFlow's own kernels (model/layers.py).
+    ``input_size`` other than 572 builds the same layers (the same weights fit) for larger prediction tiles:
+    the network is fully convolutional, its output ``input_size - 184``."""
+    if not valid_input(input_size):
+        raise ValueError(f"input size {input_size} is not 124 + 16 k")
     make = LayerFactory(seed, matmul_filter_gradient, exact_bias_gradient)
     filters = encoder_filters(base_filters)
-    images = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="images")
+    images = keras.Input((input_size, input_size, 1), name="images")
     x, skips = images, []
     for depth, width in enumerate(filters):
         x, skip = down_block(x, width, "input" if depth == 0 else f"down{depth}", make)

@@ -455,7 +455,7 @@ def test_predict_py_segments_a_store_as_it_segments_the_tiff(export, isbi_dir, t
     from_tiff = run_predict(str(export), stores["tif_images"], "-o", str(tmp_path / "a.tif"), "--strategy", "tile",
                             "--cell_labels")
     from_store = run_predict(str(export), stores["zarr_images"], "--strategy", "tile", "--cell_labels",
-                             "--overlays", "1")
+                             "--overlays", "1", "-o", str(tmp_path / "images-masks.tif"))
     assert from_tiff.returncode == 0 and from_store.returncode == 0, from_store.stderr[-2000:]
     default = tmp_path / "images-masks.tif"  # beside the store, never inside it
     assert f"wrote 3 masks of 512x512 to {default}" in from_store.stdout

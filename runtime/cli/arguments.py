@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from common.config import RunConfig
+from runtime.inference.blocks import TILE_OUTPUTS
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
 PREDICT_STRATEGIES = ("resize", "tile")
@@ -235,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize: the recipe's (slice resized to 388x388, prediction resized back); tile: the UNet "
              "paper's overlap-tile (mirror-padded 572x572 tiles, stitched at full resolution); "
              "used by predict and by the full-resolution metrics of evaluate [default: --input_mode's]")
+    add("--tile_size", default="auto", choices=["auto", *map(str, TILE_OUTPUTS)],
+        help="blockwise prediction (volumes in Zarr or HDF5, several workers): the overlap tiles' output side; "
+             "auto: the one computing the fewest pixels for the slices within a memory bound")
+    add("--overwrite", action="store_true",
+        help="blockwise prediction: start over on an output made by another model or with other settings "
+             "(without it such an output is refused; the same command goes on where a stopped run left off)")
     add("--overlays", type=int, default=3, metavar="N",
         help="PNG pictures of the first N slices written by predict (predictions/overlays/) and "
              "evaluate (<log_dir>/overlays/); 0: none")

@@ -267,14 +267,17 @@ def keep_intensity_window(model_dir: Path, workers: Workers, dataset: Dataset | 
             raise write_failure(INTENSITY_FILE, model_dir, error) from None
 
 
-def load_prediction_inputs(data: DataConfig, dataset: Dataset | SyntheticDataset) -> list[PredictionInput]:
-    """What predict segments, one entry per stack, each with the masks file it writes."""
+def load_prediction_inputs(data: DataConfig, dataset: Dataset | SyntheticDataset,
+                           strategy: str = "resize") -> list[PredictionInput]:
+    """What predict segments, one entry per stack, each with the masks file it writes: a TIFF, or for a stack
+    in a chunked store predicted by overlap tiles an OME-Zarr image written block by block."""
     inputs, files = [], set()
     for volume in dataset.test_volumes:
         if volume.source.name == TEST_IMAGES and not (data.test_images or data.predict_input):  # the recipe's names
             names, masks_file = [f"test_{i:03d}" for i in range(volume.images.shape[0])], "test-masks.tif"
         else:
-            names, masks_file = volume.names, f"{volume.images.stem or 'input'}-masks.tif"
+            suffix = ".ome.zarr" if volume.chunked and strategy == "tile" else ".tif"
+            names, masks_file = volume.names, f"{volume.images.stem or 'input'}-masks{suffix}"
         if masks_file in files:
             raise UserInputError(f"two test stacks are named {volume.images.stem}; their masks would overwrite "
                                  "each other in <model_dir>/predictions (rename one)")

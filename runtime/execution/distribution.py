@@ -92,13 +92,6 @@ class Workers:
         """The element-wise sum of ``array`` over the worker processes (each gives one of the same shape)."""
         return array
 
-    def gather_slices(self, part: np.ndarray, indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """The whole uint8 stack on every worker, from each worker's ``part`` (its slices ``indices``)."""
-        if self.size == 1:
-            return part
-        whole = np.zeros(shape, np.int32)  # collectives add int32; zeros where other workers' slices go
-        whole[indices] = part
-        return self.sum_across_workers(whole).astype(np.uint8)
 
     def describe(self) -> str:
         return "single worker"

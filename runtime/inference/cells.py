@@ -27,18 +27,6 @@ def each_ids_and_cells(probability_maps: Iterable[np.ndarray],
         yield ids, ids if threshold is None else (cell_probability(probabilities) > threshold).astype(np.uint8)
 
 
-def ids_and_cells(probability_maps: Iterable[np.ndarray],
-                  threshold: float | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each map's class ids and, with a threshold, its cell mask (P(cell) > threshold); one pass over the maps,
-    so that a stack's float probabilities are never all held at once."""
-    ids, cells = [], []
-    for probabilities in probability_maps:
-        ids.append(class_ids(probabilities))
-        if threshold is not None:
-            cells.append((cell_probability(probabilities) > threshold).astype(np.uint8))
-    return ids, cells
-
-
 def cell_ids_of_slice(mask: np.ndarray) -> np.ndarray:
     """One slice's cell ids (1..n, 0 on membranes), as uint32: written slice by slice, narrowed at the end."""
     return cell_regions(mask).astype(np.uint32)

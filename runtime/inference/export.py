@@ -143,7 +143,7 @@ def load_probability_fn(path: Path) -> tuple[ProbabilityFn, int]:
     if path.suffix in (".onnx", ".zip", ".yaml") or (path / ZOO_DESCRIPTION).is_file():
         from runtime.inference.onnx_models import network_probability_fn  # ONNX Runtime only when asked for
         return network_probability_fn(path)
-    path = _readable_form(path)
+    path = readable_form(path)
     try:
         if path.is_file() and path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False)
@@ -167,7 +167,7 @@ def keras_file_major(path: Path) -> int | None:
         return None
 
 
-def _readable_form(path: Path) -> Path:
+def readable_form(path: Path) -> Path:
     """The form of an exported model this stack reads: in an export folder the Keras file when this Keras
     wrote it (the quicker to load), else the SavedModel, which both stacks read; a .keras file of the other
     Keras leads to the SavedModel beside it, or is refused in one line that says why."""

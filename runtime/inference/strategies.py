@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from common.geometry import INPUT_SIZE, OUTPUT_SIZE
+from common.geometry import OUTPUT_SIZE
 from data_loading import preprocessing as pre
-from data_loading.tiles import CONTEXT, mirror_pad
+from data_loading.tiles import CONTEXT
+from data_loading.volume_reader import ArrayVolume, VolumeReader, read_mirrored
 
 ProbabilityFn = Callable[[tf.Tensor], tf.Tensor]  # [B, 572, 572, 1] float32 -> [B, 388, 388, K] probabilities
 STRATEGIES = ("resize", "tile")
@@ -59,23 +60,46 @@ def tile_grid(height: int, width: int) -> tuple[int, int]:
     return math.ceil(height / OUTPUT_SIZE), math.ceil(width / OUTPUT_SIZE)
 
 
-def _tiled_slice(probabilities: ProbabilityFn, image: np.ndarray, batch_size: int) -> np.ndarray:
-    """One slice's class probabilities at full resolution: its mirror-padded tiles, ``batch_size`` at a time,
-    each centre written into the stitched map as it comes (no list of every tile is kept)."""
-    rows, cols = tile_grid(*image.shape)
-    size, step = INPUT_SIZE, OUTPUT_SIZE
-    padded = np.asarray(pre.scale_intensity(mirror_pad(image, rows * step, cols * step)))
-    places = [(r, c) for r in range(rows) for c in range(cols)]
-    stitched = None
+def tile_places(top: int, left: int, height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """Corners of the output tiles of one grid, anchored at the slice's (0, 0) and stepping by ``tile``, that
+    meet the box: the same tiles whatever box (block, chunk, slice) asks, so every box of a slice is
+    predicted exactly as the whole slice is."""
+    rows = range(top // tile * tile, top + height, tile)
+    cols = range(left // tile * tile, left + width, tile)
+    return [(row, col) for row in rows for col in cols]
+
+
+def box_probabilities(probabilities: ProbabilityFn, volume: VolumeReader, z: int, top: int, left: int,
+                      height: int, width: int, tile: int = OUTPUT_SIZE, batch_size: int = 4,
+                      tta: bool = False) -> np.ndarray:
+    """Class probabilities of a box of slice ``z`` by overlap-tile: output tiles of ``tile`` pixels on the
+    slice's grid (``tile_places``), each read with its 92 pixels of context (mirrored at the volume's edges, as
+    ``mirror_pad`` mirrors a slice) and ``batch_size`` at a time; with ``tta`` each tile is the mean of its 8
+    views. ``probabilities`` takes inputs of ``tile + 184`` pixels. Only the rows and columns of the volume
+    the tiles cover are read."""
+    size = tile + 2 * CONTEXT
+    places = tile_places(top, left, height, width, tile)
+    box = None
     for start in range(0, len(places), batch_size):
         part = places[start:start + batch_size]
-        batch = np.stack([padded[r * step:r * step + size, c * step:c * step + size, np.newaxis] for r, c in part])
-        outputs = np.asarray(probabilities(tf.constant(batch)))
-        if stitched is None:
-            stitched = np.empty((rows * step, cols * step, outputs.shape[-1]), outputs.dtype)
-        for (r, c), output in zip(part, outputs, strict=True):
-            stitched[r * step:(r + 1) * step, c * step:(c + 1) * step] = output
-    return stitched[:image.shape[0], :image.shape[1]]
+        batch = np.stack([read_mirrored(volume, z, row - CONTEXT, col - CONTEXT, size, size) for row, col in part])
+        inputs = pre.scale_intensity(batch)[..., tf.newaxis]
+        outputs = views_mapped_back(probabilities, inputs, tta)
+        outputs = np.asarray(outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / len(outputs))
+        if box is None:
+            box = np.empty((height, width, outputs.shape[-1]), outputs.dtype)
+        for (row, col), output in zip(part, outputs, strict=True):
+            r0, c0 = max(row, top), max(col, left)
+            r1, c1 = min(row + tile, top + height), min(col + tile, left + width)
+            box[r0 - top:r1 - top, c0 - left:c1 - left] = output[r0 - row:r1 - row, c0 - col:c1 - col]
+    return box
+
+
+def _tiled_slice(probabilities: ProbabilityFn, image: np.ndarray, batch_size: int) -> np.ndarray:
+    """One slice's class probabilities at full resolution: the box of the whole slice."""
+    height, width = image.shape
+    return box_probabilities(probabilities, ArrayVolume(image[np.newaxis]), 0, 0, 0, height, width,
+                             batch_size=batch_size)
 
 
 def _tiled(probabilities: ProbabilityFn, slices: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:

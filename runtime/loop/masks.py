@@ -75,3 +75,32 @@ def _write_cells(scratch: Path, final: Path, most_cells: int) -> None:
         write_pages_atomically(final, wide.shape, dtype, (wide.read(z).astype(dtype) for z in range(wide.shape[0])))
     finally:
         wide.close()
+
+
+def blocks_to_tiff(blocks: Path, path: Path, images: VolumeReader, names: list[str], settings, overlays: int,
+                   num_classes: int) -> dict[str, object]:
+    """A blockwise prediction's OME-Zarr images (``blocks``, ours, hidden) as the masks TIFF and cell labels TIFF
+    a stack's prediction writes, slice by slice; the images are removed after. The summary's additions."""
+    import shutil
+
+    from data_loading.ome_zarr import open_level
+    from runtime.loop.blockwise import outputs_beside
+
+    outputs = outputs_beside(blocks, settings, num_classes)
+    masks = open_level(blocks)
+    write_pages_atomically(path, images.shape, np.uint8, (np.asarray(masks[z]) for z in range(images.shape[0])))
+    summary: dict[str, object] = {}
+    if "cells" in outputs:
+        cells = open_level(outputs["cells"].path)
+        most = max(int(np.asarray(cells[z]).max(initial=0)) for z in range(images.shape[0]))
+        dtype = np.uint16 if most <= np.iinfo(np.uint16).max else np.uint32
+        write_pages_atomically(cells_path(path), images.shape, dtype,
+                               (np.asarray(cells[z]).astype(dtype) for z in range(images.shape[0])))
+        summary["cell_labels"] = str(cells_path(path))
+    for z in range(min(overlays, images.shape[0])):
+        ids = np.asarray(masks[z])
+        write_overlays(path.parent / "overlays", names[z:z + 1], [images.read(z)],
+                       [(ids // 255).astype(np.uint8) if num_classes == 2 else ids], count=1, num_classes=num_classes)
+    for output in outputs.values():
+        shutil.rmtree(output.path, ignore_errors=True)
+    return summary

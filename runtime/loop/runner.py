@@ -25,14 +25,16 @@ from data_loading.intensity import load_window
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
-from runtime.inference.cells import each_ids_and_cells, ids_and_cells
+from runtime.inference.cells import each_ids_and_cells
 from runtime.inference.export import class_probabilities, export_model
+from runtime.inference.networks import runner_networks
 from runtime.inference.scores import SliceScores
 from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, load_best_threshold, save_best_threshold
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
 from runtime.loop import checkpoints, model_card, portable, warm_start
+from runtime.loop.blockwise import BlockwiseSettings, Share, model_fingerprint, predict_blockwise
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
-from runtime.loop.masks import write_masks
+from runtime.loop.masks import blocks_to_tiff, write_masks
 from runtime.loop.optimizer import FusedAdam
 from runtime.loop.roles import logs_here, saves_checkpoints, worker_log_dir
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
@@ -393,38 +395,64 @@ class Runner:
                     if (path := self._predict_stack(source, threshold)) is not None]
 
     def _predict_stack(self, source: PredictionInput, threshold: float | None) -> Path | None:
-        """One stack, a slice at a time: alone, read, segmented and written slice by slice; with several
-        workers, every worker segments its share of the slices and the chief writes the masks."""
+        """One stack: into OME-Zarr block by block (a chunked store's, or with several workers, each its own
+        blocks); else read, segmented and written to the masks TIFF slice by slice."""
         evaluation, workers = self.ctx.config.evaluation, self.ctx.workers
-        reader = source.slices
-        mine = np.arange(workers.rank, reader.shape[0], workers.size)  # every size-th slice is this worker's
-        maps = self._full_resolution_probabilities(reader.read(int(z)) for z in mine)
-        if workers.size > 1:
-            ids, cells = ids_and_cells(maps, threshold)
-            masks = [self._gathered(parts, mine, reader.shape) for parts in (ids, cells if threshold is not None
-                                                                             else ids)]
-            if not workers.is_chief:
-                return None
-            decided = iter(zip(masks[0], masks[1], strict=True))
-        else:
-            decided = each_ids_and_cells(maps, threshold)
         path = self.ctx.config.outputs.model_dir / source.masks_file
+        if path.name.endswith(".zarr") or workers.size > 1:
+            return self._predict_blockwise(source, threshold, path)
+        reader = source.slices
+        maps = self._full_resolution_probabilities(reader.read(z) for z in range(reader.shape[0]))
         try:
-            summary = write_masks(path, reader, source.names, decided, evaluation.num_classes,
-                                  evaluation.overlays, evaluation.cell_labels)
+            summary = write_masks(path, reader, source.names, each_ids_and_cells(maps, threshold),
+                                  evaluation.num_classes, evaluation.overlays, evaluation.cell_labels)
         except OSError as error:
-            raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
+            raise write_failure(path.name, path.parent, error) from None
         if evaluation.cell_labels:
             summary["cell_threshold"] = "class decision" if threshold is None else threshold
         self.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": reader.shape[0],
                                         "strategy": evaluation.predict_strategy, **summary})
         return path
 
-    def _gathered(self, parts: list[np.ndarray], mine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-        """Every worker's slices put together on each worker (a whole stack of int32: the multi-worker predict's
-        cost, until it predicts blockwise)."""
-        mine_only = np.stack(parts) if parts else np.zeros((0, *shape[1:]), np.uint8)
-        return self.ctx.workers.gather_slices(mine_only, mine, shape)
+    def _predict_blockwise(self, source: PredictionInput, threshold: float | None, path: Path) -> Path | None:
+        """Blocks of whole output chunks, every worker its share, none holding the volume; a TIFF output (several
+        workers on a stack that is not in a chunked store) is written by the chief from the blocks, slice by
+        slice, and the blocks' own images removed."""
+        evaluation, workers = self.ctx.config.evaluation, self.ctx.workers
+        if evaluation.predict_strategy != "tile":
+            raise UserInputError(f"{path.name}: predicting a chunked store, or with several workers, goes block by "
+                                 "block with overlap tiles: add --predict_strategy tile")
+        as_tiff = not path.name.endswith(".zarr")
+        target = path.with_name(f".{path.stem}.blocks.ome.zarr") if as_tiff else path
+        settings = BlockwiseSettings(tile=evaluation.tile_size, tta=evaluation.tta, cell_labels=evaluation.cell_labels,
+                                     cell_threshold=threshold, batch_size=evaluation.batch_size,
+                                     overwrite=evaluation.overwrite or as_tiff,
+                                     overlays=0 if as_tiff else evaluation.overlays)
+        networks = runner_networks(self.members, evaluation.num_classes)
+        share = Share(workers.rank, workers.size, workers.any)
+        try:
+            summary = predict_blockwise(source.slices, source.names, networks, target, settings, self._model_id(),
+                                        self._warn, share, path.parent / "overlays")
+            if not workers.is_chief:
+                return None
+            if as_tiff:
+                summary.update(blocks_to_tiff(target, path, source.slices, source.names, settings, evaluation.overlays,
+                                              evaluation.num_classes))
+        except OSError as error:
+            raise write_failure(path.name, path.parent, error) from None
+        summary.pop("summary", None)
+        if evaluation.cell_labels:
+            summary["cell_threshold"] = "class decision" if threshold is None else threshold
+        self.ctx.logger.log("PREDICT", {**summary, "predictions": str(path), "slices": source.slices.shape[0],
+                                        "strategy": "tile, blockwise"})
+        return path
+
+    def _model_id(self) -> str:
+        """What made these weights: a hash of the checkpoint files of each model."""
+        folders = [checkpoints.checkpoint_dir(Path(d)) for d in self.ctx.config.evaluation.ensemble or []]
+        newest = [checkpoints.latest(folder) for folder in folders or [self.ctx.checkpoint_dir]]
+        return model_fingerprint(file for prefix in newest if prefix for file in Path(prefix).parent.glob(
+            f"{Path(prefix).name}.*"))
 
     def _cell_threshold(self) -> float | None:
         """--cell_threshold as a number (``best``: the last evaluation's), None for the class decision."""

@@ -74,3 +74,45 @@ class ProgressBar:
     def close(self) -> None:
         self.clear()
         self._visible = False
+
+
+class BlockProgress:
+    """Blocks done of all, voxels per second and time left for blockwise prediction: redrawn in place on a
+    terminal, a line a minute otherwise (a log file, a batch job), and a summary line at the end."""
+
+    def __init__(self, total: int, done: int, stream: TextIO | None = None, every: float = 60.0) -> None:
+        self.total, self.done, self.skipped = total, done, done
+        self.stream = stream or sys.stderr
+        self.terminal = getattr(self.stream, "isatty", lambda: False)()
+        self.voxels, self.every = 0, every
+        self.started = self._printed = time.perf_counter()
+
+    def update(self, voxels: int) -> None:
+        self.done += 1
+        self.voxels += voxels
+        now = time.perf_counter()
+        if self.terminal:
+            self.stream.write(f"\r\x1b[K{self.line()}")
+            self.stream.flush()
+        elif now - self._printed >= self.every:
+            self._printed = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def rate(self) -> float:
+        return self.voxels / max(time.perf_counter() - self.started, 1e-9)
+
+    def line(self) -> str:
+        computed = self.done - self.skipped
+        seconds = time.perf_counter() - self.started
+        left = (self.total - self.done) * seconds / computed if computed else 0.0
+        return (f"blocks {self.done}/{self.total}, {self.rate() / 1e6:.2f} Mvoxel/s, "
+                f"{_clock(left)} left")
+
+    def close(self) -> str:
+        """Clear the live line; the summary, for the caller's log."""
+        if self.terminal:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        seconds = time.perf_counter() - self.started
+        return (f"{self.done - self.skipped} blocks computed and {self.skipped} found done, of {self.total}, "
+                f"in {_clock(seconds)} ({self.rate() / 1e6:.2f} Mvoxel/s)")

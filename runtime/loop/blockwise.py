@@ -1,0 +1,200 @@
+"""Predict a volume of any size block by block into OME-Zarr images: chunk-aligned, resumable, in bounded memory.
+
+The volume is cut into blocks of whole output chunks (runtime/inference/blocks.py);
+each block reads its tiles with their 92 pixels of context (mirrored at the
+volume's edges exactly as the overlap-tile strategy mirrors a slice), and
+writes exactly its own chunks of the masks (and, on request, the class
+probabilities and the cell masks), then its mark
+(data_loading/prediction_store.py). A run stopped anyhow goes on where it
+stopped when started again with the same command. Cell labels, which need
+the whole slice, are numbered slice by slice once every block is done.
+Memory holds one block's tiles and outputs, never the volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_loading.memory import available_bytes
+from data_loading.ome_zarr import open_level
+from data_loading.prediction_store import Output, PredictionStore, partial_path
+from data_loading.volume_reader import VolumeReader
+from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tiles_per_pass
+from runtime.inference.cells import cell_ids_of_slice
+from runtime.inference.networks import TileNetworks
+from runtime.inference.strategies import box_probabilities, class_ids, mask_values
+from runtime.inference.thinned import cell_probability
+from runtime.reporting.overlays import write_overlays
+from runtime.reporting.progress import BlockProgress
+
+GIB = 2**30
+TILE_MEMORY_CAP = 2 * GIB  # the forward pass of one batch of tiles takes at most this much (and a quarter of
+# what is available): larger tiles then pay for themselves without crowding the page cache and the readers
+
+
+@dataclass(frozen=True)
+class BlockwiseSettings:
+    """What shapes the output (recorded with it: a resumed run must match) and how the work is done."""
+
+    tile: int | None = None  # output tile side; None: chosen (blocks.choose_tile)
+    chunk: int | None = None  # output chunk side; None: a whole multiple of the tile near 1024
+    tta: bool = False
+    cell_labels: bool = False
+    cell_threshold: float | None = None
+    probabilities: str | None = None  # "uint8" or "float16"
+    batch_size: int = 4  # tiles per forward pass (fewer if their memory would pass the bound)
+    overwrite: bool = False
+    overlays: int = 0
+
+
+def outputs_beside(masks: Path, settings: BlockwiseSettings, classes: int) -> dict[str, Output]:
+    """The images a prediction writes: ``x-masks.ome.zarr``, and beside it ``x-cells.ome.zarr`` and
+    ``x-probabilities.ome.zarr`` when asked (cell masks go to a scratch image that the cells pass reads)."""
+    stem = masks.name.removesuffix(".zarr").removesuffix(".ome").removesuffix("-masks")
+    beside = masks.parent
+    outputs = {"masks": Output(masks, "uint8", label=True)}
+    if settings.cell_labels:
+        outputs["cell_masks"] = Output(beside / f"{stem}-cellmasks.ome.zarr", "uint8", scratch=True)
+        outputs["cells"] = Output(beside / f"{stem}-cells.ome.zarr", "uint32", label=True)
+    if settings.probabilities:
+        outputs["probabilities"] = Output(beside / f"{stem}-probabilities.ome.zarr", settings.probabilities,
+                                          "czyx", classes)
+    return outputs
+
+
+def model_fingerprint(files: Iterable[Path]) -> str:
+    """A short hash of a model's files (checkpoint data, export weights): another model gives another."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(f) for f in files):
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(file.name.encode())
+                with open(file, "rb") as handle:
+                    for piece in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(piece)
+    return digest.hexdigest()[:16]
+
+
+def _tile_and_chunk(volume: VolumeReader, networks: TileNetworks, settings: BlockwiseSettings) -> tuple[int, int]:
+    _, height, width = volume.shape
+    bound = min(TILE_MEMORY_CAP, (available_bytes() or 4 * TILE_MEMORY_CAP) // 4)
+    tile = settings.tile or choose_tile(height, width, networks.base_filters, bound, networks.sizes)
+    chunk = settings.chunk or default_chunk(tile, max(height, width))
+    return tile, chunk
+
+
+def _pieces(probabilities: np.ndarray, classes: int, settings: BlockwiseSettings) -> tuple[dict, np.ndarray]:
+    ids = class_ids(probabilities)
+    pieces = {"masks": mask_values(ids, classes)}
+    if settings.cell_labels:
+        cells = ids if settings.cell_threshold is None else cell_probability(probabilities) > settings.cell_threshold
+        pieces["cell_masks"] = (cells != 0).astype(np.uint8)
+    if settings.probabilities == "uint8":
+        pieces["probabilities"] = np.rint(np.clip(probabilities, 0, 1) * 255).astype(np.uint8)
+    elif settings.probabilities == "float16":
+        pieces["probabilities"] = probabilities.astype(np.float16)
+    return pieces, ids
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which blocks this process computes (every ``size``-th from ``rank``), and how the processes wait for
+    each other; one process: all of them."""
+
+    rank: int = 0
+    size: int = 1
+    any: Callable[[bool], bool] = bool  # True on every process if true on any; also where they wait for each other
+
+
+def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetworks, masks: Path,
+                      settings: BlockwiseSettings, model_id: str, log: Callable[[str], None],
+                      share: Share = Share(), overlays_folder: Path | None = None) -> dict[str, object]:
+    """Masks of ``volume`` (uint8 grey values) into ``masks`` (an OME-Zarr image) block by block; the summary.
+
+    With several processes (``share``), the first (the chief) creates or resumes the outputs and the others
+    join it; each writes its own blocks' chunks, and the chief finishes the outputs once all are written.
+    """
+    classes = networks.classes
+    outputs = outputs_beside(masks, settings, classes)
+    chief = share.rank == 0
+    if chief:
+        tile, chunk = _tile_and_chunk(volume, networks, settings)
+        _, height, width = volume.shape
+        chunk_shape = (min(chunk, height), min(chunk, width))
+        record = json.loads(json.dumps({
+            "model": model_id, "input": {"name": volume.name, "shape": volume.shape}, "chunks": chunk_shape,
+            "tile": tile, "classes": classes,
+            "settings": {k: v for k, v in asdict(settings).items()
+                         if k in ("tta", "cell_labels", "cell_threshold", "probabilities")}}))
+        labels = [0, 255] if classes == 2 else list(range(classes))
+        store = PredictionStore(outputs, volume.shape, chunk_shape, record, settings.overwrite, labels)
+        finished = share.any(store.finished)  # the outputs exist: the others may join
+    elif not share.any(False):
+        store = PredictionStore.join(outputs, volume.shape)
+    else:
+        return {"predictions": str(masks), "computed": 0, "summary": "finished already"}
+    tile, chunk_shape = int(store.record["tile"]), tuple(store.record["chunks"])
+    blocks = plan_blocks(volume.shape, chunk_shape, math.ceil(tile / min(chunk_shape)))  # a block: a tile or more
+    if chief and finished:
+        log(f"{masks} is finished already (the same model and settings): nothing to do")
+        return {"predictions": str(masks), "blocks": len(blocks), "computed": 0, "tile": tile,
+                "chunks": list(chunk_shape), "summary": f"0 blocks computed, {len(blocks)} done before"}
+    done = store.done()
+    mine = [block for index, block in enumerate(blocks) if index % share.size == share.rank]
+    progress = BlockProgress(len(mine), sum(block.name in done for block in mine))
+    if done and chief:
+        log(f"going on with {masks}: {len(done)} of {len(blocks)} blocks were done before")
+    per_pass = tiles_per_pass(tile, networks.base_filters, TILE_MEMORY_CAP, settings.batch_size)
+    network = networks.at(tile)
+    for block in mine:
+        if block.name in done:
+            continue
+        probabilities = box_probabilities(network, volume, block.z, block.top, block.left, block.height,
+                                          block.width, tile, per_pass, settings.tta)
+        pieces, ids = _pieces(probabilities, classes, settings)
+        store.write(block, pieces, np.bincount(ids.ravel(), minlength=classes)[:classes].tolist())
+        progress.update(block.height * block.width)
+    summary_line = progress.close()
+    share.any(False)  # every block is written
+    summary = {"predictions": str(masks), "blocks": len(blocks), "computed": progress.done - progress.skipped,
+               "tile": tile, "chunks": list(chunk_shape), "voxels_per_s": round(progress.rate(), 1),
+               "summary": summary_line}
+    if not chief:
+        return summary
+    counts = store.class_counts(classes)
+    if settings.cell_labels:
+        _number_cells(store)
+        summary["cell_labels"] = str(store.outputs["cells"].path)
+    store.finish()
+    folder = overlays_folder or masks.parent / f"{masks.name.split('.')[0]}-overlays"
+    _overlays(volume, names, masks, settings.overlays, classes, folder)
+    fractions = counts / max(counts.sum(), 1)
+    summary.update({"cell_fraction": float(fractions[1])} if classes == 2
+                   else {"class_fractions": [round(float(f), 6) for f in fractions]})
+    return summary
+
+
+def _number_cells(store: PredictionStore) -> None:
+    """Cell ids (1..n per slice, 0 on membranes) from the cell masks, one slice at a time."""
+    cell_masks = open_level(partial_path(store.outputs["cell_masks"].path))
+    cells = open_level(partial_path(store.outputs["cells"].path))
+    for z in range(store.shape[0]):
+        cells[z] = cell_ids_of_slice(np.asarray(cell_masks[z]))
+
+
+def _overlays(volume: VolumeReader, names: list[str], masks: Path, count: int, classes: int, folder: Path) -> None:
+    """Pictures of the first ``count`` slices, read back from the finished masks."""
+    if not count:
+        return
+    written = open_level(masks)
+    for z in range(min(count, volume.shape[0])):
+        ids = np.asarray(written[z])
+        ids = (ids // 255).astype(np.uint8) if classes == 2 else ids
+        write_overlays(folder, names[z:z + 1], [volume.read(z)], [ids], count=1, num_classes=classes)

@@ -1,0 +1,196 @@
+"""Blockwise prediction into OME-Zarr: the masks of the tile strategy, chunk-aligned, resumable, refused in one line.
+
+A narrow untrained model stands in for a trained one: what is checked is the
+geometry (every block predicted as the whole slice is), the bookkeeping
+(marks, records, resumption after SIGKILL) and the faults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from data_loading.readers import open_volume
+from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tile_cost
+from tests.conftest import ROOT, TEST_BASE_FILTERS, run_predict
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    from model.unet import build_unet
+    from runtime.inference.export import export_model
+
+    return export_model(build_unet(3, 2, base_filters=TEST_BASE_FILTERS), tmp_path_factory.mktemp("e") / "x")[0].parent
+
+
+@pytest.fixture(scope="module")
+def stack(isbi_dir, tmp_path_factory):
+    """Three ISBI test slices and an odd-sized one (700 x 900 from a 2 x 2 tiling), as TIFFs and a Zarr store."""
+    folder = tmp_path_factory.mktemp("stack")
+    images = tifffile.imread(isbi_dir / "test-volume.tif")[:2]
+    odd = np.tile(images[:1], (1, 2, 2))[:, :700, :900]
+    tifffile.imwrite(folder / "two.tif", images)
+    tifffile.imwrite(folder / "odd.tif", odd)
+    return folder
+
+
+def masks_of(path: Path) -> np.ndarray:
+    return open_volume(path).read_all() if path.name.endswith(".zarr") else tifffile.imread(path)
+
+
+def test_the_geometry_of_blocks_and_tiles():
+    assert [block.name for block in plan_blocks((2, 700, 900), (388, 388))][:4] == ["0.0.0", "0.0.388", "0.0.776",
+                                                                                    "0.388.0"]
+    assert len(plan_blocks((2, 700, 900), (388, 388))) == 2 * 2 * 3
+    assert default_chunk(388, 5000) == 1164 and default_chunk(900, 5000) == 1800 and default_chunk(900, 700) == 700
+    assert tile_cost(4096, 4096, 388) == 11 * 11 * 572**2 and tile_cost(512, 512, 644) == 828**2
+    gib = 2**30
+    assert choose_tile(512, 512, 8, gib) == 644  # one 828 tile beats four 572 ones
+    assert choose_tile(4096, 4096, 64, 2 * gib) == 900  # full width: 1084 inputs fit 2 GiB, 1340 do not
+    assert choose_tile(4096, 4096, 64, 1) == 388  # nothing fits: the recipe's tile
+
+
+def test_blocks_of_the_recipes_tile_give_the_tile_strategys_masks(export, stack, tmp_path):
+    """Tile 388 on the slice's own grid: every block (here of 300 x 300, not whole tiles) as the whole slice,
+    exactly."""
+    chunks = "300"
+    for name in ("odd",):
+        tiff = run_predict(str(export), str(stack / f"{name}.tif"), "--strategy", "tile", "-o", str(tmp_path / "t.tif"))
+        zarr = run_predict(str(export), str(stack / f"{name}.tif"), "--strategy", "tile", "--tile_size", "388",
+                           "--chunks", chunks, "-o", str(tmp_path / f"{name}.ome.zarr"))
+        assert tiff.returncode == 0 and zarr.returncode == 0, zarr.stderr[-2000:]
+        np.testing.assert_array_equal(masks_of(tmp_path / f"{name}.ome.zarr"), masks_of(tmp_path / "t.tif"))
+        assert open_volume(tmp_path / f"{name}.ome.zarr").chunks[1:] == (int(chunks),) * 2
+
+
+def test_a_larger_tile_agrees_with_the_recipes_and_records_what_made_it(export, stack, tmp_path):
+    from data_loading.prediction_store import kept_record
+
+    done = run_predict(str(export), str(stack / "odd.tif"), "--strategy", "tile", "-o", str(tmp_path / "a.ome.zarr"),
+                       "--probabilities", "float16", "--cell_labels", "--overlays", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(tile 900, chunks 700x900)" in done.stdout  # one 1084 tile: the fewest pixels
+    reference = run_predict(str(export), str(stack / "odd.tif"), "--strategy", "tile", "-o", str(tmp_path / "t.tif"))
+    assert reference.returncode == 0
+    agreement = (masks_of(tmp_path / "a.ome.zarr") == masks_of(tmp_path / "t.tif")).mean()
+    assert agreement >= 0.999  # the decoder's same-padded up-convolutions see other tile borders
+    record = kept_record(tmp_path / "a.ome.zarr")
+    assert record["tile"] == 900 and record["settings"]["probabilities"] == "float16" and record["classes"] == 2
+    import zarr
+
+    probabilities = zarr.open_array(str(tmp_path / "a-probabilities.ome.zarr" / "0"), mode="r")
+    assert probabilities.dtype == np.float16 and probabilities.shape == (2, 1, 700, 900)
+    np.testing.assert_allclose(np.asarray(probabilities).sum(axis=0), 1.0, atol=2e-3)
+    cells = open_volume(tmp_path / "a-cells.ome.zarr").read_all()
+    assert cells.dtype == np.uint32 and cells.max() > 0
+    assert (tmp_path / "a-overlays").is_dir() and not list(tmp_path.glob(".*"))  # no partial, no scratch left
+
+
+def test_the_same_command_again_does_nothing_and_other_settings_are_refused(export, stack, tmp_path):
+    output = str(tmp_path / "m.ome.zarr")
+    first = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output)
+    again = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output)
+    assert first.returncode == 0 and again.returncode == 0
+    assert "0 blocks computed, 2 done before" in again.stderr
+    other = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output, "--tile_size",
+                        "388")
+    assert other.returncode == 2 and "made by another model or with other settings (tile: 644 there, 388 now)" \
+        in other.stderr and "--overwrite" in other.stderr
+    replaced = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output, "--tile_size",
+                           "388", "--overwrite")
+    assert replaced.returncode == 0 and "(tile 388," in replaced.stdout
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file", r"the output .*m.ome.zarr is a file; name a new folder"),
+    ("folder", r"the output .*m.ome.zarr is a folder that is not an OME-Zarr image"),
+    ("resize", r"is predicted block by block with overlap tiles: add --strategy tile"),
+])
+def test_a_bad_output_is_one_line(export, stack, tmp_path, case, message):
+    output = tmp_path / "m.ome.zarr"
+    if case == "file":
+        output.write_text("mine")
+    elif case == "folder":
+        output.mkdir()
+        (output / "notes.txt").write_text("mine")
+    done = run_predict(str(export), str(stack / "two.tif"), "--strategy", "resize" if case == "resize" else "tile",
+                       "-o", str(output))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    import re
+    assert re.search(message, done.stderr), done.stderr
+    if case != "resize":
+        assert (output if case == "file" else output / "notes.txt").read_text() == "mine"  # left alone
+
+
+def test_a_volume_smaller_than_a_tile_and_of_one_slice(export, tmp_path):
+    tifffile.imwrite(tmp_path / "tiny.tif", np.random.default_rng(0).integers(0, 255, (1, 90, 150), dtype=np.uint8))
+    done = run_predict(str(export), str(tmp_path / "tiny.tif"), "--strategy", "tile", "-o", str(tmp_path / "t.zarr"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert masks_of(tmp_path / "t.zarr").shape == (1, 90, 150)
+
+
+@pytest.mark.slow
+def test_a_run_killed_halfway_goes_on_and_gives_what_an_uninterrupted_one_gives(export, isbi_dir, tmp_path):
+    """SIGKILL once a few blocks are marked done; the same command computes only the rest."""
+    tifffile.imwrite(tmp_path / "v.tif", tifffile.imread(isbi_dir / "test-volume.tif")[:10, :256, :256])
+    command = [sys.executable, "predict.py", str(export), str(tmp_path / "v.tif"), "--strategy", "tile",
+               "--tile_size", "388", "-b", "1", "-o"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    marks = tmp_path / ".killed.ome.zarr.partial" / ".unet2d-blocks"
+    process = subprocess.Popen([*command, str(tmp_path / "killed.ome.zarr")], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if marks.is_dir() and len([m for m in marks.iterdir() if not m.name.endswith(".part")]) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    left = len([m for m in marks.iterdir() if not m.name.endswith(".part")])
+    assert 2 <= left < 10 and not (tmp_path / "killed.ome.zarr").exists()
+    resumed = subprocess.run([*command, str(tmp_path / "killed.ome.zarr")], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{left} of 10 blocks were done before" in resumed.stderr
+    assert f"{10 - left} blocks computed and {left} found done" in resumed.stderr
+    whole = run_predict(str(export), str(tmp_path / "v.tif"), "--strategy", "tile", "--tile_size", "388",
+                        "-o", str(tmp_path / "whole.ome.zarr"))
+    assert whole.returncode == 0
+    np.testing.assert_array_equal(masks_of(tmp_path / "killed.ome.zarr"), masks_of(tmp_path / "whole.ome.zarr"))
+
+
+def test_a_full_disk_midway_keeps_the_blocks_done_and_the_rerun_finishes(export, isbi_dir, tmp_path):
+    """Six slices in 128 x 128 chunks (96 chunk files of a page each) onto a 220 kB disk: full midway."""
+    tifffile.imwrite(tmp_path / "six.tif", tifffile.imread(isbi_dir / "test-volume.tif")[:6])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=220k", "tmpfs", str(disk)], capture_output=True,
+                      timeout=30).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        output = disk / "m.ome.zarr"
+        flags = ("--strategy", "tile", "--tile_size", "388", "--chunks", "128")
+        full = run_predict(str(export), str(tmp_path / "six.tif"), *flags, "-o", str(output))
+        assert full.returncode == 2 and "no space left on the device" in full.stderr
+        assert len(full.stderr.strip().splitlines()) == 1
+        marks = disk / ".m.ome.zarr.partial" / ".unet2d-blocks"
+        before = len(list(marks.iterdir()))
+        assert 0 < before < 6  # blocks of 4 x 4 chunks (a 388 tile or more), here a slice each
+        assert subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], timeout=30).returncode == 0
+        finished = run_predict(str(export), str(tmp_path / "six.tif"), *flags, "-o", str(output))
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        assert f"{before} of 6 blocks were done before" in finished.stderr
+        reference = run_predict(str(export), str(tmp_path / "six.tif"), *flags, "-o", str(tmp_path / "r.ome.zarr"))
+        assert reference.returncode == 0
+        np.testing.assert_array_equal(masks_of(output), masks_of(tmp_path / "r.ome.zarr"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
