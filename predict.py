@@ -70,11 +70,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            help="output chunks of 1 x N x N [default: a whole multiple of the tile near 1024]")
     blockwise.add_argument("--probabilities", choices=("uint8", "float16"), default=None,
                            help="also write the class probabilities as <stem>-probabilities.ome.zarr (c, z, y, x)")
+    blockwise.add_argument("--workers", type=int, default=None, metavar="N",
+                           help="compute the blocks on a local Dask cluster of N processes of one thread each")
+    blockwise.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                           help="compute the blocks on the Dask cluster whose scheduler is at ADDRESS "
+                                "(tcp://host:8786), e.g. one started with dask scheduler / dask worker")
+    blockwise.add_argument("--cluster_timeout", type=float, default=60.0, metavar="S",
+                           help="how long to wait for the scheduler to answer (then exit status 4)")
     blockwise.add_argument("--overwrite", action="store_true",
                            help="start over: replace an output made by another model or with other settings "
                                 "(without it such an output is refused, and the same command goes on where a "
                                 "stopped run left off)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.scheduler:
+        parser.error("--workers starts a cluster and --scheduler joins one: give one of them")
+    if (args.workers is not None and args.workers < 1) or args.cluster_timeout <= 0:
+        parser.error("--workers must be at least 1 and --cluster_timeout positive")
     if args.batch_size < 1 or args.overlays < 0:
         parser.error("--batch_size must be at least 1 and --overlays 0 or more")
     if args.cell_threshold is not None and not args.cell_labels:
@@ -88,12 +99,16 @@ def run(argv: list[str] | None = None) -> Path:
 
     with tensorflow_start_quietly(not asked_for_tensorflow_lines(None)):  # TensorFlow's start-up lines, dropped
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
         from data_loading.intensity import map_volumes
         from data_loading.readers import open_volume
         from runtime.inference.cells import each_ids_and_cells
         from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
         from runtime.inference.strategies import iter_probabilities
         from runtime.loop.masks import write_masks
+
+        tf.config.list_physical_devices("GPU")  # the device search (cuInit's error line without a GPU) too
 
     source = args.input
     reader = open_volume(source, "INPUT")
@@ -121,6 +136,7 @@ def run(argv: list[str] | None = None) -> Path:
 
 def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: Path) -> Path:
     """The volume block by block into OME-Zarr images (runtime/loop/blockwise.py)."""
+    from runtime.execution.block_engines import LOCAL, DaskBlocks
     from runtime.inference.export import load_ensemble_probability_fn
     from runtime.inference.networks import export_networks
     from runtime.loop.blockwise import BlockwiseSettings, model_fingerprint, predict_blockwise
@@ -139,11 +155,17 @@ def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: 
 
     def say(line: str) -> None:
         print(f"predict.py: {line}", file=sys.stderr, flush=True)
+    engine = LOCAL
+    if args.workers or args.scheduler:
+        engine = DaskBlocks(args.workers, args.scheduler, args.cluster_timeout)
     try:
         summary = predict_blockwise(slices, slices.slice_names(), networks, output, settings,
-                                    model_fingerprint(models), say)
+                                    model_fingerprint(models), say, engine=engine,
+                                    model_paths=tuple(str(path.resolve()) for path in models))
     except OSError as error:
         raise write_failure(output.name, output.parent, error) from None
+    finally:
+        engine.close()
     say(str(summary.pop("summary")))
     count, height, width = slices.shape
     print(f"predict.py: wrote {count} masks of {height}x{width} to {output} (tile {summary['tile']}, chunks "

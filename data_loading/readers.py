@@ -98,6 +98,12 @@ class TiffVolume(VolumeReader):
                 self._tiff.close()
             self._tiff, self._page = None, None
 
+    def __getstate__(self) -> dict:  # another process (a Dask worker) opens the file anew
+        return {**self.__dict__, "_lock": None, "_tiff": None, "_page": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
 
 def _is_png(path: Path) -> bool:
     return path.suffix.lower() == ".png"
@@ -161,6 +167,12 @@ class SliceFilesVolume(VolumeReader):
 
     def slice_names(self) -> list[str]:
         return [file.stem for file in self.files]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lock": None, "_last": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
 
 def slice_files(folder: Path) -> list[Path]:

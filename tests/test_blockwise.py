@@ -194,3 +194,66 @@ def test_a_full_disk_midway_keeps_the_blocks_done_and_the_rerun_finishes(export,
         np.testing.assert_array_equal(masks_of(output), masks_of(tmp_path / "r.ome.zarr"))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+
+
+# Dask -------------------------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): the Dask workers (spawned processes) among them."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            kids = (task / "children").read_text().split() if (task / "children").exists() else []
+            found += [int(k) for k in kids]
+            frontier += [int(k) for k in kids]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.serial  # a cluster of worker processes
+def test_two_dask_workers_one_killed_midway_give_the_masks_of_one_process(export, isbi_dir, tmp_path):
+    """A local cluster of 2 (one thread each); one worker process SIGKILLed once a block is done: Dask gives its
+    blocks to the others, and the masks equal one process's."""
+    tifffile.imwrite(tmp_path / "v.tif", tifffile.imread(isbi_dir / "test-volume.tif")[:8, :256, :256])
+    flags = ["--strategy", "tile", "--tile_size", "388", "-b", "1"]
+    single = run_predict(str(export), str(tmp_path / "v.tif"), *flags, "-o", str(tmp_path / "one.ome.zarr"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, "predict.py", str(export), str(tmp_path / "v.tif"), *flags, "--workers",
+                                "2", "-o", str(tmp_path / "two.ome.zarr")], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marks = tmp_path / ".two.ome.zarr.partial" / ".unet2d-blocks"
+    deadline, killed = time.monotonic() + 300, None
+    try:
+        while time.monotonic() < deadline and process.poll() is None and killed is None:
+            if marks.is_dir() and any(not m.name.endswith(".part") for m in marks.iterdir()):
+                workers = [pid for pid in children(process.pid)
+                           if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+                if workers:
+                    killed = workers[-1]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert killed is not None, "no worker to kill was found before the run ended"
+    assert process.returncode == 0, err[-3000:]
+    np.testing.assert_array_equal(masks_of(tmp_path / "two.ome.zarr"), masks_of(tmp_path / "one.ome.zarr"))
+
+
+def test_a_scheduler_nobody_answers_is_one_line_and_exit_4(export, stack, tmp_path):
+    import socket
+
+    with socket.socket() as free:  # a port on 127.0.0.1 that nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    done = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", str(tmp_path / "m.ome.zarr"),
+                       "--scheduler", f"tcp://127.0.0.1:{port}", "--cluster_timeout", "3")
+    assert done.returncode == 4 and len(done.stderr.strip().splitlines()) == 1
+    assert f"no Dask scheduler answered at tcp://127.0.0.1:{port} within 3 s" in done.stderr
+    assert time.monotonic() - started < 60

@@ -84,3 +84,15 @@ def export_networks(paths: list[Path], load: Callable[[list[Path]], tuple[Probab
 def _fixed(paths: list[Path], load: Callable[[list[Path]], tuple[ProbabilityFn, int]]) -> TileNetworks:
     function, classes = load(paths)
     return TileNetworks(None, function, classes, 64)  # width unknown: counted as the recipe's for memory
+
+
+_LOADED: dict[tuple[str, ...], TileNetworks] = {}
+
+
+def loaded(paths: tuple[str, ...]) -> TileNetworks:
+    """Exported models loaded once per process (a Dask worker keeps them for every block it is given)."""
+    if paths not in _LOADED:
+        from runtime.inference.export import load_ensemble_probability_fn
+
+        _LOADED[paths] = export_networks([Path(path) for path in paths], load_ensemble_probability_fn)
+    return _LOADED[paths]

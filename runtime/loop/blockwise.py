@@ -26,6 +26,7 @@ from data_loading.memory import available_bytes
 from data_loading.ome_zarr import open_level
 from data_loading.prediction_store import Output, PredictionStore, partial_path
 from data_loading.volume_reader import VolumeReader
+from runtime.execution.block_engines import LOCAL, BlockEngine
 from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tiles_per_pass
 from runtime.inference.cells import cell_ids_of_slice
 from runtime.inference.networks import TileNetworks
@@ -115,11 +116,14 @@ class Share:
 
 def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetworks, masks: Path,
                       settings: BlockwiseSettings, model_id: str, log: Callable[[str], None],
-                      share: Share = Share(), overlays_folder: Path | None = None) -> dict[str, object]:
+                      share: Share = Share(), overlays_folder: Path | None = None,
+                      engine: BlockEngine = LOCAL, model_paths: tuple[str, ...] = ()) -> dict[str, object]:
     """Masks of ``volume`` (uint8 grey values) into ``masks`` (an OME-Zarr image) block by block; the summary.
 
     With several processes (``share``), the first (the chief) creates or resumes the outputs and the others
     join it; each writes its own blocks' chunks, and the chief finishes the outputs once all are written.
+    ``engine`` runs the blocks (runtime/execution/block_engines.py: here, or as tasks of a Dask cluster, whose
+    workers load the exported models ``model_paths`` once each).
     """
     classes = networks.classes
     outputs = outputs_beside(masks, settings, classes)
@@ -152,15 +156,9 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
     if done and chief:
         log(f"going on with {masks}: {len(done)} of {len(blocks)} blocks were done before")
     per_pass = tiles_per_pass(tile, networks.base_filters, TILE_MEMORY_CAP, settings.batch_size)
-    network = networks.at(tile)
-    for block in mine:
-        if block.name in done:
-            continue
-        probabilities = box_probabilities(network, volume, block.z, block.top, block.left, block.height,
-                                          block.width, tile, per_pass, settings.tta)
-        pieces, ids = _pieces(probabilities, classes, settings)
-        store.write(block, pieces, np.bincount(ids.ravel(), minlength=classes)[:classes].tolist())
-        progress.update(block.height * block.width)
+    job = BlockJob(volume, store, tile, per_pass, settings, classes, networks, model_paths)
+    for voxels in engine.run(job, [block for block in mine if block.name not in done]):
+        progress.update(voxels)
     summary_line = progress.close()
     share.any(False)  # every block is written
     summary = {"predictions": str(masks), "blocks": len(blocks), "computed": progress.done - progress.skipped,
@@ -179,6 +177,41 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
     summary.update({"cell_fraction": float(fractions[1])} if classes == 2
                    else {"class_fractions": [round(float(f), 6) for f in fractions]})
     return summary
+
+
+@dataclass
+class BlockJob:
+    """One block's work, the same wherever it runs: read its tiles, predict, write its chunks and its mark.
+
+    Pickled for a Dask worker without its networks: a worker loads the model once (``networks.loaded``)
+    and keeps it for every block it is given.
+    """
+
+    volume: VolumeReader
+    store: PredictionStore
+    tile: int
+    per_pass: int
+    settings: BlockwiseSettings
+    classes: int
+    networks: TileNetworks | None
+    model_paths: tuple[str, ...] = ()  # exported models: what a worker of another process loads
+
+    def __call__(self, block) -> int:
+        if self.networks is None:
+            from runtime.inference.networks import loaded
+
+            self.networks = loaded(self.model_paths)
+        network = self.networks.at(self.tile)
+        probabilities = box_probabilities(network, self.volume, block.z, block.top, block.left, block.height,
+                                          block.width, self.tile, self.per_pass, self.settings.tta)
+        pieces, ids = _pieces(probabilities, self.classes, self.settings)
+        self.store.write(block, pieces, np.bincount(ids.ravel(), minlength=self.classes)[:self.classes].tolist())
+        return block.height * block.width
+
+    def __getstate__(self) -> dict:
+        if not self.model_paths:
+            raise ValueError("the models of this run live in its process only: they cannot go to other workers")
+        return {**self.__dict__, "networks": None}
 
 
 def _number_cells(store: PredictionStore) -> None:
