@@ -54,7 +54,8 @@ def test_the_geometry_of_blocks_and_tiles():
     assert tile_cost(4096, 4096, 388) == 11 * 11 * 572**2 and tile_cost(512, 512, 644) == 828**2
     gib = 2**30
     assert choose_tile(512, 512, 8, gib) == 644  # one 828 tile beats four 572 ones
-    assert choose_tile(4096, 4096, 64, 2 * gib) == 900  # full width: 1084 inputs fit 2 GiB, 1340 do not
+    assert choose_tile(4096, 4096, 64, 3 * gib) == 1412  # full width: 3 x 3 tiles of 1596 fit 3 GiB
+    assert choose_tile(4096, 4096, 64, 2 * gib) == 1156  # 1596 inputs do not fit 2 GiB, 1340 do
     assert choose_tile(4096, 4096, 64, 1) == 388  # nothing fits: the recipe's tile
 
 
@@ -138,6 +139,7 @@ def test_a_volume_smaller_than_a_tile_and_of_one_slice(export, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_stack  # the marks and the resumption are the same code on both stacks
 def test_a_run_killed_halfway_goes_on_and_gives_what_an_uninterrupted_one_gives(export, isbi_dir, tmp_path):
     """SIGKILL once a few blocks are marked done; the same command computes only the rest."""
     tifffile.imwrite(tmp_path / "v.tif", tifffile.imread(isbi_dir / "test-volume.tif")[:10, :256, :256])
@@ -168,6 +170,7 @@ def test_a_run_killed_halfway_goes_on_and_gives_what_an_uninterrupted_one_gives(
     np.testing.assert_array_equal(masks_of(tmp_path / "killed.ome.zarr"), masks_of(tmp_path / "whole.ome.zarr"))
 
 
+@pytest.mark.one_stack  # a write error is met the same way on both stacks
 def test_a_full_disk_midway_keeps_the_blocks_done_and_the_rerun_finishes(export, isbi_dir, tmp_path):
     """Six slices in 128 x 128 chunks (96 chunk files of a page each) onto a 220 kB disk: full midway."""
     tifffile.imwrite(tmp_path / "six.tif", tifffile.imread(isbi_dir / "test-volume.tif")[:6])
@@ -213,6 +216,7 @@ def children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.serial  # a cluster of worker processes
+@pytest.mark.one_stack  # Dask's scheduling, not TensorFlow's
 def test_two_dask_workers_one_killed_midway_give_the_masks_of_one_process(export, isbi_dir, tmp_path):
     """A local cluster of 2 (one thread each); one worker process SIGKILLed once a block is done: Dask gives its
     blocks to the others, and the masks equal one process's."""

@@ -317,6 +317,7 @@ def test_a_bad_label_in_a_streamed_volume_stops_the_stream_in_one_line(tmp_path)
             next(iter(data.train_fn()))
 
 
+@pytest.mark.one_stack  # NumPy only
 def test_the_window_from_sampled_chunks_lands_within_a_grey_level_of_the_whole_stack(isbi_dir, tmp_path):
     """16-bit ISBI (value x 37 + 1200, plus noise) in chunks of 64 x 64: read whole by default (it is far below
     the 2 GiB read budget), and from half its chunks when the budget is cut to half its size."""
@@ -334,6 +335,7 @@ def test_the_window_from_sampled_chunks_lands_within_a_grey_level_of_the_whole_s
     assert "263,040 values of 3,932,160 voxels" in thinned.source  # every 15th of each chunk: at most 2^18
 
 
+@pytest.mark.one_stack  # NumPy and scikit-image only
 def test_scores_added_slice_by_slice_equal_those_of_the_whole_stack(isbi_dir):
     """What evaluation of a volume larger than memory keeps (a few numbers a slice) gives the stack's scores."""
     from runtime.inference.metrics import challenge_scores, class_dice
@@ -360,6 +362,7 @@ def test_scores_added_slice_by_slice_equal_those_of_the_whole_stack(isbi_dir):
 # Memory: stream when it does not fit, and say so --------------------------------------------------------
 
 
+@pytest.mark.one_stack  # arithmetic only
 def test_auto_streams_what_does_not_fit_and_memory_names_the_streaming_route(monkeypatch):
     monkeypatch.setenv("UNET2D_MEMORY_LIMIT_GIB", "1")
     gib = 2**30
@@ -478,6 +481,7 @@ def test_predict_py_refuses_a_slice_that_does_not_fit_in_one_line(export, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.one_stack  # the streams of both stacks are compared in the quick tier
 def test_train_evaluate_and_predict_streamed_from_ome_zarr_as_from_memory(isbi_dir, tmp_path):
     """unet2d.py on OME-Zarr stores streamed: trains, and evaluates and predicts exactly as with the stacks in
     memory (the same 17 evaluation numbers, the same masks)."""

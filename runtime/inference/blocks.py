@@ -23,9 +23,9 @@ from common.geometry import OUTPUT_SIZE
 
 CONTEXT = 92
 TILE_OUTPUTS = tuple(OUTPUT_SIZE + 256 * k for k in range(7))  # 388, 644, 900, 1156, 1412, 1668, 1924
-# Forward-pass memory per input pixel and per base filter, float32 (measured at widths 8 and 64:
-# docs/performance.md "Blockwise prediction"); the model's weights and TensorFlow's own come on top.
-ACTIVATION_BYTES = 20
+# Forward-pass memory per input pixel and per base filter, float32: 15.5-17.5 measured at full width for inputs
+# of 572 to 1596 (docs/performance.md "Blockwise prediction"); TensorFlow's own 0.7 GiB comes on top.
+ACTIVATION_BYTES = 17
 CHUNK_TARGET = 1024  # output chunks of about 1024 x 1024 (1 MB in uint8): whole multiples of the tile
 
 

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Blockwise prediction measured: masks against the tile strategy, larger tiles' speed, Dask workers, memory.
+
+- ``agreement``: an export's masks by the tile strategy (388 tiles, predict.py to TIFF) against blockwise
+  prediction at other tiles, on the ISBI test volume and on 2048x2048 slices (ISBI's tiled 4 x 4).
+- ``throughput``: output pixels per second of the tile strategy against blockwise prediction at the tile it
+  chooses, at the export's width, on 4096x4096 slices (ISBI's tiled 8 x 8), in this process, one sitting.
+- ``dask``: ``predict.py --workers 1`` against ``--workers 2`` (one thread each), voxels per second of the
+  blocks, and whether the masks are identical.
+- ``rss``: peak resident memory of ``predict.py`` on the chunked volumes that ``benchmarks.large_volumes rss``
+  wrote (1, 4 and 16 GiB), stopped after ``--seconds``.
+
+    python -m benchmarks.blockwise agreement --export /work/tilemodel/export
+    python -m benchmarks.blockwise throughput --export /tmp/full/export --slices 1
+    python -m benchmarks.blockwise dask --export /work/tilemodel/export
+    python -m benchmarks.blockwise rss --export /tmp/w8/export --work /work/lv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from benchmarks.large_volumes import peak_rss, record
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def tiled(data_dir: Path, slices: int, times: int) -> np.ndarray:
+    images = tifffile.imread(data_dir / "test-volume.tif")[:slices]
+    return np.tile(images, (1, times, times))
+
+
+def masks(path: Path) -> np.ndarray:
+    if path.name.endswith(".zarr"):
+        from data_loading.readers import open_volume
+
+        return open_volume(path).read_all()
+    return tifffile.imread(path)
+
+
+def predict(export: str, source: Path, output: Path, *flags: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "predict.py", export, str(source), "--strategy", "tile", "-o",
+                           str(output), *flags], cwd=ROOT, env=QUIET, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"predict.py failed: {done.stderr[-2000:]}")
+    return done
+
+
+def agreement(args: argparse.Namespace) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        volumes = {"ISBI test volume (30 x 512 x 512)": Path(args.data_dir) / "test-volume.tif"}
+        tifffile.imwrite(work / "big.tif", tiled(Path(args.data_dir), 4, 4))
+        volumes["4 x 2048 x 2048 (ISBI tiled 4 x 4)"] = work / "big.tif"
+        for name, source in volumes.items():
+            predict(args.export, source, work / "tile.tif")
+            reference = masks(work / "tile.tif")
+            for tile in ("388", "644", "900", "auto"):
+                output = work / f"b{tile}.ome.zarr"
+                done = predict(args.export, source, output, "--tile_size", tile)
+                chosen = re.search(r"\(tile (\d+),", done.stdout).group(1)
+                ours = masks(output)
+                differ = int(np.count_nonzero(ours != reference))
+                rows.append({"volume": name, "tile": tile, "chosen": int(chosen), "pixels": int(reference.size),
+                             "differ": differ, "equal_percent": round(100 * (1 - differ / reference.size), 4)})
+                print(json.dumps(rows[-1]), flush=True)
+    lines = ["| volume | tile | pixels differing | equal |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['volume']} | {r['tile']}{'' if r['tile'] != 'auto' else ' (' + str(r['chosen']) + ')'} | "
+              f"{r['differ']:,} of {r['pixels']:,} | {r['equal_percent']} % |" for r in rows]
+    record("blockwise_agreement", args, rows, lines)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The tile strategy (strategies.iter_probabilities) against blockwise prediction into a store."""
+    from data_loading.volume_reader import ArrayVolume
+    from runtime.inference.export import load_ensemble_probability_fn
+    from runtime.inference.networks import export_networks
+    from runtime.inference.strategies import class_ids, iter_probabilities
+    from runtime.loop.blockwise import BlockwiseSettings, predict_blockwise
+
+    volume = ArrayVolume(tiled(Path(args.data_dir), args.slices, 8), "4096")
+    networks = export_networks([Path(args.export)], load_ensemble_probability_fn)
+    pixels = volume.shape[0] * volume.shape[1] * volume.shape[2]
+    fn, _ = load_ensemble_probability_fn([Path(args.export)])
+    list(iter_probabilities(fn, [volume.read(0)[:572, :572]], 1, "tile"))  # traced before timing
+    started = time.perf_counter()
+    tile_ids = [class_ids(p) for p in iter_probabilities(fn, (volume.read(z) for z in range(volume.shape[0])),
+                                                         args.batch_size, "tile")]
+    tile_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / "m.ome.zarr"
+        settings = BlockwiseSettings(batch_size=args.batch_size)
+        started = time.perf_counter()
+        summary = predict_blockwise(volume, volume.slice_names(), networks, output, settings, "benchmark", print)
+        block_seconds = time.perf_counter() - started
+        ours = masks(output)
+    expected = np.stack([ids * 255 for ids in tile_ids]).astype(np.uint8)
+    rows = [{"strategy": "tile (388, today's)", "seconds": round(tile_seconds, 1),
+             "megapixels_per_s": round(pixels / tile_seconds / 1e6, 4)},
+            {"strategy": f"blockwise, tile {summary['tile']} (chosen)", "seconds": round(block_seconds, 1),
+             "megapixels_per_s": round(pixels / block_seconds / 1e6, 4),
+             "equal_percent": round(100 * float((ours == expected).mean()), 4)}]
+    ratio = tile_seconds / block_seconds
+    lines = ["| strategy | seconds | Mpixel/s | masks equal to the tile strategy's |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['strategy']} | {r['seconds']} | {r['megapixels_per_s']} | {r.get('equal_percent', '')} |"
+              for r in rows]
+    lines.append(f"\n{args.slices} slice(s) of 4096x4096, export {args.export}: blockwise / tile = **{ratio:.2f}x**")
+    record("blockwise_throughput", args, rows, lines)
+
+
+def dask(args: argparse.Namespace) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        tifffile.imwrite(work / "v.tif", tiled(Path(args.data_dir), args.slices, 2))
+        for workers in (1, 2, 1, 2):
+            output = work / f"w{workers}-{len(rows)}.ome.zarr"
+            done = predict(args.export, work / "v.tif", output, "--tile_size", str(args.tile), "--workers",
+                           str(workers), "--chunks", "1024")
+            rate = float(re.search(r"\(([\d.]+) Mvoxel/s\)", done.stderr).group(1))
+            rows.append({"workers": workers, "mvoxels_per_s": rate, "output": output.name})
+            print(json.dumps(rows[-1]), flush=True)
+        first = masks(work / rows[0]["output"])
+        identical = all(np.array_equal(first, masks(work / row["output"])) for row in rows[1:])
+    mean = {n: float(np.mean([r["mvoxels_per_s"] for r in rows if r["workers"] == n])) for n in (1, 2)}
+    lines = ["| workers (1 thread each) | Mvoxel/s (each run) | mean |", "|---:|---|---:|"]
+    lines += [f"| {n} | {', '.join(str(r['mvoxels_per_s']) for r in rows if r['workers'] == n)} | {mean[n]:.3f} |"
+              for n in (1, 2)]
+    lines.append(f"\n2 workers / 1 worker: **{mean[2] / mean[1]:.2f}x**; masks identical in every run: {identical}")
+    record("blockwise_dask", args, [*rows, {"identical": identical}], lines)
+
+
+def rss(args: argparse.Namespace) -> None:
+    rows = []
+    for size in args.sizes:
+        source = Path(args.work) / f"vol{size:g}.0g.ome.zarr" if float(size).is_integer() else None
+        source = source if source and source.exists() else Path(args.work) / f"vol{size}g.ome.zarr"
+        output = Path(args.work) / f"masks{size}g.ome.zarr"
+        command = [sys.executable, "predict.py", args.export, str(source), "--strategy", "tile", "-o", str(output),
+                   "--overwrite"]
+        peak, status, wall = peak_rss(command, args.seconds)
+        rows.append({"size_gib": size, "peak_rss_gib": round(peak, 3), "status": status, "wall_s": round(wall, 1),
+                     "command": " ".join(command[1:])})
+        print(json.dumps(rows[-1]), flush=True)
+    peaks = [r["peak_rss_gib"] for r in rows]
+    lines = ["| volume | peak RSS GiB |", "|---:|---:|"] + [f"| {r['size_gib']:g} GiB | {r['peak_rss_gib']:.2f} |"
+                                                            for r in rows]
+    lines.append(f"\nspread {(max(peaks) - min(peaks)) / min(peaks):.1%}; export {args.export}")
+    record(f"blockwise_rss_{args.label}", args, rows, lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("agreement", "throughput", "dask", "rss"))
+    parser.add_argument("--export", required=True, help="an export folder (unet2d.py --exec_mode export)")
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2012"))
+    parser.add_argument("--slices", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=388)
+    parser.add_argument("--work", default="/tmp/unet2d-large-volumes")
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--label", default="w8")
+    args = parser.parse_args()
+    {"agreement": agreement, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
