@@ -5,6 +5,8 @@
   prediction at other tiles, on the ISBI test volume and on 2048x2048 slices (ISBI's tiled 4 x 4).
 - ``throughput``: output pixels per second of the tile strategy against blockwise prediction at the tile it
   chooses, at the export's width, on 4096x4096 slices (ISBI's tiled 8 x 8), in this process, one sitting.
+- ``scores``: a fold's validation slices scored against their labels with 388 tiles and with 644 (one tile
+  per 512x512 slice, no tile border inside it).
 - ``dask``: ``predict.py --workers 1`` against ``--workers 2`` (one thread each), voxels per second of the
   blocks, and whether the masks are identical.
 - ``rss``: peak resident memory of ``predict.py`` on the chunked volumes that ``benchmarks.large_volumes rss``
@@ -86,6 +88,35 @@ def agreement(args: argparse.Namespace) -> None:
               f"{'' if r['near_388_seams_percent'] is None else str(r['near_388_seams_percent']) + ' %'} |"
               for r in rows]
     record("blockwise_agreement", args, rows, lines)
+
+
+def scores(args: argparse.Namespace) -> None:
+    """The fold's validation slices scored against their labels at each tile: which tiling segments better."""
+    from data_loading.data_loader import fold_indices
+    from data_loading.volume_reader import ArrayVolume
+    from runtime.inference.export import load_ensemble_probability_fn
+    from runtime.inference.networks import export_networks
+    from runtime.inference.scores import SliceScores
+    from runtime.inference.strategies import box_probabilities, class_ids
+
+    images = tifffile.imread(Path(args.data_dir) / "train-volume.tif")
+    labels = (tifffile.imread(Path(args.data_dir) / "train-labels.tif") // 255).astype(np.uint8)
+    _, val = fold_indices(len(images), args.fold, args.split_seed)
+    networks = export_networks([Path(args.export)], load_ensemble_probability_fn)
+    rows = []
+    for tile in (388, 644):
+        scored = SliceScores(2)
+        for index in val:
+            volume = ArrayVolume(images[index][np.newaxis])
+            probabilities = box_probabilities(networks.at(tile), volume, 0, 0, 0, *images.shape[1:], tile)
+            scored.add(labels[index], class_ids(probabilities), probabilities)
+        rows.append({"tile": tile, **{k: round(v, 4) for k, v in scored.scores().items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    names = ["eval_mask_dice", "eval_v_rand", "eval_v_rand_thinned", "eval_v_info_thinned"]
+    lines = ["| tile | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    lines += [f"| {r['tile']} | " + " | ".join(str(r[n]) for n in names) + " |" for r in rows]
+    lines.append(f"\nfold {args.fold} (split seed {args.split_seed}) validation slices, export {args.export}")
+    record("blockwise_scores", args, rows, lines)
 
 
 def seam_distance(places: np.ndarray, tile: int) -> np.ndarray:
@@ -177,7 +208,7 @@ def rss(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("agreement", "throughput", "dask", "rss"))
+    parser.add_argument("what", choices=("agreement", "scores", "throughput", "dask", "rss"))
     parser.add_argument("--export", required=True, help="an export folder (unet2d.py --exec_mode export)")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2012"))
     parser.add_argument("--slices", type=int, default=1)
@@ -188,8 +219,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--label", default="w8")
     parser.add_argument("--seam", type=int, default=16, help="agreement: pixels from a tile border counted as near")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--split_seed", type=int, default=123)
     args = parser.parse_args()
-    {"agreement": agreement, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
+    {"agreement": agreement, "scores": scores, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
 
 
 if __name__ == "__main__":
