@@ -172,7 +172,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 def record(name: str, args: argparse.Namespace, rows: list[dict], table: list[str]) -> None:
     header = {"date": date.today().isoformat(), "machine": machine_record(),
-              "command": "python -m benchmarks.large_volumes " + " ".join(sys.argv[1:])}
+              "command": f"python -m benchmarks.{Path(sys.argv[0]).stem} " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
     machine = header["machine"]
