@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            help="output chunks of 1 x N x N [default: a whole multiple of the tile near 1024]")
     blockwise.add_argument("--probabilities", choices=("uint8", "float16"), default=None,
                            help="also write the class probabilities as <stem>-probabilities.ome.zarr (c, z, y, x)")
+    blockwise.add_argument("--into_input_labels", default=None, metavar="NAME",
+                           help="for an OME-Zarr input: write the masks into it as its label image labels/NAME "
+                                "(NGFF, as napari shows it over the image) instead of beside it")
     blockwise.add_argument("--workers", type=int, default=None, metavar="N",
                            help="compute the blocks on a local Dask cluster of N processes of one thread each")
     blockwise.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -118,7 +121,14 @@ def run(argv: list[str] | None = None) -> Path:
     for note in notes:
         print(f"predict.py: {note}", file=sys.stderr, flush=True)
     output = Path(args.output) if args.output else default_output(source, slices.stem, zarr_input(reader))
-    if output.name.endswith(".zarr"):
+    if args.into_input_labels is not None:
+        from data_loading.prediction_store import input_labels
+
+        if args.output or args.probabilities:
+            raise UserInputError("--into_input_labels writes the masks into the input image: give no -o and no "
+                                 "--probabilities with it")
+        output = input_labels(Path(source), args.into_input_labels)[0]
+    if output.name.endswith(".zarr") or args.into_input_labels is not None:
         return run_blockwise(args, slices, models, output)
     probability_fn, num_classes = load_ensemble_probability_fn(models)
     maps = iter_probabilities(probability_fn, (slices.read(z) for z in range(slices.shape[0])), args.batch_size,
@@ -148,7 +158,8 @@ def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: 
     settings = BlockwiseSettings(tile=None if args.tile_size == "auto" else int(args.tile_size), chunk=args.chunks,
                                  tta=args.tta, cell_labels=args.cell_labels, cell_threshold=args.cell_threshold,
                                  probabilities=args.probabilities, batch_size=args.batch_size,
-                                 overwrite=args.overwrite, overlays=args.overlays)
+                                 overwrite=args.overwrite, overlays=args.overlays,
+                                 into_labels_of=Path(args.input) if args.into_input_labels else None)
     if settings.tile is not None and settings.tile not in networks.sizes:
         raise UserInputError(f"--tile_size {settings.tile}: this model is a fixed-size SavedModel or ONNX network "
                              "(388 only); give its export folder or unet2d.keras for larger tiles")
@@ -159,8 +170,10 @@ def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: 
     if args.workers or args.scheduler:
         engine = DaskBlocks(args.workers, args.scheduler, args.cluster_timeout)
     try:
+        overlays = Path(args.input).parent / f"{slices.stem}-{args.into_input_labels}-overlays" \
+            if args.into_input_labels else None  # never inside the user's image
         summary = predict_blockwise(slices, slices.slice_names(), networks, output, settings,
-                                    model_fingerprint(models), say, engine=engine,
+                                    model_fingerprint(models), say, overlays_folder=overlays, engine=engine,
                                     model_paths=tuple(str(path.resolve()) for path in models))
     except OSError as error:
         raise write_failure(output.name, output.parent, error) from None

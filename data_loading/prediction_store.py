@@ -54,15 +54,51 @@ def _attributes(folder: Path) -> dict:
 
 def _label_metadata(values: list[int], version: str) -> dict:
     colours = [{"label-value": int(v), "rgba": [255, 0, 0, 255] if v == 0 else [0, 0, 0, 0]} for v in values]
-    return {"image-label": {"colors": colours, **({"version": version} if version == "0.4" else {})}}
+    return {"image-label": {"colors": colours, "source": {"image": "../../"},
+                            **({"version": version} if version == "0.4" else {})}}
+
+
+def input_labels(image: Path, name: str) -> tuple[Path, str, tuple[float, ...] | None]:
+    """Where the masks of an OME-Zarr image go as one of its own label images (NGFF ``labels/``), the NGFF
+    version the image is in (its label images must be in the same), and its full-resolution voxel size (theirs
+    too, so that they lie on it); a one-line error for anything else."""
+    node = zarr_node(image)
+    if node is None or node[0] != "group" or "multiscales" not in _attributes(image):
+        raise UserInputError(f"--into_input_labels needs an OME-Zarr image as the input; {image} is not one "
+                             "(name the image's group, not one of its levels)")
+    if not name or "/" in name or name.startswith("."):
+        raise UserInputError(f"--into_input_labels {name!r}: a label image's name is one plain folder name")
+    multiscale = _attributes(image)["multiscales"][0]
+    transforms = multiscale.get("datasets", [{}])[0].get("coordinateTransformations", [])
+    scale = next((tuple(step["scale"]) for step in transforms if step.get("type") == "scale"), None)
+    axes = [str(a.get("name") if isinstance(a, dict) else a).lower() for a in multiscale.get("axes", [])]
+    if scale is not None and axes and len(axes) == len(scale):  # z, y, x of it: label images here are 3-D
+        scale = tuple(s for a, s in zip(axes, scale, strict=True) if a in ("z", "y", "x"))
+    return image / "labels" / name, "0.5" if node[1] == 3 else "0.4", scale
+
+
+def register_label(image: Path, name: str, version: str) -> None:
+    """List the label image ``name`` in ``image``'s ``labels`` group (made if missing), as NGFF readers look."""
+    import zarr
+
+    folder = image / "labels"
+    group = zarr.open_group(str(folder), mode="a", **({"zarr_format": 3 if version == "0.5" else 2}
+                                                         if int(zarr.__version__.split(".")[0]) >= 3 else {}))
+    if version == "0.5":
+        ome = dict(group.attrs.get("ome", {}))
+        group.attrs["ome"] = {**ome, "version": version, "labels": sorted({*ome.get("labels", []), name})}
+    else:
+        group.attrs["labels"] = sorted({*group.attrs.get("labels", []), name})
 
 
 class PredictionStore:
     """The outputs of one blockwise prediction; ``done`` are the blocks already written (resumed runs)."""
 
     def __init__(self, outputs: dict[str, Output], shape: tuple[int, int, int], chunk: tuple[int, int],
-                 record: dict, restart: bool = False, label_values: list[int] | None = None) -> None:
+                 record: dict, restart: bool = False, label_values: list[int] | None = None,
+                 version: str | None = None, scale: tuple[float, ...] | None = None) -> None:
         self.outputs, self.shape, self.chunk, self.record = outputs, shape, chunk, record
+        self.version, self.scale = version or ngff_version(), scale
         self.masks = outputs["masks"]
         self._arrays: dict[str, object] = {}
         for output in outputs.values():
@@ -99,15 +135,16 @@ class PredictionStore:
         return store
 
     def _create(self, label_values: list[int]) -> None:
-        version = ngff_version()
+        version = self.version
         for name, output in self.outputs.items():
             depth, height, width = self.shape
             shape = (output.channels, depth, height, width) if output.axes == "czyx" else self.shape
             chunks = (1, 1, *self.chunk) if output.axes == "czyx" else (1, *self.chunk)
             extra = _label_metadata(label_values, version) if output.label else {}
+            scale = self.scale if self.scale and len(self.scale) == len(shape) else None
             try:
                 create_image(partial_path(output.path), shape, np.dtype(output.dtype), chunks, name, version,
-                             output.axes, extra=extra)
+                             output.axes, scale, extra=extra)
             except OSError as error:
                 raise UserInputError(f"cannot create {output.path}: {error.strerror or error}") from None
         masks = partial_path(self.masks.path)
@@ -189,6 +226,8 @@ def _write_record(folder: Path, record: dict) -> None:
 
 
 def _check_target(path: Path) -> None:
+    if path.parent.name == "labels" and zarr_node(path.parent.parent) is not None:
+        path.parent.mkdir(exist_ok=True)  # an image's labels/ group, made by register_label once done
     if path.exists() and not path.is_dir():
         raise UserInputError(f"the output {path} is a file; name a new folder such as masks.ome.zarr")
     if path.exists() and zarr_node(path) is None:

@@ -261,3 +261,24 @@ def test_a_scheduler_nobody_answers_is_one_line_and_exit_4(export, stack, tmp_pa
     assert done.returncode == 4 and len(done.stderr.strip().splitlines()) == 1
     assert f"no Dask scheduler answered at tcp://127.0.0.1:{port} within 3 s" in done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_masks_go_into_an_ome_zarr_input_as_its_label_image(export, stack, tmp_path):
+    """NGFF labels/: listed in the image's labels group, on the image's voxel size, in the image's NGFF version."""
+    import convert_volume
+    from data_loading.prediction_store import _attributes
+
+    image = tmp_path / "two.ome.zarr"
+    assert convert_volume.main([str(stack / "two.tif"), str(image), "--ngff", "0.4", "--scale", "40", "4",
+                                "4"]) == 0
+    done = run_predict(str(export), str(image), "--strategy", "tile", "--into_input_labels", "membranes",
+                       "--overlays", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _attributes(image / "labels")["labels"] == ["membranes"]
+    label = _attributes(image / "labels" / "membranes")
+    assert label["image-label"]["source"] == {"image": "../../"}
+    assert label["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [40.0, 4.0, 4.0]
+    assert open_volume(image / "labels" / "membranes").shape == (2, 512, 512)
+    assert (tmp_path / "two-membranes-overlays").is_dir()  # pictures beside the image, never inside it
+    refused = run_predict(str(export), str(image / "0"), "--strategy", "tile", "--into_input_labels", "x")
+    assert refused.returncode == 2 and "needs an OME-Zarr image as the input" in refused.stderr

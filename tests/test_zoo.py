@@ -23,6 +23,7 @@ import yaml
 
 from common.errors import UserInputError
 from data_loading.preprocessing import scale_intensity
+from data_loading.volume_reader import ArrayVolume, read_mirrored
 from model.unet import build_unet
 from runtime.inference import onnx_models, strategies, zoo
 from runtime.inference.export import (
@@ -132,7 +133,8 @@ def test_predict_reads_the_package_on_onnx_runtime_as_tensorflow_computes(models
     """The package folder, its zip and its network file all give TensorFlow's probabilities within 1e-3, and
     an ensemble may mix an ONNX package with a Keras export."""
     network = network_of(models[2])
-    tiles = np.stack([strategies._tiles(slice_[:400, :400])[0], np.zeros((572, 572, 1), np.float32)])
+    first = read_mirrored(ArrayVolume(slice_[np.newaxis, :400, :400]), 0, -92, -92, 572, 572)  # its first tile
+    tiles = np.stack([np.asarray(scale_intensity(first))[..., np.newaxis], np.zeros((572, 572, 1), np.float32)])
     expected = network(tf.constant(tiles)).numpy()
     folder, archive = packages["resize"]
     for source in (folder, archive, folder / onnx_models.NETWORK_FILE, folder / "weights.onnx",

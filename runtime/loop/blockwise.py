@@ -24,7 +24,7 @@ import numpy as np
 
 from data_loading.memory import available_bytes
 from data_loading.ome_zarr import open_level
-from data_loading.prediction_store import Output, PredictionStore, partial_path
+from data_loading.prediction_store import Output, PredictionStore, input_labels, partial_path, register_label
 from data_loading.volume_reader import VolumeReader
 from runtime.execution.block_engines import LOCAL, BlockEngine
 from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tiles_per_pass
@@ -53,19 +53,21 @@ class BlockwiseSettings:
     batch_size: int = 4  # tiles per forward pass (fewer if their memory would pass the bound)
     overwrite: bool = False
     overlays: int = 0
+    into_labels_of: Path | None = None  # an OME-Zarr input: the masks go in as its labels/<name> image
 
 
 def outputs_beside(masks: Path, settings: BlockwiseSettings, classes: int) -> dict[str, Output]:
     """The images a prediction writes: ``x-masks.ome.zarr``, and beside it ``x-cells.ome.zarr`` and
     ``x-probabilities.ome.zarr`` when asked (cell masks go to a scratch image that the cells pass reads)."""
     stem = masks.name.removesuffix(".zarr").removesuffix(".ome").removesuffix("-masks")
+    suffix = ".ome.zarr" if masks.name.endswith(".zarr") else ""  # label images of an image: plain names
     beside = masks.parent
     outputs = {"masks": Output(masks, "uint8", label=True)}
     if settings.cell_labels:
-        outputs["cell_masks"] = Output(beside / f"{stem}-cellmasks.ome.zarr", "uint8", scratch=True)
-        outputs["cells"] = Output(beside / f"{stem}-cells.ome.zarr", "uint32", label=True)
+        outputs["cell_masks"] = Output(beside / f"{stem}-cellmasks{suffix}", "uint8", scratch=True)
+        outputs["cells"] = Output(beside / f"{stem}-cells{suffix}", "uint32", label=True)
     if settings.probabilities:
-        outputs["probabilities"] = Output(beside / f"{stem}-probabilities.ome.zarr", settings.probabilities,
+        outputs["probabilities"] = Output(beside / f"{stem}-probabilities{suffix}", settings.probabilities,
                                           "czyx", classes)
     return outputs
 
@@ -138,7 +140,10 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
             "settings": {k: v for k, v in asdict(settings).items()
                          if k in ("tta", "cell_labels", "cell_threshold", "probabilities")}}))
         labels = [0, 255] if classes == 2 else list(range(classes))
-        store = PredictionStore(outputs, volume.shape, chunk_shape, record, settings.overwrite, labels)
+        _, version, scale = input_labels(settings.into_labels_of, masks.name) if settings.into_labels_of \
+            else (None, None, None)
+        store = PredictionStore(outputs, volume.shape, chunk_shape, record, settings.overwrite, labels, version,
+                                scale)
         finished = share.any(store.finished)  # the outputs exist: the others may join
     elif not share.any(False):
         store = PredictionStore.join(outputs, volume.shape)
@@ -171,6 +176,10 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
         _number_cells(store)
         summary["cell_labels"] = str(store.outputs["cells"].path)
     store.finish()
+    if settings.into_labels_of:
+        for name in ("masks", "cells"):
+            if name in store.outputs:
+                register_label(settings.into_labels_of, store.outputs[name].path.name, store.version)
     folder = overlays_folder or masks.parent / f"{masks.name.split('.')[0]}-overlays"
     _overlays(volume, names, masks, settings.overlays, classes, folder)
     fractions = counts / max(counts.sum(), 1)

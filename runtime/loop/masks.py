@@ -34,6 +34,7 @@ def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Ite
     cells_scratch = path.with_name(f".{path.name}.cells.part")
     cells = PageWriter(cells_scratch, images.shape, np.uint32) if with_cells else None
     most_cells, total_cells = 0, 0
+    pictured: list[np.ndarray] = []  # the first slices' ids, drawn once the masks are whole
 
     def pages() -> Iterator[np.ndarray]:
         nonlocal most_cells, total_cells
@@ -45,8 +46,7 @@ def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Ite
                 most_cells = max(most_cells, int(labelled.max(initial=0)))
                 total_cells += int(labelled.max(initial=0))
             if index < overlays:
-                write_overlays(overlays_folder, names[index:index + 1], [images.read(index)], [ids], count=1,
-                               num_classes=num_classes)
+                pictured.append(ids)
             yield mask_values(ids, num_classes)
 
     try:
@@ -54,6 +54,9 @@ def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Ite
         if cells is not None:
             cells.close()
             _write_cells(cells_scratch, cells_path(path), most_cells)
+        for index, ids in enumerate(pictured):
+            write_overlays(overlays_folder, names[index:index + 1], [images.read(index)], [ids], count=1,
+                           num_classes=num_classes)
     finally:
         if cells is not None:
             cells.close()

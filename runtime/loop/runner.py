@@ -18,6 +18,7 @@ import tensorflow as tf
 from common.compat import keras, optimizer_variables, rng_state_variables
 from common.config import RunConfig
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
+from common.geometry import OUTPUT_SIZE
 from common.quiet_start import quiet_unless_asked
 from data_loading.data_loader import Dataset, SyntheticDataset, read_errors_in_one_line
 from data_loading.image_stack import PredictionInput
@@ -424,7 +425,9 @@ class Runner:
                                  "block with overlap tiles: add --predict_strategy tile")
         as_tiff = not path.name.endswith(".zarr")
         target = path.with_name(f".{path.stem}.blocks.ome.zarr") if as_tiff else path
-        settings = BlockwiseSettings(tile=evaluation.tile_size, tta=evaluation.tta, cell_labels=evaluation.cell_labels,
+        # A TIFF output keeps the tile strategy's 388 tiles (the masks one worker writes) unless asked otherwise.
+        tile = evaluation.tile_size or (OUTPUT_SIZE if as_tiff else None)
+        settings = BlockwiseSettings(tile=tile, tta=evaluation.tta, cell_labels=evaluation.cell_labels,
                                      cell_threshold=threshold, batch_size=evaluation.batch_size,
                                      overwrite=evaluation.overwrite or as_tiff,
                                      overlays=0 if as_tiff else evaluation.overlays)
