@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserInputError
+from common.files import ensure_writable_dir
 from data_loading.chunked import ZARR_V2_ATTRS, ZARR_V3, zarr_node
 from data_loading.ome_zarr import create_image, ngff_version, open_level
 
@@ -232,13 +233,7 @@ def _check_target(path: Path) -> None:
         raise UserInputError(f"the output {path} is a file; name a new folder such as masks.ome.zarr")
     if path.exists() and zarr_node(path) is None:
         raise UserInputError(f"the output {path} is a folder that is not an OME-Zarr image; name a new one")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"cannot create {parent}: {error.strerror}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserInputError(f"cannot write the output {path}: {parent} is not writable")
+    ensure_writable_dir(path.parent, "the output's folder")
 
 
 def _difference(kept: dict | None, wanted: dict) -> str:
