@@ -207,8 +207,7 @@ def default_output(source: str, stem: str, chunked: bool = False) -> Path:
 
 def check_memory(reader, args: argparse.Namespace) -> None:
     """predict.py holds one slice at a time at full size; refused in one line if even that does not fit."""
-    from data_loading.data_loader import slice_working_bytes
-    from data_loading.memory import check_fits
+    from data_loading.memory import check_fits, slice_working_bytes
 
     pixels = reader.shape[1] * reader.shape[2]
     check_fits(slice_working_bytes(pixels, 2, args.tta) * (1 if args.strategy == "tile" else args.batch_size),

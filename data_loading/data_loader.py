@@ -17,7 +17,7 @@ from data_loading import preprocessing as pre
 from data_loading.border_weights import training_weight_maps
 from data_loading.input_paths import check_input
 from data_loading.intensity import IntensityWindow, fit_window, map_volumes
-from data_loading.memory import MemoryNeeds
+from data_loading.memory import MemoryNeeds, slice_working_bytes
 from data_loading.tiles import SliceRef, TileSampler, corners, covered_size, read_crop, slice_refs
 from data_loading.volume_reader import ArrayVolume
 from data_loading.volumes import (
@@ -156,14 +156,6 @@ class DataSources:
             unstreamable = (f"--border_weights keeps a weight map of every training slice in memory "
                             f"({weights / 2**30:.1f} GiB here)")
         return MemoryNeeds(resident + loading + weights + working, working, unstreamable)
-
-
-def slice_working_bytes(pixels: int, num_classes: int, tta: bool = False) -> int:
-    """Memory one slice of ``pixels`` takes while predicted and scored: its float input and overlapping tiles
-    (2.2x the slice at the 572/388 tile), K float32 probabilities for the tiles and stitched, the class ids,
-    and the int64 cell regions of masks, thinned masks and truth; twice the probabilities with ``tta``."""
-    per_pixel = 4 + 4 * 2.2 + num_classes * 4 * (2.2 + 1 + (2 if tta else 0)) + 1 + 3 * 8
-    return int(pixels * per_pixel)
 
 
 def _slice_refs(volumes: list[Volume]) -> list[tuple[SliceRef, SliceRef]]:

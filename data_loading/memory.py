@@ -65,6 +65,14 @@ def check_fits(needed: int, what: str, remedy: str = "use fewer or smaller stack
                              f"{max(available, 0) / GIB:.1f} GiB is available; {remedy}")
 
 
+def slice_working_bytes(pixels: int, num_classes: int, tta: bool = False) -> int:
+    """Memory one slice of ``pixels`` takes while predicted and scored: its float input and overlapping tiles
+    (2.2x the slice at the 572/388 tile), K float32 probabilities for the tiles and stitched, the class ids,
+    and the int64 cell regions of masks, thinned masks and truth; twice the probabilities with ``tta``."""
+    per_pixel = 4 + 4 * 2.2 + num_classes * 4 * (2.2 + 1 + (2 if tta else 0)) + 1 + 3 * 8
+    return int(pixels * per_pixel)
+
+
 @dataclass(frozen=True)
 class MemoryNeeds:
     """Bytes a run needs with its stacks in memory, and streamed; ``unstreamable`` says why it cannot stream."""

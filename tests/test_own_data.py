@@ -14,7 +14,8 @@ import tifffile
 from PIL import Image
 
 from common.errors import UserInputError
-from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices, slice_working_bytes
+from data_loading.data_loader import Dataset, DataSources, StreamOptions, fold_indices
+from data_loading.memory import slice_working_bytes
 from data_loading.synthetic_em import generate_volume
 from data_loading.tiff_io import read_stack
 from data_loading.tiles import TileSampler, covered_size, evaluation_tiles, mirror_pad, slice_refs, tile_offsets

@@ -27,6 +27,11 @@ def each_ids_and_cells(probability_maps: Iterable[np.ndarray],
         yield ids, ids if threshold is None else (cell_probability(probabilities) > threshold).astype(np.uint8)
 
 
+def cell_dtype(most_cells: int) -> type:
+    """What a cell-label stack is stored as: uint16, or uint32 once a slice holds more than 65535 cells."""
+    return np.uint16 if most_cells <= np.iinfo(np.uint16).max else np.uint32
+
+
 def cell_ids_of_slice(mask: np.ndarray) -> np.ndarray:
     """One slice's cell ids (1..n, 0 on membranes), as uint32: written slice by slice, narrowed at the end."""
     return cell_regions(mask).astype(np.uint32)
@@ -35,8 +40,7 @@ def cell_ids_of_slice(mask: np.ndarray) -> np.ndarray:
 def cell_labels(masks: np.ndarray) -> np.ndarray:
     """[slices, height, width] class ids (or 0/1 cell masks) -> cell ids of that shape, each slice from 1."""
     labelled = np.stack([cell_regions(mask) for mask in masks]) if len(masks) else masks.astype(np.uint16)
-    fits_16_bits = labelled.max(initial=0) <= np.iinfo(np.uint16).max
-    return labelled.astype(np.uint16 if fits_16_bits else np.uint32)
+    return labelled.astype(cell_dtype(int(labelled.max(initial=0))))
 
 
 def cells_path(masks_path: Path) -> Path:

@@ -181,7 +181,7 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
             if name in store.outputs:
                 register_label(settings.into_labels_of, store.outputs[name].path.name, store.version)
     folder = overlays_folder or masks.parent / f"{masks.name.split('.')[0]}-overlays"
-    _overlays(volume, names, masks, settings.overlays, classes, folder)
+    overlays_from_masks(volume, names, masks, settings.overlays, classes, folder)
     fractions = counts / max(counts.sum(), 1)
     summary.update({"cell_fraction": float(fractions[1])} if classes == 2
                    else {"class_fractions": [round(float(f), 6) for f in fractions]})
@@ -231,8 +231,9 @@ def _number_cells(store: PredictionStore) -> None:
         cells[z] = cell_ids_of_slice(np.asarray(cell_masks[z]))
 
 
-def _overlays(volume: VolumeReader, names: list[str], masks: Path, count: int, classes: int, folder: Path) -> None:
-    """Pictures of the first ``count`` slices, read back from the finished masks."""
+def overlays_from_masks(volume: VolumeReader, names: list[str], masks: Path, count: int, classes: int,
+                        folder: Path) -> None:
+    """Pictures of the first ``count`` slices, read back from finished OME-Zarr masks."""
     if not count:
         return
     written = open_level(masks)

@@ -17,7 +17,7 @@ import numpy as np
 from data_loading.readers import TiffVolume
 from data_loading.tiff_io import PageWriter, write_pages_atomically
 from data_loading.volume_reader import VolumeReader
-from runtime.inference.cells import cell_ids_of_slice, cells_path
+from runtime.inference.cells import cell_dtype, cell_ids_of_slice, cells_path
 from runtime.inference.strategies import mask_values
 from runtime.reporting.overlays import write_overlays
 
@@ -73,7 +73,7 @@ def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Ite
 def _write_cells(scratch: Path, final: Path, most_cells: int) -> None:
     """The scratch file's cell ids as the final stack: uint16 when they fit, else uint32, slice by slice."""
     wide = TiffVolume(scratch)
-    dtype = np.uint16 if most_cells <= np.iinfo(np.uint16).max else np.uint32
+    dtype = cell_dtype(most_cells)
     try:
         write_pages_atomically(final, wide.shape, dtype, (wide.read(z).astype(dtype) for z in range(wide.shape[0])))
     finally:
@@ -87,7 +87,7 @@ def blocks_to_tiff(blocks: Path, path: Path, images: VolumeReader, names: list[s
     import shutil
 
     from data_loading.ome_zarr import open_level
-    from runtime.loop.blockwise import outputs_beside
+    from runtime.loop.blockwise import outputs_beside, overlays_from_masks
 
     outputs = outputs_beside(blocks, settings, num_classes)
     masks = open_level(blocks)
@@ -95,15 +95,11 @@ def blocks_to_tiff(blocks: Path, path: Path, images: VolumeReader, names: list[s
     summary: dict[str, object] = {}
     if "cells" in outputs:
         cells = open_level(outputs["cells"].path)
-        most = max(int(np.asarray(cells[z]).max(initial=0)) for z in range(images.shape[0]))
-        dtype = np.uint16 if most <= np.iinfo(np.uint16).max else np.uint32
+        dtype = cell_dtype(max(int(np.asarray(cells[z]).max(initial=0)) for z in range(images.shape[0])))
         write_pages_atomically(cells_path(path), images.shape, dtype,
                                (np.asarray(cells[z]).astype(dtype) for z in range(images.shape[0])))
         summary["cell_labels"] = str(cells_path(path))
-    for z in range(min(overlays, images.shape[0])):
-        ids = np.asarray(masks[z])
-        write_overlays(path.parent / "overlays", names[z:z + 1], [images.read(z)],
-                       [(ids // 255).astype(np.uint8) if num_classes == 2 else ids], count=1, num_classes=num_classes)
+    overlays_from_masks(images, names, blocks, overlays, num_classes, path.parent / "overlays")
     for output in outputs.values():
         shutil.rmtree(output.path, ignore_errors=True)
     return summary
