@@ -5,6 +5,11 @@
   prediction at other tiles, on the ISBI test volume and on 2048x2048 slices (ISBI's tiled 4 x 4).
 - ``throughput``: output pixels per second of the tile strategy against blockwise prediction at the tile it
   chooses, at the export's width, on 4096x4096 slices (ISBI's tiled 8 x 8), in this process, one sitting.
+- ``shifts``: the tile strategy against itself on the 2048x2048 slices cut by 4, 8, 16 and 388 pixels at the
+  top and left (its grid then falls elsewhere on the tissue), compared away from the volume's edges: how much
+  of the tile strategy's masks hangs on where its tiles lie.
+- ``tiles``: seconds of one pass of one tile at each tile size, at the export's width (the timing that
+  ``--tile_size auto`` does on large volumes), and output pixels per second.
 - ``scores``: a fold's validation slices scored against their labels with 388 tiles and with 644 (one tile
   per 512x512 slice, no tile border inside it).
 - ``dask``: ``predict.py --workers 1`` against ``--workers 2`` (one thread each), voxels per second of the
@@ -13,6 +18,8 @@
   wrote (1, 4 and 16 GiB), stopped after ``--seconds``.
 
     python -m benchmarks.blockwise agreement --export /work/tilemodel/export
+    python -m benchmarks.blockwise shifts --export /work/tilemodel/export
+    python -m benchmarks.blockwise tiles --export /tmp/full/export
     python -m benchmarks.blockwise throughput --export /tmp/full/export --slices 1
     python -m benchmarks.blockwise dask --export /work/tilemodel/export
     python -m benchmarks.blockwise rss --export /tmp/w8/export --work /work/lv
@@ -88,6 +95,54 @@ def agreement(args: argparse.Namespace) -> None:
               f"{'' if r['near_388_seams_percent'] is None else str(r['near_388_seams_percent']) + ' %'} |"
               for r in rows]
     record("blockwise_agreement", args, rows, lines)
+
+
+def shifts(args: argparse.Namespace) -> None:
+    """The tile strategy's masks of the volume and of the volume cut by ``d`` pixels: 388 keeps every tile's
+    place on the tissue (a control), 16 keeps the poolings' phase but moves the tiles' borders, 4 and 8 move
+    both."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        volume = tiled(Path(args.data_dir), 4, 4)
+        tifffile.imwrite(work / "v.tif", volume)
+        predict(args.export, work / "v.tif", work / "v-masks.tif")
+        reference = masks(work / "v-masks.tif")
+        for shift in (4, 8, 16, 388):
+            tifffile.imwrite(work / f"s{shift}.tif", volume[:, shift:, shift:])
+            predict(args.export, work / f"s{shift}.tif", work / f"s{shift}-masks.tif")
+            ours = masks(work / f"s{shift}-masks.tif")
+            inner = (slice(None), slice(args.margin, -args.margin), slice(args.margin, -args.margin))
+            differ = ours[inner] != reference[:, shift:, shift:][inner]
+            rows.append({"shift": shift, "pixels": int(differ.size), "differ": int(differ.sum()),
+                         "equal_percent": round(100 * (1 - float(differ.mean())), 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    lines = ["| volume cut by (px, top and left) | pixels differing | equal |", "|---:|---:|---:|"]
+    lines += [f"| {r['shift']} | {r['differ']:,} of {r['pixels']:,} | {r['equal_percent']} % |" for r in rows]
+    lines.append(f"\n4 x 2048 x 2048 (ISBI tiled 4 x 4), tile strategy (388) both times, compared more than "
+                 f"{args.margin} px from the volume's edges; export {args.export}")
+    record("blockwise_shifts", args, rows, lines)
+
+
+def tiles(args: argparse.Namespace) -> None:
+    from runtime.inference.export import load_ensemble_probability_fn
+    from runtime.inference.networks import export_networks
+
+    networks = export_networks([Path(args.export)], load_ensemble_probability_fn)
+    rows = []
+    for tile in networks.sizes[:args.sizes_timed]:
+        seconds = min(networks.pass_seconds(tile) for _ in range(2))
+        side = tile + 2 * 92
+        rows.append({"tile": tile, "input": side, "seconds": round(seconds, 3),
+                     "output_mpixels_per_s": round(tile * tile / seconds / 1e6, 4),
+                     "input_mpixels_per_s": round(side * side / seconds / 1e6, 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    lines = ["| tile (output) | input | seconds a pass | output Mpixel/s | input Mpixel/s |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['tile']} | {r['input']} | {r['seconds']} | {r['output_mpixels_per_s']} | "
+              f"{r['input_mpixels_per_s']} |" for r in rows]
+    lines.append(f"\none tile a pass, the better of two timed passes (each after a warm-up), width "
+                 f"{networks.base_filters}, export {args.export}")
+    record("blockwise_tiles", args, rows, lines)
 
 
 def scores(args: argparse.Namespace) -> None:
@@ -208,7 +263,7 @@ def rss(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("agreement", "scores", "throughput", "dask", "rss"))
+    parser.add_argument("what", choices=("agreement", "shifts", "tiles", "scores", "throughput", "dask", "rss"))
     parser.add_argument("--export", required=True, help="an export folder (unet2d.py --exec_mode export)")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2012"))
     parser.add_argument("--slices", type=int, default=1)
@@ -219,10 +274,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--label", default="w8")
     parser.add_argument("--seam", type=int, default=16, help="agreement: pixels from a tile border counted as near")
+    parser.add_argument("--margin", type=int, default=92, help="shifts: edge pixels left out of the comparison")
+    parser.add_argument("--sizes_timed", type=int, default=5, help="tiles: how many tile sizes, from 388 up")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--split_seed", type=int, default=123)
     args = parser.parse_args()
-    {"agreement": agreement, "scores": scores, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
+    {"agreement": agreement, "shifts": shifts, "tiles": tiles, "scores": scores, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
 
 
 if __name__ == "__main__":

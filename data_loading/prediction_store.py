@@ -216,6 +216,19 @@ def kept_record(folder: Path) -> dict:
     return record
 
 
+def record_in_progress(masks: Path) -> dict | None:
+    """The record of the prediction into ``masks`` that a run left (partial or finished), if any: what an
+    ``auto`` tile and chunk take again, so that a resumed run matches whatever the machine measures now."""
+    for folder in (partial_path(masks), masks):
+        try:
+            record = _attributes(folder).get(RECORD) if folder.is_dir() else None
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict):
+            return record
+    return None
+
+
 def _write_record(folder: Path, record: dict) -> None:
     import zarr
 

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 
 from data_loading.readers import open_volume
-from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tile_cost
+from runtime.inference.blocks import choose_tile, default_chunk, fastest_tile, plan_blocks, tile_cost, worth_timing
 from tests.conftest import ROOT, TEST_BASE_FILTERS, run_predict
 
 
@@ -57,6 +57,34 @@ def test_the_geometry_of_blocks_and_tiles():
     assert choose_tile(4096, 4096, 64, 3 * gib) == 1412  # full width: 3 x 3 tiles of 1596 fit 3 GiB
     assert choose_tile(4096, 4096, 64, 2 * gib) == 1156  # 1596 inputs do not fit 2 GiB, 1340 do
     assert choose_tile(4096, 4096, 64, 1) == 388  # nothing fits: the recipe's tile
+
+
+def test_the_tile_is_timed_only_where_the_volume_pays_for_it():
+    from runtime.loop.blockwise import _timed_tile
+
+    # 4096 x 4096: 121 passes of 388, 49 of 644, 25 of 900; the pixel count would take 900, the clock 644
+    assert fastest_tile(4096, 4096, {388: 1.0, 644: 2.0, 900: 5.0}) == 644
+    assert fastest_tile(4096, 4096, {388: 1.0, 644: 2.0, 900: 3.0}) == 900
+    assert not worth_timing((2, 512, 512), (388, 644, 900), 0.01)  # timing costs more than the volume
+    assert worth_timing((100, 4096, 4096), (388, 644, 900), 0.01) and not worth_timing((100, 4096, 4096), (388,), 1)
+
+    class Clocked:
+        """Networks whose passes take the seconds given, counting the passes timed."""
+
+        def __init__(self, seconds):
+            self.seconds, self.timed = seconds, []
+
+        def pass_seconds(self, tile):
+            self.timed.append(tile)
+            return self.seconds[tile]
+
+    said = []
+    small = Clocked({388: 0.01, 644: 0.02, 900: 0.05})
+    assert _timed_tile((2, 512, 512), small, (388, 644, 900), said.append) is None and small.timed == [388]
+    large = Clocked({388: 1.0, 644: 2.0, 900: 5.0})
+    assert _timed_tile((100, 4096, 4096), large, (388, 644, 900), said.append) == 644
+    assert sorted(large.timed) == [388, 644, 900] and said == ["tile 644 chosen by timing one pass of each: "
+                                                               "388: 1.00 s, 644: 2.00 s, 900: 5.00 s"]
 
 
 def test_blocks_of_the_recipes_tile_give_the_tile_strategys_masks(export, stack, tmp_path):
@@ -108,6 +136,8 @@ def test_the_same_command_again_does_nothing_and_other_settings_are_refused(expo
     replaced = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output, "--tile_size",
                            "388", "--overwrite")
     assert replaced.returncode == 0 and "(tile 388," in replaced.stdout
+    auto = run_predict(str(export), str(stack / "two.tif"), "--strategy", "tile", "-o", output)
+    assert auto.returncode == 0 and "0 blocks computed" in auto.stderr  # auto takes the tile the output has
 
 
 @pytest.mark.parametrize("case, message", [

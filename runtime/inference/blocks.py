@@ -9,9 +9,13 @@ exactly as the whole slice would be, however the volume is cut.
 The UNet is fully convolutional: a tile of output T needs T + 184 input
 pixels (T + 184 = 124 + 16 k), and the 92-pixel context on each side is paid
 again by every tile. Larger tiles waste less (572 -> 388 computes 2.17 input
-pixels per output pixel, 1084 -> 900 computes 1.45) but need more memory; the
-tile is chosen per volume as the one that computes the fewest input pixels
-for its slices within a memory bound.
+pixels per output pixel, 1084 -> 900 computes 1.45) but need more memory, and
+a CPU computes a large input's pixels more slowly than a small one's (on a
+2-core AVX2 EPYC at full width, 0.107 Mpixel/s at 1596 against 0.150 at 572:
+benchmarks/results/blockwise_tiles.md). So where the volume is large enough
+to pay for it, the tile is chosen by timing one pass of each tile that fits
+the memory bound (``fastest_tile``); else as the one that computes the fewest
+input pixels (``choose_tile``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class Block:
 
 def tile_cost(height: int, width: int, tile: int) -> int:
     """Input pixels the tiles of one slice compute."""
-    return math.ceil(height / tile) * math.ceil(width / tile) * (tile + 2 * CONTEXT) ** 2
+    return tiles_per_slice(height, width, tile) * (tile + 2 * CONTEXT) ** 2
 
 
 def tile_bytes(tile: int, base_filters: int) -> int:
@@ -54,12 +58,41 @@ def tile_bytes(tile: int, base_filters: int) -> int:
     return (tile + 2 * CONTEXT) ** 2 * ACTIVATION_BYTES * base_filters
 
 
+def fitting_tiles(base_filters: int, memory_bound: int, sizes: tuple[int, ...] = TILE_OUTPUTS) -> tuple[int, ...]:
+    """The tiles whose forward pass fits ``memory_bound``; 388 if none does."""
+    return tuple(tile for tile in sizes if tile_bytes(tile, base_filters) <= memory_bound) or (OUTPUT_SIZE,)
+
+
 def choose_tile(height: int, width: int, base_filters: int, memory_bound: int,
                 sizes: tuple[int, ...] = TILE_OUTPUTS) -> int:
     """The tile that computes the fewest input pixels for slices of this size, of those whose forward pass
     fits ``memory_bound`` (the smallest on a tie); 388 if none does."""
-    fitting = [tile for tile in sizes if tile_bytes(tile, base_filters) <= memory_bound] or [OUTPUT_SIZE]
-    return min(fitting, key=lambda tile: (tile_cost(height, width, tile), tile))
+    return min(fitting_tiles(base_filters, memory_bound, sizes),
+               key=lambda tile: (tile_cost(height, width, tile), tile))
+
+
+def tiles_per_slice(height: int, width: int, tile: int) -> int:
+    return math.ceil(height / tile) * math.ceil(width / tile)
+
+
+def fastest_tile(height: int, width: int, seconds: dict[int, float]) -> int:
+    """The tile whose passes over one slice take the least time, from the seconds one pass of each took (the
+    smallest on a tie)."""
+    return min(seconds, key=lambda tile: (tiles_per_slice(height, width, tile) * seconds[tile], tile))
+
+
+TIMING_SHARE = 0.05  # timing the tiles may cost at most this share of the volume's work at 388
+
+
+def worth_timing(shape: tuple[int, int, int], tiles: tuple[int, ...], seconds_smallest: float) -> bool:
+    """Whether timing every tile (a warm-up and a timed pass each, estimated from the smallest tile's pass by
+    input pixels) costs at most ``TIMING_SHARE`` of predicting the volume with the smallest tile."""
+    depth, height, width = shape
+    smallest = min(tiles)
+    work = depth * tiles_per_slice(height, width, smallest) * seconds_smallest
+    timing = sum(2 * seconds_smallest * ((tile + 2 * CONTEXT) / (smallest + 2 * CONTEXT)) ** 2
+                 for tile in tiles if tile != smallest)
+    return len(tiles) > 1 and timing <= TIMING_SHARE * work
 
 
 def tiles_per_pass(tile: int, base_filters: int, memory_bound: int, asked: int) -> int:

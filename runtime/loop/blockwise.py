@@ -24,10 +24,25 @@ import numpy as np
 
 from data_loading.memory import available_bytes
 from data_loading.ome_zarr import open_level
-from data_loading.prediction_store import Output, PredictionStore, input_labels, partial_path, register_label
+from data_loading.prediction_store import (
+    Output,
+    PredictionStore,
+    input_labels,
+    partial_path,
+    record_in_progress,
+    register_label,
+)
 from data_loading.volume_reader import VolumeReader
 from runtime.execution.block_engines import LOCAL, BlockEngine
-from runtime.inference.blocks import choose_tile, default_chunk, plan_blocks, tiles_per_pass
+from runtime.inference.blocks import (
+    choose_tile,
+    default_chunk,
+    fastest_tile,
+    fitting_tiles,
+    plan_blocks,
+    tiles_per_pass,
+    worth_timing,
+)
 from runtime.inference.cells import cell_ids_of_slice
 from runtime.inference.networks import TileNetworks
 from runtime.inference.strategies import box_probabilities, class_ids, mask_values
@@ -44,7 +59,7 @@ TILE_MEMORY_CAP = 3 * GIB  # the forward pass of one batch of tiles takes at mos
 class BlockwiseSettings:
     """What shapes the output (recorded with it: a resumed run must match) and how the work is done."""
 
-    tile: int | None = None  # output tile side; None: chosen (blocks.choose_tile)
+    tile: int | None = None  # output tile side; None: the one in progress, else timed or counted (blocks.py)
     chunk: int | None = None  # output chunk side; None: a whole multiple of the tile near 1024
     tta: bool = False
     cell_labels: bool = False
@@ -85,12 +100,41 @@ def model_fingerprint(files: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _tile_and_chunk(volume: VolumeReader, networks: TileNetworks, settings: BlockwiseSettings) -> tuple[int, int]:
+def _tile_and_chunks(volume: VolumeReader, networks: TileNetworks, settings: BlockwiseSettings, masks: Path,
+                     log: Callable[[str], None]) -> tuple[int, tuple[int, int]]:
+    """The tile and output chunks: as asked; else those of the prediction in progress into ``masks`` (a timed
+    choice is not made again: it could differ, and the run could not go on); else chosen for this volume."""
     _, height, width = volume.shape
-    bound = min(TILE_MEMORY_CAP, (available_bytes() or 4 * TILE_MEMORY_CAP) // 4)
-    tile = settings.tile or choose_tile(height, width, networks.base_filters, bound, networks.sizes)
+    kept = None if settings.overwrite else record_in_progress(masks)
+    tile = settings.tile
+    if tile is None and kept and kept.get("tile") in networks.sizes:
+        tile = int(kept["tile"])
+    if tile is None:
+        bound = min(TILE_MEMORY_CAP, (available_bytes() or 4 * TILE_MEMORY_CAP) // 4)
+        fitting = fitting_tiles(networks.base_filters, bound, networks.sizes)
+        tile = _timed_tile(volume.shape, networks, fitting, log) \
+            or choose_tile(height, width, networks.base_filters, bound, networks.sizes)
+    if settings.chunk is None and kept and kept.get("tile") == tile and len(kept.get("chunks") or ()) == 2:
+        return tile, (int(kept["chunks"][0]), int(kept["chunks"][1]))
     chunk = settings.chunk or default_chunk(tile, max(height, width))
-    return tile, chunk
+    return tile, (min(chunk, height), min(chunk, width))
+
+
+def _timed_tile(shape: tuple[int, int, int], networks: TileNetworks, fitting: tuple[int, ...],
+                log: Callable[[str], None]) -> int | None:
+    """The fastest tile for this volume by one timed pass of each, where the volume is large enough to pay
+    for the timing (blocks.worth_timing); None where it is not."""
+    if len(fitting) < 2:
+        return None
+    smallest = min(fitting)
+    seconds = {smallest: networks.pass_seconds(smallest)}
+    if not worth_timing(shape, fitting, seconds[smallest]):
+        return None
+    seconds.update({tile: networks.pass_seconds(tile) for tile in fitting if tile != smallest})
+    best = fastest_tile(shape[1], shape[2], seconds)
+    log(f"tile {best} chosen by timing one pass of each: "
+        + ", ".join(f"{tile}: {seconds[tile]:.2f} s" for tile in sorted(seconds)))
+    return best
 
 
 def _pieces(probabilities: np.ndarray, classes: int, settings: BlockwiseSettings) -> tuple[dict, np.ndarray]:
@@ -131,9 +175,7 @@ def predict_blockwise(volume: VolumeReader, names: list[str], networks: TileNetw
     outputs = outputs_beside(masks, settings, classes)
     chief = share.rank == 0
     if chief:
-        tile, chunk = _tile_and_chunk(volume, networks, settings)
-        _, height, width = volume.shape
-        chunk_shape = (min(chunk, height), min(chunk, width))
+        tile, chunk_shape = _tile_and_chunks(volume, networks, settings, masks, log)
         record = json.loads(json.dumps({
             "model": model_id, "input": {"name": volume.name, "shape": volume.shape}, "chunks": chunk_shape,
             "tile": tile, "classes": classes,
