@@ -137,7 +137,8 @@ def tiles(args: argparse.Namespace) -> None:
                      "output_mpixels_per_s": round(tile * tile / seconds / 1e6, 4),
                      "input_mpixels_per_s": round(side * side / seconds / 1e6, 4)})
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["| tile (output) | input | seconds a pass | output Mpixel/s | input Mpixel/s |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| tile (output) | input | seconds a pass | output Mpixel/s | input Mpixel/s |",
+             "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['tile']} | {r['input']} | {r['seconds']} | {r['output_mpixels_per_s']} | "
               f"{r['input_mpixels_per_s']} |" for r in rows]
     lines.append(f"\none tile a pass, the better of two timed passes (each after a warm-up), width "
@@ -279,7 +280,9 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--split_seed", type=int, default=123)
     args = parser.parse_args()
-    {"agreement": agreement, "shifts": shifts, "tiles": tiles, "scores": scores, "throughput": throughput, "dask": dask, "rss": rss}[args.what](args)
+    commands = {"agreement": agreement, "shifts": shifts, "tiles": tiles, "scores": scores, "throughput": throughput,
+                "dask": dask, "rss": rss}
+    commands[args.what](args)
 
 
 if __name__ == "__main__":
