@@ -25,12 +25,15 @@ class SliceScores:
         self._challenge: list[tuple[float, float, float] | None] = []
         self._sweeps: list[np.ndarray | None] = []
         self._classes = ClassOverlap(num_classes)
+        self.predicted_pixels = np.zeros(num_classes)  # per class: a model stuck on one class shows here
 
     def add(self, truth: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray) -> None:
         """One slice: its class ids, the predicted ids and the class probabilities they were decided from."""
         self._challenge.append(slice_challenge(truth, predicted))
         self._sweeps.append(slice_sweep(truth, cell_probability(probabilities), self.thresholds))
         self._classes.add(truth, predicted)
+        self.predicted_pixels += np.bincount(predicted.ravel(), minlength=len(self.predicted_pixels))[
+            :len(self.predicted_pixels)]
 
     def scores(self) -> dict[str, float]:
         return {**mean_challenge(self._challenge), **best_over_thresholds(self._sweeps, self.thresholds),

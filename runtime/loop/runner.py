@@ -33,6 +33,7 @@ from runtime.inference.scores import SliceScores
 from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, load_best_threshold, save_best_threshold
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
 from runtime.loop import checkpoints, model_card, portable, warm_start
+from runtime.loop.collapse import CollapseWatch, majority_share, one_class_warning
 from runtime.loop.blockwise import BlockwiseSettings, Share, model_fingerprint, predict_blockwise
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.masks import blocks_to_tiff, write_masks
@@ -71,6 +72,7 @@ class Runner:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                               rng=rng_state_variables(self.model))
         self.weights_ready = False  # True once trained or restored in this process
+        self._one_class: str | None = None  # the last evaluation's masks were one class (runtime/loop/collapse.py)
         jit = True if ctx.config.model.xla else None  # None leaves TensorFlow's own auto-clustering setting alone
         self._train_step = ctx.workers.compile_step(self._train_step_fn, jit_compile=jit)
         # --freeze_encoder: a second step whose gradient stops above the encoder, whose weights it never updates.
@@ -82,15 +84,16 @@ class Runner:
 
     # Compiled steps -------------------------------------------------------
 
-    def _train_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _train_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return self._update(images, labels, self.model.trainable_variables)
 
-    def _decoder_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _decoder_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         frozen = {id(variable) for variable in warm_start.encoder_variables(self.model)}
         return self._update(images, labels, [v for v in self.model.trainable_variables if id(v) not in frozen])
 
-    def _update(self, images: tf.Tensor, labels: tf.Tensor, variables: list) -> tuple[tf.Tensor, tf.Tensor]:
-        """One optimizer step on ``variables``; the loss (weight decay included) is that of the whole model."""
+    def _update(self, images: tf.Tensor, labels: tf.Tensor, variables: list) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One optimizer step on ``variables``; the loss (weight decay included) is that of the whole model.
+        Also the batch's majority share, which says a run stuck at a constant prediction (collapse.py)."""
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             ce, dice = partial_losses(logits, labels)
@@ -100,7 +103,7 @@ class Runner:
         tape = self.ctx.workers.wrap_tape(tape)
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return ce, dice
+        return ce, dice, majority_share(logits)
 
     def _eval_step_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The recipe's losses; with --ensemble and --tta, those of the mean over the members and the views,
@@ -244,6 +247,8 @@ class Runner:
                   else min(training.warmup_steps, max(steps - start - 2, 0)))
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
+        # A fresh run from random weights: is its loss leaving the start (runtime/loop/collapse.py)?
+        watch = CollapseWatch(logging and start == 0 and ctx.init_source is None)
         streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
         with workers.phase("training"), self._progress_bar(steps, start) as bar, \
                 contextlib.ExitStack() as after_first_step:
@@ -252,7 +257,7 @@ class Runner:
                 run_step = self._decoder_step if self._encoder_frozen(step) else self._train_step
                 with read_errors_in_one_line():
                     batches = [next(stream) for stream in streams]
-                ce, dice = run_step(batches)
+                ce, dice, share = run_step(batches)
                 ce, dice = float(ce), float(dice)  # reading the losses waits for the step: honest timing
                 if not (math.isfinite(ce) and math.isfinite(dice)):
                     raise TrainingDiverged(step + 1, ce, dice, None if ctx.config.is_training_benchmark
@@ -270,6 +275,8 @@ class Runner:
                 self.step.assign(done)
                 if bar is not None:
                     bar.update(done, ce + dice)
+                if (stuck := watch.add(ce + dice, float(share))) is not None:
+                    ctx.logger.log("WARNING", {"message": stuck})
                 if logging and (done - start == 1 or done % training.log_every == 0 or done == steps):
                     self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
                     window_ce, window_dice, window_start = [], [], time.perf_counter()
@@ -340,7 +347,10 @@ class Runner:
                 "loss": ce_loss + dice_loss, "accuracy": 1.0 - dice_loss}
         if logs_here(ctx.config.outputs, ctx.workers):
             data.update(self._challenge_scores(step))
-            ctx.logger.log((), {**data, "global_step": step})
+            one_class = self._one_class
+            ctx.logger.log((), {**data, "global_step": step, **({"warning": one_class} if one_class else {})})
+            if one_class:
+                ctx.logger.log("WARNING", {"message": one_class})
             if "eval_v_rand_thinned_threshold" in data and ctx.workers.is_chief:
                 try:
                     save_best_threshold(ctx.config.outputs.model_dir, step, data)
@@ -354,6 +364,7 @@ class Runner:
     def _challenge_scores(self, step: int) -> dict[str, float]:
         """V_Rand, V_Info (of the mask, and the organisers' after thinning), mask and class Dice, at full size,
         scored slice by slice as the slices are read and predicted (runtime/inference/scores.py)."""
+        self._one_class = None
         validation = getattr(self.ctx.dataset, "validation_slices", None)
         if validation is None:  # synthetic data has no cell regions to score
             return {}
@@ -378,6 +389,7 @@ class Runner:
             images_, predicted_, truths = (list(column) for column in zip(*pictured, strict=True))
             write_overlays(worker_log_dir(self.ctx.config.outputs, self.ctx.workers) / "overlays", names, images_,
                            predicted_, truths, evaluation.overlays, evaluation.num_classes)
+        self._one_class = one_class_warning(scores.predicted_pixels)
         return scores.scores()
 
     def predict(self) -> list[Path]:
