@@ -247,7 +247,7 @@ class Runner:
                   else min(training.warmup_steps, max(steps - start - 2, 0)))
         timer = StepTimer(warmup)
         window_ce, window_dice, window_start = [], [], time.perf_counter()
-        # A fresh run from random weights: is its loss leaving the start (runtime/loop/collapse.py)?
+        # A fresh run from random weights: does it end as a constant predictor (runtime/loop/collapse.py)?
         watch = CollapseWatch(logging and start == 0 and ctx.init_source is None)
         streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
         with workers.phase("training"), self._progress_bar(steps, start) as bar, \
@@ -275,8 +275,7 @@ class Runner:
                 self.step.assign(done)
                 if bar is not None:
                     bar.update(done, ce + dice)
-                if (stuck := watch.add(ce + dice, float(share))) is not None:
-                    ctx.logger.log("WARNING", {"message": stuck})
+                watch.add(ce + dice, float(share))
                 if logging and (done - start == 1 or done % training.log_every == 0 or done == steps):
                     self._log_window(done, steps, window_ce, window_dice, time.perf_counter() - window_start)
                     window_ce, window_dice, window_start = [], [], time.perf_counter()
@@ -291,6 +290,8 @@ class Runner:
             if logs_here(outputs, workers):
                 ctx.logger.log((), {**performance_stats(timer.durations, training.batch_size * workers.replicas,
                                                         "train"), "time_to_first_step_s": first_step_at})
+            if (constant := watch.verdict(steps)) is not None:
+                ctx.logger.log("WARNING", {"message": constant})
             final = self._save(manager)
         if STOP.requested:  # came after the last vote, while saving: the training is complete, stop here
             raise TrainingInterrupted(STOP.signum, steps, f"wrote checkpoint {final}" if final
