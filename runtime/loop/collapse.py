@@ -2,7 +2,7 @@
 
 A UNet can get stuck predicting one class everywhere (docs/experiments.md,
 "Collapsed runs"). Such a run ends with status 0, and its evaluation Dice
-looks like a model's (0.64 on ISBI, where the cells cover most pixels), so a
+looks like a model's (0.644 in a collapsed run on ISBI), so a
 user can take a constant predictor for a model. Both checks here are cheap
 and said once, as a WARNING line of the log.
 
