@@ -203,7 +203,7 @@ class RunConfig:
             distribution=DistributionConfig(distribution=f["distribution"], cluster_timeout=f["cluster_timeout"],
                                             no_hpu=f["no_hpu"]),
             outputs=OutputConfig(
-                model_dir=model_dir, log_dir=Path(f["log_dir"]),
+                model_dir=model_dir, log_dir=Path(f["log_dir"]) if f["log_dir"] else model_dir,
                 export_dir=Path(f["export_dir"]) if f["export_dir"] else model_dir / "export",
                 log_all_workers=f["log_all_workers"], tensorboard_logging=f["tensorboard_logging"],
                 dump_config=f["dump_config"], zoo_name=f["zoo_name"], zoo_author=_paths(f["zoo_author"])),

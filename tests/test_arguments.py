@@ -10,7 +10,7 @@ from tests.conftest import ROOT, run_cli, run_main
 # The recipe README's defaults; dtype is the one deliberate change (its bf16 is auto's choice where bf16 is native).
 README_DEFAULTS = {
     "exec_mode": "train_and_evaluate", "model_dir": "/tmp/unet2d", "data_dir": None,
-    "log_dir": "/tmp/unet2d", "batch_size": 8, "dtype": "auto", "fold": None, "max_steps": 6400,
+    "log_dir": None, "batch_size": 8, "dtype": "auto", "fold": None, "max_steps": 6400,
     "log_every": 100, "evaluate_every": 0, "warmup_steps": 200, "weight_decay": 0.0005,
     "learning_rate": 0.0001, "seed": 123, "dump_config": None, "augment": True, "benchmark": False,
     "xla": False, "resume_training": False, "no_hpu": False, "synth_data": False,
@@ -25,6 +25,19 @@ def test_defaults_are_the_readmes():
         if name != "synth_data":
             assert args[name] == value, name
     assert args["bf16_config_path"].endswith("bf16_config/unet.json")
+
+
+def test_each_run_logs_into_its_own_model_dir_unless_told_otherwise():
+    from pathlib import Path
+
+    from common.config import RunConfig
+
+    def log_dir(*argv: str) -> Path:
+        return RunConfig.from_flags(vars(parse_args(["--synth_data", *argv]))).outputs.log_dir
+
+    assert log_dir() == Path("/tmp/unet2d")  # the recipe's default for both
+    assert log_dir("--model_dir", "/a") == Path("/a") and log_dir("--model_dir", "/b") == Path("/b")
+    assert log_dir("--model_dir", "/a", "--log_dir", "/logs") == Path("/logs")
 
 
 @pytest.mark.parametrize("argv, name, value", [

@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize: the recipe's (each slice resized to 388x388 and zero-padded to 572x572); tile: random "
              "388x388 crops at full resolution with 92 pixels of mirrored context, evaluated on full-resolution "
              "tiles, so a model trains and predicts at one scale")
-    add("--log_dir", default="/tmp/unet2d", help="output folder for log.json and TensorBoard events")
+    add("--log_dir", default=None,
+        help="output folder for log.json, TensorBoard events and evaluation pictures [default: --model_dir, so "
+             "that each run's logs stay with its model (the recipe's /tmp/unet2d when neither is given)]")
     add("-b", "--batch_size", type=int, default=8, help="images per step on each worker")
     add("-d", "--dtype", choices=DTYPES, default="auto",
         help="precision: bf16 = bfloat16 compute with float32 weights (TF_BF16_CONVERSION on Gaudi, "
