@@ -176,9 +176,13 @@ def load_training_state(state: PortableState, model: keras.Model, optimizer: ker
     carried over, in words (empty when everything was)."""
     owners = _check_layers(state, model)
     trainable = model.trainable_variables
+    shapes = [tuple(v.shape) for v in trainable]
     moments_fit = (len(state.momentums) == len(state.velocities) == len(trainable)
-                   and all(tuple(m.shape) == tuple(v.shape) for m, v in zip(state.momentums, trainable, strict=True)))
-    _assign_layers(owners, state.layers)
+                   and all(m is not None and tuple(m.shape) == shape
+                           for m, shape in zip(state.momentums, shapes, strict=True))
+                   and all(v is not None and tuple(v.shape) == shape
+                           for v, shape in zip(state.velocities, shapes, strict=True)))
+    _assign_layers(owners, state.layers)  # every shape above is checked before the first assignment
     missing = []
     if moments_fit:
         for variable, momentum, velocity in zip(trainable, state.momentums, state.velocities, strict=True):
