@@ -95,6 +95,25 @@ def test_full_disk_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_folder_is_replaced_whole_or_not_at_all_and_the_users_files_stay(tmp_path):
+    from common.files import replaced_folder
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "weights").write_text("old")
+    (folder / "window").write_text("old")
+    (folder / "mine.txt").write_text("the user's")
+    with pytest.raises(OSError), replaced_folder(folder, frozenset({"weights", "window"})) as staging:
+        (staging / "weights").write_text("new")
+        raise OSError(errno.ENOSPC, "No space left on device")  # before the new window is written
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {"weights": "old", "window": "old",
+                                                                   "mine.txt": "the user's"}
+    with replaced_folder(folder, frozenset({"weights", "window"})) as staging:
+        (staging / "weights").write_text("new")  # a model without a window: the old one goes
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {"weights": "new", "mine.txt": "the user's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging, nothing set aside
+
+
 def test_model_dir_of_home_clears_only_its_checkpoint_folder(tmp_path, monkeypatch):
     """--model_dir $HOME: the old checkpoints inside go, the user's own files stay."""
     from tests.conftest import run_main

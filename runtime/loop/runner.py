@@ -18,23 +18,24 @@ import tensorflow as tf
 from common.compat import keras, optimizer_variables, rng_state_variables
 from common.config import RunConfig
 from common.errors import TrainingDiverged, TrainingInterrupted, UserInputError, write_failure
+from common.files import replaced_folder
 from common.geometry import OUTPUT_SIZE
 from common.quiet_start import quiet_unless_asked
 from data_loading.data_loader import Dataset, SyntheticDataset, read_errors_in_one_line
 from data_loading.image_stack import PredictionInput
-from data_loading.intensity import load_window
+from data_loading.intensity import INTENSITY_FILE, load_window
 from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
 from runtime.inference.cells import each_ids_and_cells
-from runtime.inference.export import class_probabilities, export_model
+from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, class_probabilities, export_model
 from runtime.inference.networks import runner_networks
 from runtime.inference.scores import SliceScores
 from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, load_best_threshold, save_best_threshold
 from runtime.inference.zoo import ZOO_PACKAGE, write_package
 from runtime.loop import checkpoints, model_card, portable, warm_start
-from runtime.loop.collapse import CollapseWatch, majority_share, one_class_warning
 from runtime.loop.blockwise import BlockwiseSettings, Share, model_fingerprint, predict_blockwise
+from runtime.loop.collapse import CollapseWatch, majority_share, one_class_warning
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.masks import blocks_to_tiff, write_masks
 from runtime.loop.optimizer import FusedAdam
@@ -44,6 +45,9 @@ from runtime.reporting.dllog import Logger
 from runtime.reporting.overlays import cover_picture, write_overlays
 from runtime.reporting.progress import ProgressBar
 from runtime.reporting.tensorboard import TensorBoardWriters
+
+# What an export writes into its folder; anything else there is the user's and is kept.
+EXPORT_ENTRIES = frozenset({KERAS_FILE, SAVED_MODEL_DIR, INTENSITY_FILE, ZOO_PACKAGE, f"{ZOO_PACKAGE}.zip"})
 
 
 @dataclass
@@ -497,15 +501,16 @@ class Runner:
         sample, sample_source = model_card.sample_slice(config.data, window)
         info = replace(model_card.package_info(config.model, config.data.input_mode, config.outputs,
                                                self.ctx.workers.engine, sample_source), window=window)
-        try:
-            with self.ctx.workers.phase("exporting"), quiet_unless_asked():
-                keras_file, saved_model = export_model(self.model, folder, window)
+        try:  # the whole export folder is replaced in one step: never new weights beside an old window
+            with self.ctx.workers.phase("exporting"), quiet_unless_asked(), \
+                    replaced_folder(folder, EXPORT_ENTRIES) as staging:
+                written = [*export_model(self.model, staging, window)]
                 started = time.perf_counter()
-                package, archive = write_package(
-                    self.model, folder / ZOO_PACKAGE, info, sample,
-                    lambda image, ids: cover_picture(image, ids, config.model.num_classes))
+                written += write_package(self.model, staging / ZOO_PACKAGE, info, sample,
+                                         lambda image, ids: cover_picture(image, ids, config.model.num_classes))
         except (OSError, tf.errors.OpError) as error:
             raise write_failure("the export", folder, error) from None
+        keras_file, saved_model, package, archive = (folder / path.name for path in written)
         self.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model),
                                        "zoo_package": str(package), "zoo_zip": str(archive),
                                        "zoo_seconds": round(time.perf_counter() - started, 1)})
