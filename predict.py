@@ -46,8 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                       "(file.h5:/volumes/raw); 8- or 16-bit or float grey values")
     parser.add_argument("-o", "--output", default=None,
                         help="masks file (default: <input name>-masks.tif beside the input)")
-    parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default="resize",
-                        help="resize: the recipe's 388x388 resize; tile: the overlap-tile strategy at full resolution")
+    parser.add_argument("--strategy", choices=PREDICT_STRATEGIES, default=None,
+                        help="resize: the recipe's 388x388 resize; tile: the overlap-tile strategy at full "
+                             "resolution [default: the --input_mode the model was trained in, as its zoo package "
+                             "says; resize where nothing says]")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the probabilities of the 8 flips and rotations "
                              "of each slice (8 times the passes)")
@@ -114,10 +116,12 @@ def run(argv: list[str] | None = None) -> Path:
 
         tf.config.list_physical_devices("GPU")  # the device search (cuInit's error line without a GPU) too
 
+    models = [Path(model) for model in args.model]
+    if args.strategy is None:
+        args.strategy = strategy_of(models)
     source = args.input
     reader = open_volume(source, "INPUT")
     check_memory(reader, args)
-    models = [Path(model) for model in args.model]
     (slices,), notes = map_volumes([reader], ensemble_window(models, reader.dtype))
     for note in notes:
         print(f"predict.py: {note}", file=sys.stderr, flush=True)
@@ -143,6 +147,19 @@ def run(argv: list[str] | None = None) -> Path:
     count, height, width = slices.shape
     print(f"predict.py: wrote {count} masks of {height}x{width} to {output}")
     return output
+
+
+def strategy_of(models: list[Path]) -> str:
+    """The strategy of the input mode the models were trained in (a model trained on full-resolution tiles
+    segments best by tiles), said on one line; resize where they differ or nothing says."""
+    from runtime.inference.export import trained_input_mode
+
+    modes = {trained_input_mode(model) for model in models}
+    strategy = modes.pop() if len(modes) == 1 and None not in modes else None
+    if strategy is not None:
+        print(f"predict.py: --strategy {strategy}, as the model was trained (--input_mode {strategy})",
+              file=sys.stderr, flush=True)
+    return strategy or "resize"
 
 
 def run_blockwise(args: argparse.Namespace, slices, models: list[Path], output: Path) -> Path:

@@ -39,6 +39,7 @@ from runtime.inference.strategies import ProbabilityFn
 KERAS_FILE = "unet2d.keras"
 SAVED_MODEL_DIR = "saved_model"
 ZOO_DESCRIPTION = "bioimageio.yaml"  # a zoo package folder (runtime/inference/zoo.py) holds it
+ZOO_PACKAGE = "bioimageio"  # the package folder in an export folder; the zip beside it takes its name
 TILE_SPEC = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 1], tf.float32, name="inputs")
 SLICES_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="slices")
 
@@ -113,6 +114,33 @@ def export_model(model: keras.Model, folder: Path, window: IntensityWindow | Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder / KERAS_FILE, folder / SAVED_MODEL_DIR
+
+
+def trained_input_mode(path: Path) -> str | None:
+    """The ``--input_mode`` a model was trained in (resize or tile), as its zoo package's description records
+    it: the package itself (folder or zip), or the one beside an export's .keras file or SavedModel; None where
+    nothing says."""
+    import yaml
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "saved_model.pb").is_file() and not (folder / ZOO_DESCRIPTION).is_file():
+        folder = folder.parent
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                text = archive.read(ZOO_DESCRIPTION).decode("utf-8")
+        else:
+            described = next((candidate for candidate in (folder / ZOO_DESCRIPTION,
+                                                          folder / ZOO_PACKAGE / ZOO_DESCRIPTION)
+                              if candidate.is_file()), None)
+            if described is None:
+                return None
+            text = described.read_text(encoding="utf-8")
+        mode = yaml.safe_load(text)["config"]["unet2d"]["input_mode"]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile, yaml.YAMLError):
+        return None
+    return mode if mode in ("resize", "tile") else None
 
 
 def model_window(path: Path) -> IntensityWindow | None:

@@ -50,11 +50,11 @@ from data_loading.intensity import INTENSITY_FILE, IntensityWindow, save_window
 from runtime.inference import onnx_models
 from runtime.inference.export import TILE_SPEC, class_probabilities
 from runtime.inference.export import ZOO_DESCRIPTION as DESCRIPTION_FILE
+from runtime.inference.export import ZOO_PACKAGE
 from runtime.inference.strategies import class_ids
 from runtime.inference.whole_slice import slice_probabilities
 
 FORMAT_VERSION = "0.5.4"  # the newest model format that bioimageio.core 0.11's spec 0.5.12 and older readers share
-ZOO_PACKAGE = "bioimageio"  # the package folder in an export folder; the zip beside it takes its name
 SAVED_MODEL_ZIP = "saved_model.zip"
 ONNX_FILE = "weights.onnx"
 LICENSE_ID = "Apache-2.0"  # the licence of the Habana and NVIDIA UNet2D recipes this project reproduces
