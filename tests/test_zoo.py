@@ -80,7 +80,8 @@ def write(model, folder: Path, strategy: str, sample: np.ndarray, **info) -> tup
 def packages(models, slice_, tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     return {"resize": write(models[2], root / "resize" / "bioimageio", "resize", slice_[:300, :260],
-                            authors=("Ada Lovelace",), scores={"eval_dice_score": 0.9, "eval_v_rand_thinned": 0.8}),
+                            authors=("Ada Lovelace",), scores={"eval_dice_score": 0.9, "eval_v_rand_thinned": 0.8},
+                            dataset="isbi2012"),
             "tile": write(models[3], root / "tile" / "bioimageio", "tile", slice_[:200, :420])}
 
 
@@ -101,7 +102,11 @@ def test_the_package_holds_what_the_zoo_reads(packages):
     assert description["authors"] == [{"name": "Ada Lovelace"}]
     assert description["config"]["unet2d"]["training_precision"] == "bf16"
     assert description["config"]["unet2d"]["weights_precision"] == "float32"
-    assert len(description["cite"]) >= 3 and description["license"] == zoo.LICENSE_ID
+    assert len(description["cite"]) == 4 and description["license"] == zoo.LICENSE_ID
+    assert "isbi2012" in description["tags"] and "electron microscopy" in description["description"]
+    other = yaml.safe_load((packages["tile"][0] / "bioimageio.yaml").read_text())  # trained on what, unknown
+    assert len(other["cite"]) == 2 and not {"isbi2012", "neurons"} & set(other["tags"])
+    assert "ISBI" not in (packages["tile"][0] / "README.md").read_text().split("## Licence")[1]
     readme = (folder / "README.md").read_text()
     assert "## Validation" in readme and "0.9000" in readme and "resize" in readme
     test_input, test_output = np.load(folder / "test_input.npy"), np.load(folder / "test_output.npy")

@@ -50,7 +50,6 @@ from data_loading.intensity import INTENSITY_FILE, IntensityWindow, save_window
 from runtime.inference import onnx_models
 from runtime.inference.export import TILE_SPEC, class_probabilities
 from runtime.inference.export import ZOO_DESCRIPTION as DESCRIPTION_FILE
-from runtime.inference.export import ZOO_PACKAGE
 from runtime.inference.strategies import class_ids
 from runtime.inference.whole_slice import slice_probabilities
 
@@ -61,19 +60,31 @@ LICENSE_ID = "Apache-2.0"  # the licence of the Habana and NVIDIA UNet2D recipes
 GAIN, OFFSET = 1.0 / 127.5, -1.0  # preprocessing.scale_intensity as the zoo's scale_linear
 TOLERANCE = {"relative": 1e-3, "absolute": 1e-3}  # the zoo's default ReproducibilityTolerance
 PLACEHOLDER_AUTHOR = "unknown (fill in with --zoo_author)"
-CITATIONS = (
-    {"text": "Ronneberger, Fischer and Brox (2015). U-Net: Convolutional Networks for Biomedical Image "
-             "Segmentation. MICCAI.", "doi": "10.1007/978-3-319-24574-4_28"},
+UNET_CITATION = {"text": "Ronneberger, Fischer and Brox (2015). U-Net: Convolutional Networks for Biomedical Image "
+                         "Segmentation. MICCAI.", "doi": "10.1007/978-3-319-24574-4_28"}
+ISBI_CITATIONS = (
     {"text": "Cardona et al. (2010). An integrated micro- and macroarchitectural analysis of the Drosophila brain "
              "by computer-assisted serial section electron microscopy. PLoS Biology 8(10): e1000502 (the ISBI 2012 "
              "data).", "doi": "10.1371/journal.pbio.1000502"},
     {"text": "Arganda-Carreras et al. (2015). Crowdsourcing the creation of image segmentation algorithms for "
              "connectomics. Frontiers in Neuroanatomy (the ISBI 2012 challenge and its scores).",
      "doi": "10.3389/fnana.2015.00142"},
-    {"text": "UNet2D medical image segmentation for TensorFlow 2 (this project): the Habana Gaudi UNet2D recipe, "
-             "after NVIDIA's UNet_Medical, made current.",
-     "url": "https://github.com/HabanaAI/Model-References/tree/master/TensorFlow/computer_vision/Unet2D"},
 )
+PROJECT_CITATION = {
+    "text": "UNet2D medical image segmentation for TensorFlow 2 (this project): the Habana Gaudi UNet2D recipe, "
+            "after NVIDIA's UNet_Medical, made current.",
+    "url": "https://github.com/HabanaAI/Model-References/tree/master/TensorFlow/computer_vision/Unet2D"}
+BASE_TAGS = ("unet", "2d", "semantic-segmentation", "tensorflow", "onnx")
+ISBI_TAGS = ("electron-microscopy", "membranes", "neurons", "isbi2012")  # only for a model trained on ISBI 2012
+
+
+def citations(dataset: str) -> list[dict[str, str]]:
+    """The U-Net paper and this project; the ISBI 2012 data and challenge only for a model trained on them."""
+    return [UNET_CITATION, *(ISBI_CITATIONS if dataset == "isbi2012" else ()), PROJECT_CITATION]
+
+
+def tags(dataset: str) -> list[str]:
+    return [*BASE_TAGS[:3], *(ISBI_TAGS if dataset == "isbi2012" else ()), *BASE_TAGS[3:]]
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class PackageInfo:
     data: str = ""  # what it was trained on, in words
     sample_source: str = ""  # where the test slice comes from
     window: IntensityWindow | None = None  # the grey-value window of a model trained on non-8-bit images
+    dataset: str = ""  # isbi2012, layout, own, random or "" (runtime/loop/model_card.dataset_of): tags, citations
 
 
 def preprocessing(window: IntensityWindow | None) -> list[dict[str, Any]]:
@@ -168,14 +180,14 @@ def _describe(info: PackageInfo, tensorflow_version: str, input_type: str) -> di
         "format_version": FORMAT_VERSION,
         "type": "model",
         "name": info.name,
-        "description": (f"UNet (Ronneberger et al. 2015) for {info.num_classes}-class segmentation of electron "
-                        f"microscopy slices ({', '.join(classes)}), width {info.base_filters}, trained with "
+        "description": (f"UNet (Ronneberger et al. 2015) for {info.num_classes}-class segmentation of "
+                        f"{'electron microscopy slices' if info.dataset == 'isbi2012' else 'grey-value slices'} "
+                        f"({', '.join(classes)}), width {info.base_filters}, trained with "
                         f"--input_mode {info.strategy} in {info.training_precision}, exported in float32."),
         "authors": authors,
-        "cite": list(CITATIONS),
+        "cite": citations(info.dataset),
         "license": LICENSE_ID,
-        "tags": ["unet", "2d", "semantic-segmentation", "electron-microscopy", "membranes", "neurons", "isbi2012",
-                 "tensorflow", "onnx"],
+        "tags": tags(info.dataset),
         "documentation": "README.md",
         "covers": ["cover.png"],
         "attachments": [{"source": onnx_models.NETWORK_FILE}, {"source": "LICENSE"}]
@@ -287,7 +299,8 @@ def _documentation(info: PackageInfo, agreement: Mapping[str, float]) -> str:
         f"- This project: `python predict.py <this folder> stack.tif --strategy {info.strategy}` (ONNX Runtime).",
         "",
         "## Licence and citation",
-        f"{LICENSE_ID}. Cite the U-Net paper and the ISBI 2012 data (see `cite` in {DESCRIPTION_FILE}).",
+        f"{LICENSE_ID}. Cite the U-Net paper"
+        + (" and the ISBI 2012 data" if info.dataset == "isbi2012" else "") + f" (see `cite` in {DESCRIPTION_FILE}).",
         "",
     ])
 

@@ -17,6 +17,7 @@ import numpy as np
 from common.config import DataConfig, ModelConfig, OutputConfig
 from data_loading.data_loader import TRAIN_IMAGES, fold_indices
 from data_loading.intensity import IntensityWindow, fit_window, is_eight_bit, to_eight_bit
+from data_loading.isbi import verification_problem
 from data_loading.readers import open_volume, split_hdf5
 from data_loading.synthetic_em import generate_volume
 from data_loading.volumes import expand
@@ -33,17 +34,37 @@ def _training_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return trained[-1] if trained else []
 
 
-def _data_words(flags: dict[str, Any]) -> str:
+def dataset_of(flags: dict[str, Any]) -> str:
+    """What the training run learned from: ``isbi2012`` (the challenge's files, checked by their pixel hash),
+    ``layout`` (other stacks in the ISBI layout, such as the synthetic demo), ``own`` (--train_images),
+    ``random`` (--synth_data) or ``""`` (not recorded)."""
     if not flags:
         return ""
     if flags.get("synth_data"):
-        return "Random tensors (`--synth_data`): this model has not seen real data."
+        return "random"
     if flags.get("train_images"):
+        return "own"
+    if not flags.get("data_dir"):
+        return ""
+    return "isbi2012" if verification_problem(Path(flags["data_dir"]) / TRAIN_IMAGES, TRAIN_IMAGES) is None \
+        else "layout"
+
+
+def _data_words(flags: dict[str, Any], dataset: str) -> str:
+    if not dataset:
+        return ""
+    if dataset == "random":
+        return "Random tensors (`--synth_data`): this model has not seen real data."
+    if dataset == "own":
         return (f"Your own stacks: images {', '.join(flags['train_images'])}, labels "
                 f"{', '.join(flags.get('train_labels') or [])}; validation "
                 + (f"{', '.join(flags['val_images'])}." if flags.get("val_images")
                    else f"slices of cross-validation fold {flags.get('fold')}."))
     fold = flags.get("fold")
+    if dataset == "layout":
+        split = "all slices" if fold is None else f"cross-validation fold {fold}"
+        return (f"The stacks in {flags.get('data_dir')} (the ISBI 2012 layout, but not its files: their pixels "
+                f"differ, as the synthetic demo data's do): {split}.")
     split = "all 30 slices" if fold is None else f"cross-validation fold {fold} (24 slices train, 6 validate)"
     return ("The ISBI 2012 EM segmentation challenge's training volume (Drosophila ventral nerve cord, serial-section "
             f"TEM, 30 slices of 512x512 at 4x4x50 nm, membranes labelled by experts): {split}. "
@@ -59,6 +80,7 @@ def package_info(model: ModelConfig, input_mode: str, outputs: OutputConfig, eng
     training = _training_run(records)
     flags = merged_data(training, "PARAMETER")
     precision = str(merged_data(training, "SETUP").get("precision", "not recorded")).split(" ")[0]
+    dataset = dataset_of(flags)
     default_name = (f"UNet2D EM segmentation ({model.num_classes} classes - width {model.base_filters} - "
                     f"{input_mode})")
     return PackageInfo(
@@ -67,8 +89,8 @@ def package_info(model: ModelConfig, input_mode: str, outputs: OutputConfig, eng
         engine=ENGINE_WORDS.get(str(flags.get("distribution")), str(flags.get("distribution") or engine)),
         authors=outputs.zoo_author,
         flags={key: value for key, value in flags.items() if key not in ("zoo_author", "zoo_name")},
-        scores=final_eval(records) or {}, data=_data_words(flags) or f"Not recorded in {log}.",
-        sample_source=sample_source)
+        scores=final_eval(records) or {}, data=_data_words(flags, dataset) or f"Not recorded in {log}.",
+        sample_source=sample_source, dataset=dataset)
 
 
 def _centre(image: np.ndarray) -> np.ndarray:
