@@ -35,8 +35,7 @@ from benchmarks.ablation import invocation
 from benchmarks.input_modes import machine_name, tensorflow_version
 from common.compat import keras
 from runtime.inference import strategies
-from runtime.inference.export import KERAS_FILE, class_probabilities, load_probability_fn
-from runtime.inference.zoo import ZOO_PACKAGE
+from runtime.inference.export import KERAS_FILE, ZOO_PACKAGE, class_probabilities, load_probability_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 

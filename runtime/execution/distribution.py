@@ -126,11 +126,9 @@ class HorovodWorkers(Workers):
         self.size = self._hvd.size()
         self.local_rank = self._hvd.local_rank()
         self.local_size = self._hvd.local_size()
-        # For the test suite only: ranks keep their own gradients, to show that all-reduce matters.
-        self._allreduce = os.environ.get("UNET2D_TEST_SKIP_ALLREDUCE") != "1"
 
     def wrap_tape(self, tape: tf.GradientTape) -> Any:
-        return self._hvd.DistributedGradientTape(tape) if self._allreduce else tape
+        return self._hvd.DistributedGradientTape(tape)
 
     def broadcast(self, variables: Sequence[tf.Variable]) -> None:
         self._hvd.broadcast_variables(list(variables), root_rank=0)

@@ -28,11 +28,11 @@ from runtime.execution.distribution import Workers
 from runtime.execution.signals import STOP
 from runtime.inference import strategies
 from runtime.inference.cells import each_ids_and_cells
-from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, class_probabilities, export_model
+from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, ZOO_PACKAGE, class_probabilities, export_model
 from runtime.inference.networks import runner_networks
 from runtime.inference.scores import SliceScores
 from runtime.inference.thinned import FINER_THRESHOLDS, THRESHOLDS, load_best_threshold, save_best_threshold
-from runtime.inference.zoo import ZOO_PACKAGE, write_package
+from runtime.inference.zoo import write_package
 from runtime.loop import checkpoints, model_card, portable, warm_start
 from runtime.loop.blockwise import BlockwiseSettings, Share, model_fingerprint, predict_blockwise
 from runtime.loop.collapse import CollapseWatch, majority_share, one_class_warning

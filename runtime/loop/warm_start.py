@@ -27,8 +27,8 @@ import tensorflow as tf
 from common.compat import keras, stack_name
 from common.errors import UserInputError
 from model.unet import build_unet
-from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, ZOO_DESCRIPTION
-from runtime.inference.zoo import SAVED_MODEL_ZIP, ZOO_PACKAGE
+from runtime.inference.export import KERAS_FILE, SAVED_MODEL_DIR, ZOO_DESCRIPTION, ZOO_PACKAGE
+from runtime.inference.zoo import SAVED_MODEL_ZIP
 from runtime.loop import checkpoints, portable
 
 FLAG = "--init_from"
