@@ -4,6 +4,9 @@
  exit  exception            meaning
 =====  ===================  =====================================================
    2   UserInputError       the user gave us something we cannot use
+   2   OSError of a write   no space, no quota, no permission, a read-only file
+                            system, an I/O error: the file and the errno's words
+   2   MemoryError          not enough memory, with what to try
    3   TrainingDiverged     the loss stopped being a number
    4   WorkerLost           another worker of a multi-worker job died, or never came
  128+N Interrupted,         signal N (SIGINT 130, SIGTERM 143) stopped the run,
@@ -18,6 +21,7 @@ tool). Every other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -79,17 +83,43 @@ class DiskFull(UserInputError):
     """A write found no space left: one line naming the folder, status 2; what was whole before is kept."""
 
 
+# The errnos of a write that the user can act on, in words; TensorFlow's errors carry only the C library's text.
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+_C_LIBRARY_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                    "Permission denied": errno.EACCES, "Operation not permitted": errno.EPERM,
+                    "Read-only file system": errno.EROFS, "Input/output error": errno.EIO}
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")  # TensorFlow's graph noise before its message
+
+
+def write_errno(error: BaseException) -> int | None:
+    """The errno of a failed write, from an OSError or from a TensorFlow error's text; None if neither says."""
+    number = getattr(error, "errno", None)
+    if number in WRITE_ERRNOS:
+        return number
+    return next((found for words, found in _C_LIBRARY_WORDS.items() if words in str(error)), None)
+
+
 def out_of_space(error: BaseException) -> bool:
     """Whether an OSError or a TensorFlow write error (``ResourceExhaustedError`` from SaveV2) is a full disk."""
-    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+    return write_errno(error) == errno.ENOSPC
 
 
 def write_failure(what: str, folder: object, error: BaseException) -> UserInputError:
     """The one line for a write that failed: ``cannot write <what> in <folder>: <reason>``."""
-    if out_of_space(error):
+    number = write_errno(error)
+    if number == errno.ENOSPC:
         return DiskFull(f"cannot write {what} in {folder}: no space left on the device")
-    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if number is not None:
+        return UserInputError(f"cannot write {what} in {folder}: {WRITE_ERRNOS[number]}")
+    text = _FUNCTION_NODE.sub("", str(error)).strip()
+    reason = getattr(error, "strerror", None) or (text.splitlines() or [type(error).__name__])[0]
     return UserInputError(f"cannot write {what} in {folder}: {reason}")
+
+
+MEMORY_ADVICE = ("not enough memory: try --volume_loading stream for large stacks, a smaller --batch_size, or "
+                 "predict.py with a .ome.zarr output (block by block)")
 
 
 EXIT_STATUSES: dict[type[BaseException], int] = {UserInputError: 2, TrainingDiverged: 3, WorkerLost: 4}
@@ -117,11 +147,18 @@ def exit_status(program: str, action: Callable[[], object], report: Callable[[st
             before_report()
         report(f"{program}: error: {error}")
         return next(status for kind, status in EXIT_STATUSES.items() if isinstance(error, kind))
-    except OSError as error:  # a full disk in a write without its own message (each named write has one)
-        if not out_of_space(error):
+    except OSError as error:  # a failed write without its own message: the file and the errno's words
+        number = write_errno(error)
+        if number is None:
             raise
         if before_report is not None:
             before_report()
-        report(f"{program}: error: cannot write {error.filename or 'a file'}: no space left on the device")
+        verb = "write" if number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"  # only writes meet these
+        report(f"{program}: error: cannot {verb} {error.filename or 'a file'}: {WRITE_ERRNOS[number]}")
+        return EXIT_STATUSES[UserInputError]
+    except MemoryError:
+        if before_report is not None:
+            before_report()
+        report(f"{program}: error: {MEMORY_ADVICE}")
         return EXIT_STATUSES[UserInputError]
     return 0

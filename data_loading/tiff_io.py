@@ -53,7 +53,7 @@ def tiff_shape(path: Path) -> tuple[int, int, int]:
             series, page = tiff.series[0], tiff.pages[0]
             shape, dtype, samples = series.shape, series.dtype, page.samplesperpixel
             interleaved = samples > 1 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
-    except UserInputError:
+    except (UserInputError, MemoryError):  # memory is said as memory (common/errors.py), not as a broken file
         raise
     except Exception as error:  # tifffile raises many types for broken files
         raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
@@ -75,6 +75,8 @@ def read_stack(path: Path) -> np.ndarray:
     tiff_shape(path)  # colour and pixel type are refused from the header, before any pixel is read
     try:
         stack = tifffile.imread(path)
+    except MemoryError:
+        raise
     except Exception as error:  # tifffile raises many types for broken files
         raise UserInputError(f"cannot read {path} as a TIFF stack: {error}") from None
     if stack.size == 0:

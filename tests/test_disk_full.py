@@ -7,6 +7,7 @@ suite has in CI); elsewhere these tests skip and say why.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UserInputError
+from common.errors import UserInputError, exit_status, write_failure
 from runtime.reporting.dllog import Logger
 from tests.conftest import run_cli
 
@@ -87,3 +88,44 @@ def test_a_log_that_fills_the_disk_is_one_line(tmp_path):
             for step in range(1000):
                 logger.log((step, 1000), {"train_ce_loss": 0.5, "padding": "x" * 100})
         logger.close()
+
+
+@pytest.mark.one_stack  # no TensorFlow: the handler alone
+@pytest.mark.parametrize("number, words, verb", [
+    (errno.ENOSPC, "no space left on the device", "write"), (errno.EDQUOT, "disk quota exceeded", "write"),
+    (errno.EROFS, "read-only file system", "write"), (errno.EACCES, "permission denied", "use"),
+    (errno.EPERM, "operation not permitted", "use"), (errno.EIO, "input/output error", "use")])
+def test_a_failed_write_anywhere_is_one_line_with_the_errnos_words(number, words, verb):
+    said = []
+
+    def write_overlay():
+        raise OSError(number, os.strerror(number), "/logs/overlays/eval_step10_slice0.png")
+
+    assert exit_status("unet2d.py", write_overlay, report=said.append) == 2
+    assert said == [f"unet2d.py: error: cannot {verb} /logs/overlays/eval_step10_slice0.png: {words}"]
+    # TensorFlow's SaveV2 says it in the C library's words, after its graph noise
+    saved = Exception("{{function_node __wrapped__SaveV2_dtypes_64_device_/job:localhost/replica:0/task:0}}"
+                      " /m/model_checkpoint/checkpoint-2_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; "
+                      f"{os.strerror(number)} [Op:SaveV2]")
+    assert str(write_failure("checkpoint 2", "/m/model_checkpoint", saved)) == \
+        f"cannot write checkpoint 2 in /m/model_checkpoint: {words}"
+
+
+@pytest.mark.one_stack
+def test_memory_is_said_as_memory():
+    said = []
+
+    def read_a_huge_stack():
+        raise MemoryError
+
+    assert exit_status("predict.py", read_a_huge_stack, report=said.append) == 2
+    assert len(said) == 1 and said[0].startswith("predict.py: error: not enough memory: try --volume_loading stream")
+
+
+@pytest.mark.one_stack
+def test_other_os_errors_are_bugs_and_keep_their_traceback():
+    def bug():
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError):
+        exit_status("unet2d.py", bug, report=lambda line: None)
