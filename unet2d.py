@@ -78,7 +78,8 @@ def run_modes(config: RunConfig, device: Device, precision: Precision, workers: 
         prepare_checkpoint_dir,
         stream_options,
     )
-    from runtime.loop.runner import RunContext, Runner
+    from runtime.loop.context import RunContext
+    from runtime.loop.runner import Runner
 
     exporting = config.exports
     configure_tensorflow(config, device, workers, bf16=precision.bf16 and not exporting)

@@ -100,3 +100,19 @@ def test_the_check_sees_an_arrow_up_and_one_sideways():
                        imported_modules("from runtime.inference.strategies import class_ids\n")) \
         == ["runtime.inference.strategies"]
     assert back_arrows("runtime.cli.setup", imported_modules("from runtime.loop.roles import logs_here\n")) == []
+
+
+MOST_IMPORTS = 13  # project modules one module may import: a module that needs more holds more than one job
+WIRING = {"runtime.cli.setup"}  # the one place that assembles every part of a run
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project module files a module imports (a package counted only where none of its modules is)."""
+    names = imported_modules(path.read_text())
+    return {name for name in names if not any(other.startswith(name + ".") for other in names)}
+
+
+@pytest.mark.parametrize("module", sorted(set(project_modules()) - WIRING))
+def test_no_module_leans_on_too_many_others(module):
+    imported = project_imports(project_modules()[module])
+    assert len(imported) <= MOST_IMPORTS, sorted(imported)

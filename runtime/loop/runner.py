@@ -8,37 +8,19 @@ Built once, traced once; the phases that use it live in their own modules
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from common.compat import keras, rng_state_variables
-from common.config import RunConfig
-from data_loading.data_loader import Dataset, SyntheticDataset
-from data_loading.image_stack import PredictionInput
-from runtime.execution.distribution import Workers
 from runtime.inference import strategies
 from runtime.inference.export import class_probabilities
 from runtime.loop import checkpoints, evaluation, exporting, prediction, training, warm_start
 from runtime.loop.collapse import majority_share
+from runtime.loop.context import RunContext
 from runtime.loop.losses import ensemble_losses, partial_losses, weight_decay
 from runtime.loop.optimizer import FusedAdam
-from runtime.reporting.dllog import Logger
-from runtime.reporting.tensorboard import TensorBoardWriters
-
-
-@dataclass
-class RunContext:
-    config: RunConfig
-    workers: Workers
-    logger: Logger
-    dataset: Dataset | SyntheticDataset | None  # None: export, which reads no stacks
-    checkpoint_dir: Path  # where this worker's checkpoints are (unused by training benchmarks)
-    tensorboard: TensorBoardWriters | None = None
-    prediction_inputs: list[PredictionInput] = field(default_factory=list)
-    init_source: warm_start.Source | None = None  # --init_from's model, checked before the cluster join
 
 
 class Runner:
