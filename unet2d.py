@@ -83,7 +83,10 @@ def run_modes(config: RunConfig, device: Device, precision: Precision, workers: 
 
     exporting = config.exports
     configure_tensorflow(config, device, workers, bf16=precision.bf16 and not exporting)
-    logger = make_logger(config.outputs, workers, append=config.training.resume_training or exporting)
+    # A fresh training (and a benchmark) starts its log; every other run (resumed, evaluate, predict, export) adds
+    # to it, so that a model dir's log holds its whole story and its export reports its training and evaluation.
+    fresh = (config.trains and not config.training.resume_training) or config.training.benchmark
+    logger = make_logger(config.outputs, workers, append=not fresh)
     if lock is not None and lock.taken_over:
         logger.log("LOCK", {"warning": lock.taken_over})
     if precision.warning and not exporting and workers.is_chief:

@@ -219,13 +219,15 @@ def test_export_writes_a_package_the_zoo_tool_passes_and_reads_as_predict_py_doe
     """Train, evaluate and export on this stack; then the zoo's own ``bioimageio test`` (every weight format,
     default tolerances, its size tests) passes, and bioimageio.core segments the test slices as predict.py."""
     zoo_env = zoo_python()
-    model, logs = tmp_path / "model", tmp_path / "logs"
-    trained = run_main("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "train_and_evaluate",
-                       "--max_steps", "3", "--batch_size", "1", "--model_dir", str(model), "--log_dir", str(logs))
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    exported = run_main("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", "export",
-                        "--zoo_author", "Ada", "--model_dir", str(model), "--log_dir", str(logs))
-    assert exported.returncode == 0, exported.stderr[-2000:]
+    model, stack = tmp_path / "model", tmp_path / "stack.tif"
+    tifffile.imwrite(stack, tifffile.imread(isbi_dir / "test-volume.tif")[:3])
+    # The README's workflow, logs by default in the model dir: a prediction between training and export keeps
+    # the training's and evaluation's lines, which the package reports.
+    for mode, extra in (("train_and_evaluate", ("--max_steps", "3")), ("predict", ("--test_images", str(stack))),
+                        ("export", ("--zoo_author", "Ada"))):
+        done = run_main("--data_dir", str(isbi_dir), "--fold", "0", "--exec_mode", mode, "--batch_size", "1",
+                        "--model_dir", str(model), *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
     package = model / "export" / "bioimageio"
     readme = (package / "README.md").read_text()
     assert "eval Dice" in readme and "validation slice of fold 0" in readme and "--max_steps 3" in readme
@@ -236,8 +238,6 @@ def test_export_writes_a_package_the_zoo_tool_passes_and_reads_as_predict_py_doe
     assert tested.returncode == 0, tested.stdout[-4000:] + tested.stderr[-2000:]
     assert "passed" in tested.stdout and "tensorflow_saved_model_bundle" in tested.stdout and "onnx" in tested.stdout
 
-    stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, tifffile.imread(isbi_dir / "test-volume.tif")[:3])
     ours = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(package), str(stack), "-o",
                            str(tmp_path / "ours.tif")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert ours.returncode == 0, ours.stderr[-2000:]

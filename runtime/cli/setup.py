@@ -91,8 +91,8 @@ def stream_options(data: DataConfig, workers: Workers, device: Device) -> Stream
 
 
 def make_logger(outputs: OutputConfig, workers: Workers, append: bool) -> Logger:
-    """``append``: add to the log of an earlier run (a resumed run, or an export, whose zoo package reports the
-    flags and scores of the run it exports)."""
+    """``append``: add to the log of an earlier run (every run but a fresh training: an export's zoo package
+    reports the flags and scores of the runs before it)."""
     if not logs_here(outputs, workers):
         return Logger(stdout=False, json_path=None)
     log_dir = worker_log_dir(outputs, workers)
