@@ -109,10 +109,8 @@ def run(argv: list[str] | None = None) -> Path:
 
         from data_loading.intensity import map_volumes
         from data_loading.readers import open_volume
-        from runtime.inference.cells import each_ids_and_cells
         from runtime.inference.export import ensemble_window, load_ensemble_probability_fn
-        from runtime.inference.strategies import iter_probabilities
-        from runtime.loop.masks import write_masks
+        from runtime.loop.masks import predict_to_tiff
 
         tf.config.list_physical_devices("GPU")  # the device search (cuInit's error line without a GPU) too
 
@@ -136,14 +134,10 @@ def run(argv: list[str] | None = None) -> Path:
     if output.name.endswith(".zarr") or args.into_input_labels is not None:
         return run_blockwise(args, slices, models, output)
     probability_fn, num_classes = load_ensemble_probability_fn(models)
-    maps = iter_probabilities(probability_fn, (slices.read(z) for z in range(slices.shape[0])), args.batch_size,
-                              args.strategy, args.tta)
-    decided = each_ids_and_cells(maps, args.cell_threshold)
-    try:
-        write_masks(output, slices, slices.slice_names(), decided, num_classes, args.overlays, args.cell_labels,
+    predict_to_tiff(probability_fn, slices, slices.slice_names(), output, strategy=args.strategy,
+                    batch_size=args.batch_size, tta=args.tta, num_classes=num_classes, overlays=args.overlays,
+                    cell_labels=args.cell_labels, cell_threshold=args.cell_threshold,
                     overlays_folder=output.parent / f"{output.stem}-overlays")
-    except OSError as error:
-        raise write_failure(output.name, output.parent, error) from None
     count, height, width = slices.shape
     print(f"predict.py: wrote {count} masks of {height}x{width} to {output}")
     return output

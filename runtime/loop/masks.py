@@ -14,12 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import write_failure
 from data_loading.readers import TiffVolume
 from data_loading.tiff_io import PageWriter, write_pages_atomically
 from data_loading.volume_reader import VolumeReader
-from runtime.inference.cells import cell_dtype, cell_ids_of_slice, cells_path
-from runtime.inference.strategies import mask_values
+from runtime.inference.cells import cell_dtype, cell_ids_of_slice, cells_path, each_ids_and_cells
+from runtime.inference.strategies import ProbabilityFn, iter_probabilities, mask_values
 from runtime.reporting.overlays import write_overlays
+
+
+def predict_to_tiff(probabilities: ProbabilityFn, images: VolumeReader, names: list[str], path: Path, *,
+                    strategy: str, batch_size: int, tta: bool, num_classes: int, overlays: int, cell_labels: bool,
+                    cell_threshold: float | None, overlays_folder: Path | None = None) -> dict[str, object]:
+    """The prediction of a stack into a masks TIFF, the same for ``--exec_mode predict`` and predict.py: each
+    slice read, its class probabilities by ``strategy`` (and TTA), its class ids and cell mask decided, and
+    written slice by slice (``write_masks``); a failed write in one line. The summary the PREDICT line logs."""
+    maps = iter_probabilities(probabilities, (images.read(z) for z in range(images.shape[0])), batch_size,
+                              strategy, tta)
+    try:
+        return write_masks(path, images, names, each_ids_and_cells(maps, cell_threshold), num_classes, overlays,
+                           cell_labels, overlays_folder)
+    except OSError as error:
+        raise write_failure(path.name, path.parent, error) from None
 
 
 def write_masks(path: Path, images: VolumeReader, names: list[str], decided: Iterator[tuple[np.ndarray, np.ndarray]],

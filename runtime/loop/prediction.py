@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING
 from common.errors import UserInputError, write_failure
 from common.geometry import OUTPUT_SIZE
 from data_loading.image_stack import PredictionInput
-from runtime.inference.cells import each_ids_and_cells
 from runtime.inference.networks import runner_networks
 from runtime.inference.thinned import load_best_threshold
 from runtime.loop import checkpoints
 from runtime.loop.blockwise import BlockwiseSettings, Share, model_fingerprint, predict_blockwise
-from runtime.loop.masks import blocks_to_tiff, write_masks
+from runtime.loop.masks import blocks_to_tiff, predict_to_tiff
 from runtime.loop.timing import StepTimer, performance_stats, seconds_since_process_start
 
 if TYPE_CHECKING:
@@ -45,12 +44,10 @@ def _predict_stack(runner: Runner, source: PredictionInput, threshold: float | N
     if path.name.endswith(".zarr") or workers.size > 1:
         return _predict_blockwise(runner, source, threshold, path)
     reader = source.slices
-    maps = runner.full_resolution_probabilities(reader.read(z) for z in range(reader.shape[0]))
-    try:
-        summary = write_masks(path, reader, source.names, each_ids_and_cells(maps, threshold),
-                              evaluation.num_classes, evaluation.overlays, evaluation.cell_labels)
-    except OSError as error:
-        raise write_failure(path.name, path.parent, error) from None
+    summary = predict_to_tiff(runner.predict_step, reader, source.names, path, strategy=evaluation.predict_strategy,
+                              batch_size=evaluation.batch_size, tta=evaluation.tta,
+                              num_classes=evaluation.num_classes, overlays=evaluation.overlays,
+                              cell_labels=evaluation.cell_labels, cell_threshold=threshold)
     if evaluation.cell_labels:
         summary["cell_threshold"] = "class decision" if threshold is None else threshold
     runner.ctx.logger.log("PREDICT", {"predictions": str(path), "slices": reader.shape[0],
