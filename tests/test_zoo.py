@@ -173,6 +173,13 @@ def test_predict_py_on_the_package_does_all_it_does_on_tensorflow(models, packag
     for ours, theirs in zip(outputs["onnx"], outputs["tensorflow"], strict=True):
         assert ours.shape == theirs.shape == (2, 200, 300)
         assert np.mean(ours == theirs) >= 0.999
+    # Blockwise into OME-Zarr: the package's fixed 572 network takes 388 tiles, and gives the TIFF's masks
+    blockwise = tmp_path / "onnx" / "masks.ome.zarr"
+    assert predict.main([str(packages["resize"][0]), str(stack), "-o", str(blockwise), "--strategy", "tile",
+                         "--tta", "--chunks", "128"]) == 0
+    from data_loading.readers import open_volume
+
+    np.testing.assert_array_equal(open_volume(blockwise).read_all(), outputs["onnx"][0])
 
 
 @pytest.mark.slow
