@@ -55,7 +55,6 @@ def test_without_any_data_the_suite_runs_on_generated_data(tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert f"test data: synthetic EM data (tests marked real_isbi are skipped) in {conftest.synthetic_cache()}" \
         in output
-    skipped = re.search(r"(\d+) skipped", output)
-    assert skipped and int(skipped.group(1)) == 6, output[-2000:]  # the six downloads of the published pixels
-    assert output.count("tests/test_download.py") >= 6 and "needs the real ISBI 2012 pixels" in output
+    # nothing skipped: the downloader's tests serve generated stacks whose hashes stand in for the published ones
+    assert not re.search(r"\d+ skipped", output) and re.search(r"\d+ passed", output), output[-2000:]
     assert Path(conftest.synthetic_cache(), "train-labels.tif").is_file()

@@ -173,13 +173,15 @@ def test_predict_py_on_the_package_does_all_it_does_on_tensorflow(models, packag
     for ours, theirs in zip(outputs["onnx"], outputs["tensorflow"], strict=True):
         assert ours.shape == theirs.shape == (2, 200, 300)
         assert np.mean(ours == theirs) >= 0.999
-    # Blockwise into OME-Zarr: the package's fixed 572 network takes 388 tiles, and gives the TIFF's masks
+    # Blockwise into OME-Zarr: the package's fixed 572 network takes 388 tiles, and gives the TIFF's masks up to
+    # ONNX Runtime's float sums, which vary with how the tiles are batched (each block batches its own: 3 pixels
+    # of 120,000 differed when this was written; TensorFlow's masks are identical, tests/test_blockwise.py)
     blockwise = tmp_path / "onnx" / "masks.ome.zarr"
     assert predict.main([str(packages["resize"][0]), str(stack), "-o", str(blockwise), "--strategy", "tile",
-                         "--tta", "--chunks", "128"]) == 0
+                         "--tta", "--chunks", "128", "--batch_size", "2"]) == 0
     from data_loading.readers import open_volume
 
-    np.testing.assert_array_equal(open_volume(blockwise).read_all(), outputs["onnx"][0])
+    assert np.mean(open_volume(blockwise).read_all() == outputs["onnx"][0]) >= 0.9999
 
 
 @pytest.mark.slow
