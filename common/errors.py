@@ -21,6 +21,7 @@ tool). Every other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import sys
@@ -87,9 +88,7 @@ class DiskFull(UserInputError):
 WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                 errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
-_C_LIBRARY_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
-                    "Permission denied": errno.EACCES, "Operation not permitted": errno.EPERM,
-                    "Read-only file system": errno.EROFS, "Input/output error": errno.EIO}
+_C_LIBRARY_WORDS = {os.strerror(number): number for number in WRITE_ERRNOS}  # "No space left on device", ...
 _FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")  # TensorFlow's graph noise before its message
 
 

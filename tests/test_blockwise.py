@@ -78,6 +78,9 @@ def test_the_tile_is_timed_only_where_the_volume_pays_for_it():
             self.timed.append(tile)
             return self.seconds[tile]
 
+        def forget(self, keep):
+            pass
+
     said = []
     small = Clocked({388: 0.01, 644: 0.02, 900: 0.05})
     assert _timed_tile((2, 512, 512), small, (388, 644, 900), said.append) is None and small.timed == [388]

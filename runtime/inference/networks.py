@@ -46,14 +46,18 @@ class TileNetworks:
         return self._built[tile]
 
     def pass_seconds(self, tile: int) -> float:
-        """Seconds one pass of one tile takes, after a warm-up pass (tracing, oneDNN's kernels). A network
-        built only for this is not kept: the tiles not chosen leave no weights behind."""
-        network = self._built.get(tile) or (self.fixed if self.members is None else self._build(tile))
+        """Seconds one pass of one tile takes, after a warm-up pass (tracing, oneDNN's kernels); the network
+        stays built for the prediction (``forget`` drops the tiles not chosen)."""
+        network = self.at(tile)
         inputs = tf.zeros([1, tile + 2 * CONTEXT, tile + 2 * CONTEXT, 1])
         np.asarray(network(inputs))
         started = time.perf_counter()
         np.asarray(network(inputs))
         return time.perf_counter() - started
+
+    def forget(self, keep: int) -> None:
+        """Drop every network but ``keep``'s: the tiles timed and not chosen leave no weights behind."""
+        self._built = {tile: network for tile, network in self._built.items() if tile == keep}
 
     def _build(self, tile: int) -> ProbabilityFn:
         sized = [member if tile == OUTPUT_SIZE else _resized_copy(member, self.classes, tile)

@@ -132,6 +132,7 @@ def _timed_tile(shape: tuple[int, int, int], networks: TileNetworks, fitting: tu
         return None
     seconds.update({tile: networks.pass_seconds(tile) for tile in fitting if tile != smallest})
     best = fastest_tile(shape[1], shape[2], seconds)
+    networks.forget(keep=best)
     log(f"tile {best} chosen by timing one pass of each: "
         + ", ".join(f"{tile}: {seconds[tile]:.2f} s" for tile in sorted(seconds)))
     return best
