@@ -121,7 +121,8 @@ def run_modes(config: RunConfig, device: Device, precision: Precision, workers: 
     with workers.phase("building the model"):  # tf.distribute's first broadcast of the variables is here
         runner = Runner(context, lambda: build_unet(model.seed, model.num_classes,
                                                     matmul_filter_gradient=matmul_gradient,
-                                                    base_filters=model.base_filters, exact_bias_gradient=exact_bias))
+                                                    base_filters=model.base_filters, exact_bias_gradient=exact_bias,
+                                                    weight_init=model.weight_init))
     if config.trains:
         runner.train()
     if config.evaluates:

@@ -25,10 +25,12 @@ import numpy as np
 from benchmarks.ablation import UNIFORM_BORDER_WEIGHTS
 from benchmarks.input_modes import machine_name, tensorflow_version, unet2d
 from benchmarks.input_pipeline import check_data_dir, default_data_dir
+from runtime.loop.collapse import ONE_CLASS
 from runtime.parse_results import final_eval
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"recipe": [], "combination": UNIFORM_BORDER_WEIGHTS}
+CONFIGS = {"recipe": [], "combination": UNIFORM_BORDER_WEIGHTS,
+           "combination-he": [*UNIFORM_BORDER_WEIGHTS, "--weight_init", "he"], "recipe-he": ["--weight_init", "he"]}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_mask_dice")
 
 
@@ -40,16 +42,25 @@ def seeds_of(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
 
+def one_class_until(shares: list[tuple[int, float]]) -> int | None:
+    """The last logged step whose window was predicted as one class (0: none was); None if not logged."""
+    if not shares:
+        return None
+    return max((step for step, share in shares if share >= ONE_CLASS), default=0)
+
+
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
     folder = args.work / f"{name}-f{args.fold}-w{args.base_filters}-s{seed}{'-det' if args.deterministic else ''}"
     flags = ["--data_dir", str(args.data_dir), "--exec_mode", "train_and_evaluate", "--fold", str(args.fold),
-             "--batch_size", "2", "--max_steps", str(args.steps), "--log_every", "20", "--seed", str(seed),
+             "--batch_size", "2", "--max_steps", str(args.steps), "--log_every", "10", "--seed", str(seed),
              "--base_filters", str(args.base_filters), "--model_dir", str(folder), "--overlays", "0",
              *(["--deterministic"] if args.deterministic else []), *CONFIGS[name], *args.extra.split()]
     started = time.perf_counter()
     records = unet2d(*flags, log_dir=folder)
     losses = [(r["step"][0], r["data"]["train_total_loss"]) for r in records
               if isinstance(r.get("step"), list) and "train_total_loss" in r.get("data", {})]
+    shares = [(r["step"][0], r["data"]["train_majority_share"]) for r in records
+              if isinstance(r.get("step"), list) and "train_majority_share" in r.get("data", {})]
     warnings = [r["data"]["message"] for r in records if r.get("step") == "WARNING"]
     scores = final_eval(records) or {}
     return {"config": name, "seed": seed, "fold": args.fold, "base_filters": args.base_filters, "steps": args.steps,
@@ -58,6 +69,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
             "loss_first": losses[0][1] if losses else None,
             "loss_at_100": next((loss for step, loss in losses if step >= 100), None),
             "loss_last": losses[-1][1] if losses else None,
+            "one_class_until": one_class_until(shares),
             "collapsed": bool(warnings), "warnings": warnings,
             **{key: scores[key] for key in SCORES if key in scores}}
 
@@ -66,11 +78,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
     lines = ["# Collapsed runs, seed by seed", "", f"- date: {date.today().isoformat()}",
              f"- machine: {machine_name()}, TensorFlow {tensorflow_version()}",
              f"- command: `python -m benchmarks.collapse {args.command_line}`", "",
-             "| config | seed | loss step 1 | step 100 | last | collapsed | Dice | thinned V_Rand (threshold) |"
-             " minutes |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "| config | seed | loss step 1 | step 100 | last | one class until step | collapsed | Dice | "
+             "thinned V_Rand (threshold) | minutes |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['config']}{' ' + r['extra'] if r['extra'] else ''} | {r['seed']} | "
                      f"{r['loss_first']:.3f} | {r['loss_at_100']:.3f} | {r['loss_last']:.3f} | "
+                     f"{'-' if r.get('one_class_until') is None else r['one_class_until']} | "
                      f"{'**yes**' if r['collapsed'] else 'no'} | {r.get('eval_dice_score', float('nan')):.4f} | "
                      f"{r.get('eval_v_rand_thinned', float('nan')):.4f} "
                      f"({r.get('eval_v_rand_thinned_threshold', float('nan')):.2f}) | {r['minutes']} |")

@@ -54,6 +54,12 @@ class DataConfig:
     border_class_weights: str
 
 
+# glorot: Keras's default, the recipe's. he: the U-Net paper's Gaussian of standard deviation sqrt(2 / N), N the
+# inputs of one unit, which keeps each ReLU layer's activations at the scale of its input; under glorot they
+# shrink about 2x a layer, so a fresh UNet's output hardly depends on its input (docs/experiments.md).
+WEIGHT_INITS = ("glorot", "he")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network and the precision it computes in."""
@@ -61,6 +67,7 @@ class ModelConfig:
     base_filters: int
     num_classes: int
     seed: int
+    weight_init: str
     dtype: str
     xla: bool
     bf16_config_path: str
@@ -185,7 +192,8 @@ class RunConfig:
                 border_weights=f["border_weights"], border_w0=f["border_w0"], border_sigma=f["border_sigma"],
                 border_class_weights=f["border_class_weights"]),
             model=ModelConfig(base_filters=f["base_filters"], num_classes=f["num_classes"], seed=f["seed"],
-                              dtype=f["dtype"], xla=f["xla"], bf16_config_path=f["bf16_config_path"]),
+                              weight_init=f["weight_init"], dtype=f["dtype"], xla=f["xla"],
+                              bf16_config_path=f["bf16_config_path"]),
             training=TrainingConfig(
                 max_steps=f["max_steps"], batch_size=f["batch_size"], learning_rate=f["learning_rate"],
                 weight_decay=f["weight_decay"], warmup_steps=f["warmup_steps"], log_every=f["log_every"],

@@ -7,6 +7,7 @@ import itertools
 import tensorflow as tf
 
 from common.compat import keras
+from common.config import WEIGHT_INITS
 from model.bias import bias_add
 from model.matmul_conv import MatmulGradConv2D
 
@@ -57,14 +58,20 @@ class LayerFactory:
     in float32 (``ExactBiasConv2D``).
     """
 
-    def __init__(self, seed: int, matmul_filter_gradient: bool = False, exact_bias_gradient: bool = False) -> None:
+    def __init__(self, seed: int, matmul_filter_gradient: bool = False, exact_bias_gradient: bool = False,
+                 weight_init: str = "glorot") -> None:
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}")
         self._seeds = itertools.count(seed * 1000)
+        self._weight_init = weight_init
         self._conv3x3 = {(False, False): keras.layers.Conv2D, (True, False): MatmulGradConv2D,
                          (False, True): ExactBiasConv2D, (True, True): MatmulGradExactBiasConv2D}[
             matmul_filter_gradient, exact_bias_gradient]
         self._conv1x1 = ExactBiasConv2D if exact_bias_gradient else keras.layers.Conv2D
 
     def initializer(self) -> keras.initializers.Initializer:
+        if self._weight_init == "he":
+            return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=next(self._seeds))
         return keras.initializers.GlorotUniform(seed=next(self._seeds))
 
     def conv3x3_relu(self, filters: int, name: str) -> keras.layers.Conv2D:

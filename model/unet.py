@@ -32,14 +32,15 @@ def valid_input(size: int) -> bool:
 
 def build_unet(seed: int = 123, num_classes: int = NUM_CLASSES, matmul_filter_gradient: bool = False,
                base_filters: int = BASE_FILTERS, exact_bias_gradient: bool = False,
-               input_size: int = INPUT_SIZE) -> keras.Model:
+               input_size: int = INPUT_SIZE, weight_init: str = "glorot") -> keras.Model:
     """The UNet; ``matmul_filter_gradient`` picks the CPU-friendly weight gradient (model/matmul_conv.py),
     ``exact_bias_gradient`` the float32 bias gradient bf16 needs on TensorFlow's own kernels (model/layers.py).
     ``input_size`` other than 572 builds the same layers (the same weights fit) for larger prediction tiles:
-    the network is fully convolutional, its output ``input_size - 184``."""
+    the network is fully convolutional, its output ``input_size - 184``. ``weight_init`` only sets the
+    random start (model/layers.py, ``WEIGHT_INITS``)."""
     if not valid_input(input_size):
         raise ValueError(f"input size {input_size} is not 124 + 16 k")
-    make = LayerFactory(seed, matmul_filter_gradient, exact_bias_gradient)
+    make = LayerFactory(seed, matmul_filter_gradient, exact_bias_gradient, weight_init)
     filters = encoder_filters(base_filters)
     images = keras.Input((input_size, input_size, 1), name="images")
     x, skips = images, []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from common.config import RunConfig
+from common.config import WEIGHT_INITS, RunConfig
 from runtime.inference.blocks import TILE_OUTPUTS
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "export")
@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--base_filters", type=int, default=BASE_FILTERS, metavar="N",
         help="UNet width: N, 2N, 4N and 8N channels down the encoder, 16N in the bottleneck. 64 is the "
              "recipe's (34,512,258 parameters); checkpoints and exports keep the width they were trained with")
+    add("--weight_init", choices=WEIGHT_INITS, default="glorot",
+        help="the random start of a fresh model: glorot = Keras's Glorot-uniform, the recipe's; he = the U-Net "
+             "paper's Gaussian with standard deviation sqrt(2/N), N the inputs of a unit, which keeps every "
+             "layer's activations at their input's scale and ends the long one-class phase a glorot UNet starts "
+             "in (docs/experiments.md, Collapsed runs). Not used by --init_from's loaded layers")
     add("--fold", type=int, default=None,
         help=f"cross-validation fold 0..{NUM_FOLDS - 1} held out for evaluation; "
              "without it every training slice is used for training")

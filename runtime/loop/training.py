@@ -103,12 +103,15 @@ def _stop_note(runner: Runner, manager: tf.train.CheckpointManager | None) -> st
     return "the chief (worker 0) wrote the checkpoint"
 
 
-def _log_window(runner: Runner, done: int, steps: int, ce: list[float], dice: list[float], seconds: float) -> None:
+def _log_window(runner: Runner, done: int, steps: int, ce: list[float], dice: list[float], shares: list[float],
+                seconds: float) -> None:
+    """The window's mean losses and speed, and its majority share: near 1.0 while the model is one class."""
     ctx = runner.ctx
     duration = seconds / len(ce)
     ce_mean, dice_mean = float(np.mean(ce)), float(np.mean(dice))
     images_per_step = ctx.config.training.batch_size * ctx.workers.replicas
     data = {"train_ce_loss": ce_mean, "train_dice_loss": dice_mean, "train_total_loss": ce_mean + dice_mean,
+            "train_majority_share": float(np.mean(shares)),
             "iter duration [ms]": 1000.0 * duration, "IPS": images_per_step / duration}
     ctx.logger.log((done, steps), data)
     if ctx.tensorboard is not None:
@@ -154,7 +157,7 @@ def train(runner: Runner) -> None:
     warmup = (training.warmup_steps if training.benchmark
               else min(training.warmup_steps, max(steps - start - 2, 0)))
     timer = StepTimer(warmup)
-    window_ce, window_dice, window_start = [], [], time.perf_counter()
+    window_ce, window_dice, window_shares, window_start = [], [], [], time.perf_counter()
     # A fresh run from random weights: does it end as a constant predictor (runtime/loop/collapse.py)?
     watch = CollapseWatch(logging and start == 0 and ctx.init_source is None)
     streams = [iter(ctx.dataset.train_fn(start_step=start, shard=shard)) for shard in workers.replica_shards()]
@@ -172,6 +175,7 @@ def train(runner: Runner) -> None:
                                        else checkpoints.latest(ctx.checkpoint_dir))
             window_ce.append(ce)
             window_dice.append(dice)
+            window_shares.append(float(share))
             if step == start:
                 # After the first step, so that Adam's slots exist on every worker.
                 workers.broadcast(runner.model.variables + optimizer_variables(runner.optimizer))
@@ -183,10 +187,11 @@ def train(runner: Runner) -> None:
             runner.step.assign(done)
             if bar is not None:
                 bar.update(done, ce + dice)
-            watch.add(ce + dice, float(share))
+            watch.add(ce + dice, window_shares[-1])
             if logging and (done - start == 1 or done % training.log_every == 0 or done == steps):
-                _log_window(runner, done, steps, window_ce, window_dice, time.perf_counter() - window_start)
-                window_ce, window_dice, window_start = [], [], time.perf_counter()
+                _log_window(runner, done, steps, window_ce, window_dice, window_shares,
+                            time.perf_counter() - window_start)
+                window_ce, window_dice, window_shares, window_start = [], [], [], time.perf_counter()
             if workers.any(STOP.requested):
                 raise TrainingInterrupted(STOP.signum or signal.SIGTERM, done, _stop_note(runner, manager))
             if done < steps and saver.due(done) and not training.benchmark:
