@@ -23,6 +23,7 @@ import pytest
 
 from common.compat import KERAS_MAJOR
 from tests.conftest import ROOT, run_cli, unet2d_command
+from tests.signal_state import catches, main_thread_blocks, main_thread_waits, wait_until
 
 pytestmark = pytest.mark.serial  # cluster start-up deadlines
 
@@ -147,11 +148,11 @@ def test_a_stop_signal_inside_tensorflows_cluster_start_ends_the_worker(isbi_dir
     worker = Worker(ports, 0, train_flags(isbi_dir, tmp_path))
     try:
         with workers(worker):
-            deadline = time.monotonic() + 120
-            while not _joining(worker.process.pid):  # the helper process of the C++ window is there
-                assert time.monotonic() < deadline and worker.process.poll() is None, worker.output[-2000:]
-                time.sleep(0.5)
-            time.sleep(2)
+            # Inside TensorFlow's start: the window's helper process is there, SIGTERM is held blocked, and the
+            # main thread waits in C++ (no longer in the Python around the call).
+            pid = worker.process.pid
+            wait_until(lambda: _joining(pid) and main_thread_blocks(pid, signal.SIGTERM) and main_thread_waits(pid),
+                       "inside TensorFlow's cluster start", alive=lambda: worker.process.poll() is None, hold=0.2)
             worker.process.send_signal(signum)
             sent = time.monotonic()
             returned = worker.finish(timeout=30)
@@ -294,7 +295,9 @@ def test_the_launcher_passes_a_signal_on_before_the_first_step(isbi_dir, tmp_pat
             line = launcher.stderr.readline()
             assert line, "the launcher ended before naming its workers"
             pids += [int(pid) for pid in re.findall(r"worker \d is process (\d+)", line)]
-        time.sleep(3)  # past Python's start-up: the workers are importing TensorFlow or waiting for each other
+        for pid in pids:  # past Python's start-up: each worker's own stop handler is in place
+            wait_until(lambda pid=pid: catches(pid, signal.SIGTERM), f"worker process {pid} handling SIGTERM",
+                       alive=lambda: launcher.poll() is None)
         launcher.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         out, _ = launcher.communicate(timeout=60)

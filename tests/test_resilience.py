@@ -19,6 +19,7 @@ import tensorflow as tf
 from common.compat import KERAS_MAJOR
 from runtime.parse_results import read_log
 from tests.conftest import ROOT, run_cli, run_main, unet2d_command
+from tests.signal_state import send_and_see_taken
 
 # every test here runs unet2d.py: in processes where signals and exits are the subject, else in this one
 pytestmark = pytest.mark.slow
@@ -128,8 +129,7 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_loadable(i
             step_seconds = float(re.search(r"iter duration \[ms\] : ([0-9.]+)", line).group(1)) / 1000
         if step_seconds is not None and "checkpoint-2 " in line:
             break
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    send_and_see_taken(process.pid, signal.SIGTERM)  # taken, so that the kernel does not merge the two
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tensorflow as tf
@@ -36,16 +39,23 @@ def export(runner: Runner) -> None:
     sample, sample_source = model_card.sample_slice(config.data, window)
     info = replace(model_card.package_info(config.model, config.data.input_mode, config.outputs,
                                            runner.ctx.workers.engine, sample_source), window=window)
-    try:  # the whole export folder is replaced in one step: never new weights beside an old window
-        with runner.ctx.workers.phase("exporting"), quiet_unless_asked(), \
-                replaced_folder(folder, EXPORT_ENTRIES) as staging:
-            written = [*export_model(runner.model, staging, window)]
-            started = time.perf_counter()
-            written += write_package(runner.model, staging / ZOO_PACKAGE, info, sample,
-                                     lambda image, ids: cover_picture(image, ids, config.model.num_classes))
-    except (OSError, tf.errors.OpError) as error:
-        raise write_failure("the export", folder, error) from None
+    with runner.ctx.workers.phase("exporting"), quiet_unless_asked(), export_folder(folder) as staging:
+        written = [*export_model(runner.model, staging, window)]
+        started = time.perf_counter()
+        written += write_package(runner.model, staging / ZOO_PACKAGE, info, sample,
+                                 lambda image, ids: cover_picture(image, ids, config.model.num_classes))
     keras_file, saved_model, package, archive = (folder / path.name for path in written)
     runner.ctx.logger.log("EXPORT", {"keras": str(keras_file), "saved_model": str(saved_model),
                                    "zoo_package": str(package), "zoo_zip": str(archive),
                                    "zoo_seconds": round(time.perf_counter() - started, 1)})
+
+
+@contextmanager
+def export_folder(folder: Path) -> Iterator[Path]:
+    """A staging folder that replaces ``folder`` whole when the block ends (never new weights beside an old
+    grey-value window; ``common.files.replaced_folder``); a write that fails in it is one line naming ``folder``."""
+    try:
+        with replaced_folder(folder, EXPORT_ENTRIES) as staging:
+            yield staging
+    except (OSError, tf.errors.OpError) as error:
+        raise write_failure("the export", folder, error) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.errors import write_failure
 from common.files import atomic_output
 
 PREDICTED = np.array([255, 40, 40], np.float32)  # red: membranes the model predicts
@@ -61,8 +62,11 @@ def write_overlays(folder: Path, names: list[str], images: list[np.ndarray], pre
     for index in range(min(count, len(images))):
         truth = None if true_ids is None else true_ids[index]
         path = Path(folder) / f"{names[index]}.png"
-        with atomic_output(path) as temporary:
-            Image.fromarray(draw(images[index], predicted_ids[index], truth)).save(temporary, format="PNG")
+        try:
+            with atomic_output(path) as temporary:
+                Image.fromarray(draw(images[index], predicted_ids[index], truth)).save(temporary, format="PNG")
+        except OSError as error:  # named by its final name, not the temporary one the error carries
+            raise write_failure(f"overlay {path.name}", path.parent, error) from None
         written.append(path)
     return written
 

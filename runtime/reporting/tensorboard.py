@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from common.errors import write_failure
+
+
+@contextmanager
+def _written_in(folder: Path) -> Iterator[None]:
+    """TensorFlow's event writer fails in C++ (a full disk is a ResourceExhaustedError whose text carries the
+    C library's words, behind graph noise): one line naming the folder, as every other write."""
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as error:
+        raise write_failure("the TensorBoard events", folder, error) from None
+
 
 class TensorBoardWriters:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
-        self.train = tf.summary.create_file_writer(str(self.log_dir))
-        self.eval = tf.summary.create_file_writer(str(self.log_dir / "eval"))
+        with _written_in(self.log_dir):
+            self.train = tf.summary.create_file_writer(str(self.log_dir))
+            self.eval = tf.summary.create_file_writer(str(self.log_dir / "eval"))
 
     def hyperparameters(self, params: Mapping[str, Any]) -> None:
         """Record the run's flags with TensorBoard's HParams plugin."""
@@ -22,15 +36,15 @@ class TensorBoardWriters:
 
         simple = {key: (value if isinstance(value, (bool, int, float, str)) else str(value))
                   for key, value in params.items()}
-        with self.train.as_default():
+        with _written_in(self.log_dir), self.train.as_default():
             hparams_api.hparams(simple)
-        self.train.flush()
+            self.train.flush()
 
     def scalars(self, writer: tf.summary.SummaryWriter, step: int, values: Mapping[str, float]) -> None:
-        with writer.as_default():
+        with _written_in(self.log_dir), writer.as_default():
             for name, value in values.items():
                 tf.summary.scalar(name, float(value), step=step)
-        writer.flush()
+            writer.flush()
 
     def train_scalars(self, step: int, values: Mapping[str, float]) -> None:
         self.scalars(self.train, step, values)
@@ -43,5 +57,6 @@ class TensorBoardWriters:
         self.scalars(self.eval, step, {f"eval_{event}_timestamp": time.time()})
 
     def close(self) -> None:
-        self.train.close()
-        self.eval.close()
+        with _written_in(self.log_dir):
+            self.train.close()
+            self.eval.close()
