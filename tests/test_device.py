@@ -16,6 +16,7 @@ from runtime.execution.device import (
     Bf16Support,
     Device,
     choose_precision,
+    cpu_amx_usable,
     cpu_bf16_support,
     cpu_flags,
     describe_cpu,
@@ -109,3 +110,18 @@ def test_describe_cpu_names_the_model_the_isa_and_the_cap():
     assert record == {"cpu": "AMD EPYC (Zen 4, recorded on a project machine)", "isa": "avx2 avx512f avx512_bf16",
                       "onednn_max_cpu_isa": "AVX2", "native_bf16": "no"}
     assert describe_cpu(AVX2_CPU, {})["isa"] == "avx2"
+
+
+AMX_FLAGS = cpu_flags(BF16_CPU) | {"amx_bf16", "amx_tile", "amx_int8"}  # a Sapphire Rapids line adds these
+
+
+@pytest.mark.parametrize("flags, cap, onednn_opts, matmul", [
+    (cpu_flags(AVX2_CPU), None, True, True), (cpu_flags(BF16_CPU), None, True, True),  # the matmul form wins
+    (AMX_FLAGS, None, True, False), (AMX_FLAGS, "AVX512_CORE_AMX", True, False),  # oneDNN's kernel on AMX
+    (AMX_FLAGS, "AVX512_CORE_BF16", True, True), (AMX_FLAGS, "AVX2", True, True),  # capped below AMX
+    (AMX_FLAGS, None, False, True)])  # TF_ENABLE_ONEDNN_OPTS=0: no oneDNN, no AMX
+def test_the_weight_gradient_is_onednns_own_where_it_runs_on_amx(flags, cap, onednn_opts, matmul):
+    device = Device("CPU", "/device:CPU:0", bf16=cpu_bf16_support(flags, cap, onednn_opts),
+                    amx=cpu_amx_usable(flags, cap, onednn_opts))
+    assert device.prefers_matmul_filter_gradient is matmul
+    assert not Device("GPU", "/device:GPU:0").prefers_matmul_filter_gradient

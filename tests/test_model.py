@@ -109,3 +109,25 @@ def test_a_checkpoint_of_another_width_or_class_count_names_the_flag(tmp_path, w
     with pytest.raises(UserInputError, match="does not fit this model") as error:
         restore(tf.train.Checkpoint(model=build_unet(seed=1, **wanted)), path, partial=True)
     assert hint in str(error.value) and "\n" not in str(error.value)
+
+
+def _activation_scale(weight_init: str) -> dict[str, float]:
+    """Root mean square of the bottleneck's and the logits' activations of a fresh width-8 UNet on noise."""
+    import keras
+
+    model = build_unet(3, base_filters=8, weight_init=weight_init)
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in ("bottleneck_conv2",
+                                                                                "output_logits")])
+    images = np.random.default_rng(0).uniform(0, 1, (1, 572, 572, 1)).astype(np.float32)
+    return {name: float(np.sqrt(np.mean(np.square(out)))) for name, out in
+            zip(("bottleneck", "logits"), probe(images, training=False), strict=True)}
+
+
+def test_the_papers_start_keeps_activations_at_scale_and_glorot_does_not():
+    """Why --weight_init he: under Glorot the activations shrink about 2x a ReLU layer, so a fresh UNet's output
+    hardly depends on its input (docs/experiments.md, Collapsed runs); under He they keep their input's scale."""
+    he, glorot = _activation_scale("he"), _activation_scale("glorot")
+    assert he["bottleneck"] > 0.1 and glorot["bottleneck"] < he["bottleneck"] / 50, (he, glorot)
+    assert glorot["logits"] < he["logits"] / 5, (he, glorot)
+    kernel = build_unet(3, base_filters=8, weight_init="he").get_layer("down2_conv1").kernel.numpy()
+    assert np.std(kernel) == pytest.approx(np.sqrt(2 / (9 * kernel.shape[2])), rel=0.1)  # sqrt(2/N), N = 9 C_in
