@@ -20,7 +20,7 @@ from runtime.cli.arguments import parse_config
 
 if TYPE_CHECKING:
     from common.config import RunConfig
-    from runtime.cli.setup import Plan
+    from runtime.cli.inputs import Plan
     from runtime.execution.device import Device, Precision
     from runtime.execution.distribution import Workers
     from runtime.execution.model_dir_lock import ModelDirLock
@@ -42,7 +42,8 @@ def run(argv: list[str] | None = None) -> None:
         # Imported here so that --help and flag errors never wait for TensorFlow. The threads TensorFlow
         # starts meanwhile never take a SIGTERM (see StopSignals.holding_sigterm).
         with STOP.holding_sigterm():
-            from runtime.cli.setup import lock_model_dir, plan_run
+            from runtime.cli.inputs import plan_run
+            from runtime.cli.setup import lock_model_dir
             from runtime.execution.device import choose_precision, select_device
             from runtime.execution.distribution import make_workers
 
@@ -68,11 +69,9 @@ def run_modes(config: RunConfig, device: Device, precision: Precision, workers: 
               lock: ModelDirLock | None, plan: Plan) -> None:
     """Everything after the model dir is ours: set-up, then each mode the run asks for, in order."""
     from model.unet import build_unet
+    from runtime.cli.inputs import keep_intensity_window, load_dataset, load_prediction_inputs
     from runtime.cli.setup import (
         configure_tensorflow,
-        keep_intensity_window,
-        load_dataset,
-        load_prediction_inputs,
         make_logger,
         make_tensorboard,
         prepare_checkpoint_dir,

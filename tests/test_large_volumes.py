@@ -385,7 +385,7 @@ def test_auto_streams_what_does_not_fit_and_memory_names_the_streaming_route(mon
 def test_the_run_streams_a_store_larger_than_its_memory_share(isbi_dir, tmp_path, monkeypatch):
     from common.config import RunConfig
     from runtime.cli.arguments import parse_args
-    from runtime.cli.setup import plan_run
+    from runtime.cli.inputs import plan_run
 
     stores = isbi_as_stores(isbi_dir, tmp_path)
     flags = ["--train_images", stores["zarr_images"], "--train_labels", stores["zarr_labels"], "--fold", "0",

@@ -343,7 +343,7 @@ def test_bad_own_data_is_refused_in_one_line_and_header_faults_before_reading(tm
     """Every kind, through what unet2d.py runs: plan_run before the cluster join (flags, plan from the
     headers, memory check), then load_dataset with that plan (the read); one case also goes through the CLI."""
     from runtime.cli.arguments import parse_config
-    from runtime.cli.setup import load_dataset, plan_run
+    from runtime.cli.inputs import load_dataset, plan_run
 
     data_flags, message, env = _bad_input(tmp_path, case)
     for name, value in env.items():
