@@ -96,6 +96,26 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
         lines.append(f"| {' '.join(filter(None, name))} | {len(group)} | {sum(r['collapsed'] for r in group)} | "
                      f"{np.mean(dice):.4f} ± {(max(dice) - min(dice)) / 2:.4f} | "
                      f"{np.mean(v_rand):.4f} ± {(max(v_rand) - min(v_rand)) / 2:.4f} |")
+    return lines + paired(rows)
+
+
+def paired(rows: list[dict]) -> list[str]:
+    """Each configuration against the recipe of the same seed: the seed-to-seed spread of a score is larger
+    than a configuration's effect on it, so the fair test is the difference within a seed."""
+    recipe = {r["seed"]: r for r in rows if r["config"] == "recipe" and not r["extra"]}
+    lines = ["", "Against the recipe of the same seed (seeds both have):", "",
+             "| config | seeds | Dice: wins, mean difference (min, max) | thinned V_Rand: wins, mean difference "
+             "(min, max) |", "|---|---:|---|---|"]
+    for name in sorted({(r["config"], r["extra"]) for r in rows} - {("recipe", "")}):
+        pairs = [(r, recipe[r["seed"]]) for r in rows if (r["config"], r["extra"]) == name and r["seed"] in recipe]
+        if not pairs:
+            continue
+        cells = []
+        for key in ("eval_dice_score", "eval_v_rand_thinned"):
+            gains = [mine.get(key, np.nan) - theirs.get(key, np.nan) for mine, theirs in pairs]
+            cells.append(f"{sum(gain > 0 for gain in gains)} of {len(gains)}, {np.mean(gains):+.4f} "
+                         f"({min(gains):+.4f}, {max(gains):+.4f})")
+        lines.append(f"| {' '.join(filter(None, name))} | {len(pairs)} | {cells[0]} | {cells[1]} |")
     return lines
 
 
