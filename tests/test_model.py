@@ -113,10 +113,8 @@ def test_a_checkpoint_of_another_width_or_class_count_names_the_flag(tmp_path, w
 
 def _activation_scale(weight_init: str) -> dict[str, float]:
     """Root mean square of the bottleneck's and the logits' activations of a fresh width-8 UNet on noise."""
-    import keras
-
     model = build_unet(3, base_filters=8, weight_init=weight_init)
-    probe = keras.Model(model.input, [model.get_layer(name).output for name in ("bottleneck_conv2",
+    probe = compat.keras.Model(model.input, [model.get_layer(name).output for name in ("bottleneck_conv2",
                                                                                 "output_logits")])
     images = np.random.default_rng(0).uniform(0, 1, (1, 572, 572, 1)).astype(np.float32)
     return {name: float(np.sqrt(np.mean(np.square(out)))) for name, out in
