@@ -87,35 +87,42 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
                      f"{'**yes**' if r['collapsed'] else 'no'} | {r.get('eval_dice_score', float('nan')):.4f} | "
                      f"{r.get('eval_v_rand_thinned', float('nan')):.4f} "
                      f"({r.get('eval_v_rand_thinned_threshold', float('nan')):.2f}) | {r['minutes']} |")
-    lines += ["", "| config | runs | collapsed | mean Dice ± half range | mean thinned V_Rand ± half range |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "| config | runs | collapsed | with a one-class phase (of the runs that logged it) | mean Dice ± "
+              "half range | mean thinned V_Rand ± half range |", "|---|---:|---:|---:|---:|---:|"]
     for name in sorted({(r["config"], r["extra"]) for r in rows}):
         group = [r for r in rows if (r["config"], r["extra"]) == name]
         dice = [r.get("eval_dice_score", np.nan) for r in group]
         v_rand = [r.get("eval_v_rand_thinned", np.nan) for r in group]
+        logged = [r["one_class_until"] for r in group if r.get("one_class_until") is not None]
         lines.append(f"| {' '.join(filter(None, name))} | {len(group)} | {sum(r['collapsed'] for r in group)} | "
+                     f"{sum(step > 0 for step in logged)} of {len(logged)} | "
                      f"{np.mean(dice):.4f} ± {(max(dice) - min(dice)) / 2:.4f} | "
                      f"{np.mean(v_rand):.4f} ± {(max(v_rand) - min(v_rand)) / 2:.4f} |")
     return lines + paired(rows)
 
 
+# Each configuration against another of the same seed: the seed-to-seed spread of a score is larger than a
+# configuration's effect on it, so the fair test is the difference within a seed.
+PAIRS = (("combination", "recipe"), ("combination-he", "recipe"), ("recipe-he", "recipe"),
+         ("combination-he", "combination"))
+
+
 def paired(rows: list[dict]) -> list[str]:
-    """Each configuration against the recipe of the same seed: the seed-to-seed spread of a score is larger
-    than a configuration's effect on it, so the fair test is the difference within a seed."""
-    recipe = {r["seed"]: r for r in rows if r["config"] == "recipe" and not r["extra"]}
-    lines = ["", "Against the recipe of the same seed (seeds both have):", "",
-             "| config | seeds | Dice: wins, mean difference (min, max) | thinned V_Rand: wins, mean difference "
-             "(min, max) |", "|---|---:|---|---|"]
-    for name in sorted({(r["config"], r["extra"]) for r in rows} - {("recipe", "")}):
-        pairs = [(r, recipe[r["seed"]]) for r in rows if (r["config"], r["extra"]) == name and r["seed"] in recipe]
+    lines = ["", "Against another configuration of the same seed (the seeds both have):", "",
+             "| config | against | seeds | Dice: wins, mean difference (min, max) | thinned V_Rand: wins, mean "
+             "difference (min, max) |", "|---|---|---:|---|---|"]
+    for name, baseline in PAIRS:
+        theirs = {r["seed"]: r for r in rows if r["config"] == baseline and not r["extra"]}
+        pairs = [(r, theirs[r["seed"]]) for r in rows if r["config"] == name and not r["extra"]
+                 and r["seed"] in theirs]
         if not pairs:
             continue
         cells = []
         for key in ("eval_dice_score", "eval_v_rand_thinned"):
-            gains = [mine.get(key, np.nan) - theirs.get(key, np.nan) for mine, theirs in pairs]
+            gains = [mine.get(key, np.nan) - other.get(key, np.nan) for mine, other in pairs]
             cells.append(f"{sum(gain > 0 for gain in gains)} of {len(gains)}, {np.mean(gains):+.4f} "
                          f"({min(gains):+.4f}, {max(gains):+.4f})")
-        lines.append(f"| {' '.join(filter(None, name))} | {len(pairs)} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | {baseline} | {len(pairs)} | {cells[0]} | {cells[1]} |")
     return lines
 
 
