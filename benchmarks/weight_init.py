@@ -42,7 +42,10 @@ LAYERS = ("input_conv2", "down1_conv2", "down2_conv2", "down3_conv2", "bottlenec
 def training_tiles(data_dir: Path, slices: tuple[int, ...] = (0,)) -> np.ndarray:
     """572 x 572 crops of training slices, mirrored at their edges, scaled to [-1, 1] as training does."""
     volume = TiffVolume(data_dir / "train-volume.tif")
-    images = [np.asarray(scale_intensity(volume.read(z))) for z in slices]
+    try:
+        images = [np.asarray(scale_intensity(volume.read(z))) for z in slices]
+    finally:
+        volume.close()
     return np.stack([np.pad(image, 30, mode="reflect")[:572, :572, None] for image in images])
 
 
