@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"recipe": [], "combination": UNIFORM_BORDER_WEIGHTS,
            "combination-he": [*UNIFORM_BORDER_WEIGHTS, "--weight_init", "he"], "recipe-he": ["--weight_init", "he"]}
 SCORES = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_threshold", "eval_mask_dice")
+FINER = ("eval_v_rand_thinned_finer", "eval_v_rand_thinned_finer_threshold")
 
 
 def seeds_of(text: str) -> list[int]:
@@ -49,12 +50,23 @@ def one_class_until(shares: list[tuple[int, float]]) -> int | None:
     return max((step for step, share in shares if share >= ONE_CLASS), default=0)
 
 
+def command(row: dict, args: argparse.Namespace, exec_mode: str) -> tuple[Path, list[str]]:
+    """A row's model dir and the unet2d.py flags that train (or evaluate) it."""
+    # --extra is part of the folder's name: a fix under test must never resume (or overwrite) the run without it.
+    extra = "".join(f"-{part.lstrip('-')}" for part in row["extra"].split())
+    deterministic = "-det" if row["deterministic"] else ""
+    folder = args.work / f"{row['config']}{extra}-f{row['fold']}-w{row['base_filters']}-s{row['seed']}{deterministic}"
+    flags = ["--data_dir", str(args.data_dir), "--exec_mode", exec_mode, "--fold", str(row["fold"]),
+             "--batch_size", "2", "--max_steps", str(row["steps"]), "--log_every", "10", "--seed", str(row["seed"]),
+             "--base_filters", str(row["base_filters"]), "--model_dir", str(folder), "--overlays", "0",
+             *(["--deterministic"] if row["deterministic"] else []), *CONFIGS[row["config"]], *row["extra"].split()]
+    return folder, flags
+
+
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
-    folder = args.work / f"{name}-f{args.fold}-w{args.base_filters}-s{seed}{'-det' if args.deterministic else ''}"
-    flags = ["--data_dir", str(args.data_dir), "--exec_mode", "train_and_evaluate", "--fold", str(args.fold),
-             "--batch_size", "2", "--max_steps", str(args.steps), "--log_every", "10", "--seed", str(seed),
-             "--base_filters", str(args.base_filters), "--model_dir", str(folder), "--overlays", "0",
-             *(["--deterministic"] if args.deterministic else []), *CONFIGS[name], *args.extra.split()]
+    row = {"config": name, "seed": seed, "fold": args.fold, "base_filters": args.base_filters, "steps": args.steps,
+           "deterministic": args.deterministic, "extra": args.extra}
+    folder, flags = command(row, args, "train_and_evaluate")
     started = time.perf_counter()
     records = unet2d(*flags, log_dir=folder)
     losses = [(r["step"][0], r["data"]["train_total_loss"]) for r in records
@@ -63,9 +75,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
               if isinstance(r.get("step"), list) and "train_majority_share" in r.get("data", {})]
     warnings = [r["data"]["message"] for r in records if r.get("step") == "WARNING"]
     scores = final_eval(records) or {}
-    return {"config": name, "seed": seed, "fold": args.fold, "base_filters": args.base_filters, "steps": args.steps,
-            "deterministic": args.deterministic, "extra": args.extra,
-            "minutes": round((time.perf_counter() - started) / 60, 2),
+    return {**row, "minutes": round((time.perf_counter() - started) / 60, 2),
             "loss_first": losses[0][1] if losses else None,
             "loss_at_100": next((loss for step, loss in losses if step >= 100), None),
             "loss_last": losses[-1][1] if losses else None,
@@ -74,55 +84,93 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
             **{key: scores[key] for key in SCORES if key in scores}}
 
 
+def rescore(row: dict, args: argparse.Namespace) -> dict:
+    """The row's final model scored again with --finer_sweep (thresholds 0.95, 0.98, 0.99 beyond the organisers'
+    0.9): whether a configuration's lower V_Rand is a worse segmentation or the same one less sure of itself."""
+    folder, flags = command(row, args, "evaluate")
+    scores = final_eval(unet2d(*flags, "--finer_sweep", log_dir=folder.with_name(folder.name + "-finer"))) or {}
+    return {**row, **{key: scores[key] for key in FINER if key in scores}}
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
     lines = ["# Collapsed runs, seed by seed", "", f"- date: {date.today().isoformat()}",
              f"- machine: {machine_name()}, TensorFlow {tensorflow_version()}",
              f"- command: `python -m benchmarks.collapse {args.command_line}`", "",
              "| config | seed | loss step 1 | step 100 | last | one class until step | collapsed | Dice | "
-             "thinned V_Rand (threshold) | minutes |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "thinned V_Rand (threshold) | the same, to 0.99 (threshold) | minutes |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['config']}{' ' + r['extra'] if r['extra'] else ''} | {r['seed']} | "
+        lines.append(f"| {label(r)} | {r['seed']} | "
                      f"{r['loss_first']:.3f} | {r['loss_at_100']:.3f} | {r['loss_last']:.3f} | "
                      f"{'-' if r.get('one_class_until') is None else r['one_class_until']} | "
                      f"{'**yes**' if r['collapsed'] else 'no'} | {r.get('eval_dice_score', float('nan')):.4f} | "
-                     f"{r.get('eval_v_rand_thinned', float('nan')):.4f} "
-                     f"({r.get('eval_v_rand_thinned_threshold', float('nan')):.2f}) | {r['minutes']} |")
-    lines += ["", "| config | runs | collapsed | with a one-class phase (of the runs that logged it) | mean Dice ± "
-              "half range | mean thinned V_Rand ± half range |", "|---|---:|---:|---:|---:|---:|"]
-    for name in sorted({(r["config"], r["extra"]) for r in rows}):
-        group = [r for r in rows if (r["config"], r["extra"]) == name]
-        dice = [r.get("eval_dice_score", np.nan) for r in group]
-        v_rand = [r.get("eval_v_rand_thinned", np.nan) for r in group]
+                     f"{scored(r, 'eval_v_rand_thinned')} | {scored(r, 'eval_v_rand_thinned_finer')} | "
+                     f"{r['minutes']} |")
+    lines += ["", "| config | runs | collapsed | with a one-class phase (of the runs that logged it) | Dice: mean ± "
+              "standard deviation (half range) | thinned V_Rand: mean ± standard deviation (half range) | the same, "
+              "to 0.99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in sorted({label(r) for r in rows}):
+        group = [r for r in rows if label(r) == name]
         logged = [r["one_class_until"] for r in group if r.get("one_class_until") is not None]
-        lines.append(f"| {' '.join(filter(None, name))} | {len(group)} | {sum(r['collapsed'] for r in group)} | "
-                     f"{sum(step > 0 for step in logged)} of {len(logged)} | "
-                     f"{np.mean(dice):.4f} ± {(max(dice) - min(dice)) / 2:.4f} | "
-                     f"{np.mean(v_rand):.4f} ± {(max(v_rand) - min(v_rand)) / 2:.4f} |")
+        spreads = []
+        for key in KEYS:
+            scores = [r[key] for r in group if key in r]
+            if len(scores) < len(group):
+                spreads.append("-")
+                continue
+            spreads.append(f"{np.mean(scores):.4f} ± {np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f} "
+                           f"({(max(scores) - min(scores)) / 2:.4f})")
+        lines.append(f"| {name} | {len(group)} | {sum(r['collapsed'] for r in group)} | "
+                     f"{sum(step > 0 for step in logged)} of {len(logged)} | {' | '.join(spreads)} |")
     return lines + paired(rows)
 
 
-# Each configuration against another of the same seed: the seed-to-seed spread of a score is larger than a
-# configuration's effect on it, so the fair test is the difference within a seed.
-PAIRS = (("combination", "recipe"), ("combination-he", "recipe"), ("recipe-he", "recipe"),
-         ("combination-he", "combination"))
+KEYS = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_finer")  # the scores the summaries compare
+
+
+def scored(row: dict, key: str) -> str:
+    """A V_Rand and its threshold, or '-' where the row was not scored so."""
+    return f"{row[key]:.4f} ({row[key + '_threshold']:.2f})" if key in row else "-"
+
+
+def label(row: dict) -> str:
+    """A configuration as the tables name it: its name, then the flags --extra added."""
+    return " ".join(filter(None, (row["config"], row["extra"])))
+
+
+# Each configuration against another of the same seed. A seed draws the fold's validation slices as well as the
+# start and the batches (the recipe's --seed sets the split), so most of the seed-to-seed spread of a score is
+# how hard that seed's validation slices are, shared by every configuration run with it: the fair test of a
+# configuration is its difference from another within a seed, and whether the mean difference stands clear of
+# that difference's own spread (a 95 % interval of Student's t over the seeds).
+PAIRS = (("combination", "recipe"), ("combination-he", "recipe"), ("combination --lr_warmup_steps 100", "recipe"),
+         ("recipe-he", "recipe"), ("combination-he", "combination"),
+         ("combination --lr_warmup_steps 100", "combination"))
 
 
 def paired(rows: list[dict]) -> list[str]:
-    lines = ["", "Against another configuration of the same seed (the seeds both have):", "",
-             "| config | against | seeds | Dice: wins, mean difference (min, max) | thinned V_Rand: wins, mean "
-             "difference (min, max) |", "|---|---|---:|---|---|"]
+    from scipy import stats  # scikit-image's dependency
+
+    lines = ["", "Against another configuration of the same seed (the seeds both have): how many seeds it wins, "
+             "the mean difference with its 95 % interval, and the smallest and largest difference:", "",
+             "| config | against | seeds | Dice: wins, mean difference [95 % interval] (min, max) | thinned V_Rand: "
+             "wins, mean difference [95 % interval] (min, max) | the same, to 0.99 |", "|---|---|---:|---|---|---|"]
     for name, baseline in PAIRS:
-        theirs = {r["seed"]: r for r in rows if r["config"] == baseline and not r["extra"]}
-        pairs = [(r, theirs[r["seed"]]) for r in rows if r["config"] == name and not r["extra"]
-                 and r["seed"] in theirs]
+        theirs = {r["seed"]: r for r in rows if label(r) == baseline}
+        pairs = [(r, theirs[r["seed"]]) for r in rows if label(r) == name and r["seed"] in theirs]
         if not pairs:
             continue
         cells = []
-        for key in ("eval_dice_score", "eval_v_rand_thinned"):
-            gains = [mine.get(key, np.nan) - other.get(key, np.nan) for mine, other in pairs]
-            cells.append(f"{sum(gain > 0 for gain in gains)} of {len(gains)}, {np.mean(gains):+.4f} "
-                         f"({min(gains):+.4f}, {max(gains):+.4f})")
-        lines.append(f"| {name} | {baseline} | {len(pairs)} | {cells[0]} | {cells[1]} |")
+        for key in KEYS:
+            if not all(key in mine and key in other for mine, other in pairs):
+                cells.append("-")
+                continue
+            gains = np.array([mine[key] - other[key] for mine, other in pairs])
+            half = (stats.t.ppf(0.975, len(gains) - 1) * np.std(gains, ddof=1) / np.sqrt(len(gains))
+                    if len(gains) > 1 else np.nan)
+            cells.append(f"{sum(gains > 0)} of {len(gains)}, {gains.mean():+.4f} [{gains.mean() - half:+.4f}, "
+                         f"{gains.mean() + half:+.4f}] ({gains.min():+.4f}, {gains.max():+.4f})")
+        lines.append(f"| {name} | {baseline} | {len(pairs)} | {' | '.join(cells)} |")
     return lines
 
 
@@ -140,21 +188,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="collapse", help="the records' file name in --out")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out; run the others")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the rows in --out that have no finer sweep yet again, with --finer_sweep")
     args = parser.parse_args()
     args.command_line = " ".join(sys.argv[1:])
     args.data_dir = args.data_dir or default_data_dir()
     check_data_dir(args.data_dir)
     path = args.out / f"{args.name}.json"
-    rows = json.loads(path.read_text())["rows"] if args.resume and path.is_file() else []
+    rows = json.loads(path.read_text())["rows"] if (args.resume or args.rescore) and path.is_file() else []
+    if args.rescore:
+        for index, row in enumerate(rows):
+            if FINER[0] not in row and command(row, args, "evaluate")[0].is_dir():
+                rows[index] = rescore(row, args)
+                print(json.dumps({k: rows[index].get(k) for k in ("config", "seed", "extra", *FINER)}), flush=True)
+                save(rows, path, args)
+        return
     for seed in seeds_of(args.seeds):
         for name in args.configs.split(","):
             if any(r["config"] == name and r["seed"] == seed and r["extra"] == args.extra for r in rows):
                 continue
             rows.append(run(name, seed, args))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "warnings"}), flush=True)
-            args.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-            (args.out / f"{args.name}.md").write_text("\n".join(table(rows, args)) + "\n")
+            save(rows, path, args)
+
+
+def save(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(table(rows, args)) + "\n")
 
 
 if __name__ == "__main__":

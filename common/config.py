@@ -80,6 +80,7 @@ class TrainingConfig:
     max_steps: int
     batch_size: int
     learning_rate: float
+    lr_warmup_steps: int
     weight_decay: float
     warmup_steps: int
     log_every: int
@@ -196,8 +197,9 @@ class RunConfig:
                               bf16_config_path=f["bf16_config_path"]),
             training=TrainingConfig(
                 max_steps=f["max_steps"], batch_size=f["batch_size"], learning_rate=f["learning_rate"],
-                weight_decay=f["weight_decay"], warmup_steps=f["warmup_steps"], log_every=f["log_every"],
-                checkpoint_every=f["checkpoint_every"], checkpoint_minutes=f["checkpoint_minutes"],
+                lr_warmup_steps=f["lr_warmup_steps"], weight_decay=f["weight_decay"], warmup_steps=f["warmup_steps"],
+                log_every=f["log_every"], checkpoint_every=f["checkpoint_every"],
+                checkpoint_minutes=f["checkpoint_minutes"],
                 keep_checkpoints=f["keep_checkpoints"], resume_training=f["resume_training"],
                 disable_ckpt_saving=f["disable_ckpt_saving"], init_from=f["init_from"],
                 freeze_encoder=f["freeze_encoder"], benchmark=f["benchmark"], deterministic=f["deterministic"],

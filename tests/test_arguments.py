@@ -141,6 +141,7 @@ def test_usage_doc_lists_every_flag():
     *[(["--synth_data", "--elastic", f"--elastic_sigma={sigma}"], "--elastic_sigma must be a number of pixels")
       for sigma in ("nan", "-1", "1000")],
     (["--synth_data", "--elastic", "--elastic_grid", "1"], "--elastic_grid must be in 2..64"),
+    (["--synth_data", "--lr_warmup_steps", "-1"], "--lr_warmup_steps must be 0 or more"),
     (["--synth_data", "--seed", "-1"], "--seed must be in 0..4294967295"),
     (["--synth_data", "--split_seed", str(2 ** 32)], "--split_seed must be in 0..4294967295"),
     (["--synth_data", "--exec_mode", "train", "--finer_sweep"], "--exec_mode train does not evaluate"),

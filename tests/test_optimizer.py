@@ -67,6 +67,43 @@ def test_checkpoint_of_keras_adam_resumes_in_fused_adam(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
 
 
+class Ramp(keras.optimizers.schedules.LearningRateSchedule):
+    """The warm-up written as a Keras schedule: Keras's Adam driven by it is what --lr_warmup_steps must do."""
+
+    def __init__(self, rate: float, steps: int) -> None:
+        self.rate, self.steps = rate, steps
+
+    def __call__(self, iterations):
+        return self.rate * tf.minimum(tf.cast(iterations + 1, tf.float32) / self.steps, 1.0)
+
+
+def test_warmup_ramps_as_a_keras_schedule_would_and_a_resumed_run_does_not_ramp_again(tmp_path):
+    """Linear from lr/N to lr at step N, inside tf.function as the training loop runs it; then constant."""
+    ours_vars, theirs_vars = make_variables(), make_variables()
+    ours, theirs = FusedAdam(learning_rate=1e-2, warmup_steps=4), keras.optimizers.Adam(learning_rate=Ramp(1e-2, 4))
+    applies = [tf.function(lambda grads, opt=opt, vs=vs: opt.apply_gradients(zip(grads, vs, strict=True)))
+               for opt, vs in ((ours, ours_vars), (theirs, theirs_vars))]
+    plain_vars = train(FusedAdam(learning_rate=1e-2), 3)
+    for step in range(3):
+        for apply, variables in zip(applies, (ours_vars, theirs_vars), strict=True):
+            apply(gradients(step, variables))
+    for a, b, plain in zip(ours_vars, theirs_vars, plain_vars, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+        assert not np.allclose(a.numpy(), plain.numpy())  # the ramp changed the steps
+
+    # Resumed after step 3: the optimizer's step comes back with the checkpoint, so step 4 is the ramp's last
+    # and step 5 runs at the full rate, as in the run that did not stop.
+    path = tf.train.Checkpoint(optimizer=ours, variables=ours_vars).save(str(tmp_path / "ckpt"))
+    resumed, resumed_vars = FusedAdam(learning_rate=1e-2, warmup_steps=4), make_variables()
+    resumed.build(resumed_vars)
+    tf.train.Checkpoint(optimizer=resumed, variables=resumed_vars).restore(path).assert_consumed()
+    for step in (3, 4):
+        for opt, variables in ((resumed, resumed_vars), (theirs, theirs_vars)):
+            opt.apply_gradients(zip(gradients(step, variables), variables, strict=True))
+    for a, b in zip(resumed_vars, theirs_vars, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_amsgrad_is_refused():
     with pytest.raises(ValueError, match="AMSGrad"):
         FusedAdam(learning_rate=1e-3, amsgrad=True)

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps left out of the throughput figures (the first ones trace and warm up the graph)")
     add("--weight_decay", type=float, default=0.0005, help="L2 weight decay coefficient")
     add("--learning_rate", type=float, default=0.0001, help="Adam learning rate")
+    add("--lr_warmup_steps", type=int, default=0,
+        help="ramp the learning rate linearly up to --learning_rate over the first N steps (0: the recipe's "
+             "constant rate); keeps the first steps small while a fresh model's activations are")
     add("--seed", type=int, default=123,
         help="random seed of the fold split, weight initialisation, shuffling and augmentation")
     add("--split_seed", type=int, default=None,
@@ -336,6 +339,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--checkpoint_every and --checkpoint_minutes must be 0 (off) or more")
     if args.keep_checkpoints < 1:
         parser.error(f"--keep_checkpoints must be at least 1, got {args.keep_checkpoints}")
+    if args.lr_warmup_steps < 0:
+        parser.error(f"--lr_warmup_steps must be 0 or more, got {args.lr_warmup_steps}")
     if args.warmup_steps < 0:
         parser.error(f"--warmup_steps must be 0 or more, got {args.warmup_steps}")
     if args.benchmark and args.max_steps <= args.warmup_steps:

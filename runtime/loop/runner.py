@@ -32,7 +32,8 @@ class Runner:
             self.model = build_model()
             # --ensemble: one model per model dir, self.model the first; evaluate and predict average them.
             self.members = [self.model] + [build_model() for _ in (ctx.config.evaluation.ensemble or [])[1:]]
-            self.optimizer = FusedAdam(learning_rate=ctx.config.training.learning_rate)
+            self.optimizer = FusedAdam(learning_rate=ctx.config.training.learning_rate,
+                                       warmup_steps=ctx.config.training.lr_warmup_steps)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                               rng=rng_state_variables(self.model))
