@@ -78,6 +78,7 @@ def test_training_logs_split_losses_and_metrics(trained):
     for record in records:
         if record.get("step") == [2, 2]:
             assert math.isfinite(record["data"]["train_total_loss"]) and record["data"]["IPS"] > 0
+            assert 0.5 <= record["data"]["train_majority_share"] <= 1.0  # two classes: the larger has half or more
     evals = [r["data"] for r in records if r.get("step") == [] and "eval_dice_score" in r["data"]]
     assert len(evals) == 2  # after step 1 (--evaluate_every 1) and at the end
     for metrics in evals:

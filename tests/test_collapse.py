@@ -45,6 +45,7 @@ def test_masks_of_one_class_are_said():
 
 
 @pytest.mark.slow
+@pytest.mark.one_stack  # the watch is Python; the step's majority share is logged on both stacks (test_cli)
 def test_a_run_that_collapses_on_purpose_says_so(isbi_dir, tmp_path):
     """An absurd learning rate: the model ends predicting one class, and its masks are one class; the run still
     ends with 0, and says so twice."""

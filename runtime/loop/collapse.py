@@ -63,8 +63,8 @@ class CollapseWatch:
         return (f"the model predicts one class on {one_class:.1%} of the pixels of its last {WINDOW} training "
                 f"batches (steps {step - WINDOW + 1}-{step}; loss {np.mean(losses):.3f} there, "
                 f"{np.mean(self.first):.3f} over steps 1-{WINDOW}): it is a constant predictor, not a model; "
-                "start from --weight_init he (the U-Net paper's), train longer, or with a lower --learning_rate "
-                "(docs/experiments.md, Collapsed runs)")
+                "start from --weight_init he (the U-Net paper's) or train longer, and if --learning_rate is far "
+                "above the recipe's 1e-4, lower it (docs/experiments.md, Collapsed runs)")
 
 
 def one_class_warning(predicted_pixels: Sequence[float]) -> str | None:
