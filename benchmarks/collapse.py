@@ -93,39 +93,46 @@ def rescore(row: dict, args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    finer = finer_swept(rows)
     lines = ["# Collapsed runs, seed by seed", "", f"- date: {date.today().isoformat()}",
              f"- machine: {machine_name()}, TensorFlow {tensorflow_version()}",
              f"- command: `python -m benchmarks.collapse {args.command_line}`", "",
              "| config | seed | loss step 1 | step 100 | last | one class until step | collapsed | Dice | "
-             "thinned V_Rand (threshold) | the same, to 0.99 (threshold) | minutes |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             f"thinned V_Rand (threshold) | {'the same, to 0.99 (threshold) | ' if finer else ''}minutes |",
+             f"|---|---:|---:|---:|---:|---:|---|---:|---:|{'---:|' if finer else ''}---:|"]
     for r in rows:
         lines.append(f"| {label(r)} | {r['seed']} | "
                      f"{r['loss_first']:.3f} | {r['loss_at_100']:.3f} | {r['loss_last']:.3f} | "
                      f"{'-' if r.get('one_class_until') is None else r['one_class_until']} | "
                      f"{'**yes**' if r['collapsed'] else 'no'} | {r.get('eval_dice_score', float('nan')):.4f} | "
-                     f"{scored(r, 'eval_v_rand_thinned')} | {scored(r, 'eval_v_rand_thinned_finer')} | "
-                     f"{r['minutes']} |")
+                     f"{scored(r, 'eval_v_rand_thinned')} | "
+                     f"{scored(r, 'eval_v_rand_thinned_finer') + ' | ' if finer else ''}{r['minutes']} |")
     lines += ["", "| config | runs | collapsed | with a one-class phase (of the runs that logged it) | Dice: mean ± "
-              "standard deviation (half range) | thinned V_Rand: mean ± standard deviation (half range) | the same, "
-              "to 0.99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "standard deviation (half range) | thinned V_Rand: mean ± standard deviation (half range) |"
+              f"{' the same, to 0.99 |' if finer else ''}", "|---|---:|---:|---:|---:|---:|" + "---:|" * finer]
     for name in sorted({label(r) for r in rows}):
         group = [r for r in rows if label(r) == name]
         logged = [r["one_class_until"] for r in group if r.get("one_class_until") is not None]
         spreads = []
-        for key in KEYS:
+        for key in KEYS[:2 + finer]:
             scores = [r[key] for r in group if key in r]
             if len(scores) < len(group):
                 spreads.append("-")
                 continue
-            spreads.append(f"{np.mean(scores):.4f} ± {np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f} "
-                           f"({(max(scores) - min(scores)) / 2:.4f})")
+            half_range = (max(scores) - min(scores)) / 2
+            spreads.append(f"{np.mean(scores):.4f} ± {np.std(scores, ddof=1):.4f} ({half_range:.4f})"
+                           if len(scores) > 1 else f"{scores[0]:.4f} (one run)")
         lines.append(f"| {name} | {len(group)} | {sum(r['collapsed'] for r in group)} | "
                      f"{sum(step > 0 for step in logged)} of {len(logged)} | {' | '.join(spreads)} |")
     return lines + paired(rows)
 
 
 KEYS = ("eval_dice_score", "eval_v_rand_thinned", "eval_v_rand_thinned_finer")  # the scores the summaries compare
+
+
+def finer_swept(rows: list[dict]) -> bool:
+    """Whether any row was rescored with --finer_sweep: the tables show that column only then."""
+    return any(FINER[0] in r for r in rows)
 
 
 def scored(row: dict, key: str) -> str:
@@ -151,25 +158,29 @@ PAIRS = (("combination", "recipe"), ("combination-he", "recipe"), ("combination 
 def paired(rows: list[dict]) -> list[str]:
     from scipy import stats  # scikit-image's dependency
 
+    finer = finer_swept(rows)
     lines = ["", "Against another configuration of the same seed (the seeds both have): how many seeds it wins, "
              "the mean difference with its 95 % interval, and the smallest and largest difference:", "",
              "| config | against | seeds | Dice: wins, mean difference [95 % interval] (min, max) | thinned V_Rand: "
-             "wins, mean difference [95 % interval] (min, max) | the same, to 0.99 |", "|---|---|---:|---|---|---|"]
+             f"wins, mean difference [95 % interval] (min, max) |{' the same, to 0.99 |' if finer else ''}",
+             "|---|---|---:|---|---|" + "---|" * finer]
     for name, baseline in PAIRS:
         theirs = {r["seed"]: r for r in rows if label(r) == baseline}
         pairs = [(r, theirs[r["seed"]]) for r in rows if label(r) == name and r["seed"] in theirs]
         if not pairs:
             continue
         cells = []
-        for key in KEYS:
+        for key in KEYS[:2 + finer]:
             if not all(key in mine and key in other for mine, other in pairs):
                 cells.append("-")
                 continue
             gains = np.array([mine[key] - other[key] for mine, other in pairs])
-            half = (stats.t.ppf(0.975, len(gains) - 1) * np.std(gains, ddof=1) / np.sqrt(len(gains))
-                    if len(gains) > 1 else np.nan)
-            cells.append(f"{sum(gains > 0)} of {len(gains)}, {gains.mean():+.4f} [{gains.mean() - half:+.4f}, "
-                         f"{gains.mean() + half:+.4f}] ({gains.min():+.4f}, {gains.max():+.4f})")
+            interval = "[one seed: no interval]"
+            if len(gains) > 1:
+                half = stats.t.ppf(0.975, len(gains) - 1) * np.std(gains, ddof=1) / np.sqrt(len(gains))
+                interval = f"[{gains.mean() - half:+.4f}, {gains.mean() + half:+.4f}]"
+            cells.append(f"{sum(gains > 0)} of {len(gains)}, {gains.mean():+.4f} {interval} "
+                         f"({gains.min():+.4f}, {gains.max():+.4f})")
         lines.append(f"| {name} | {baseline} | {len(pairs)} | {' | '.join(cells)} |")
     return lines
 
