@@ -174,14 +174,16 @@ def test_predict_py_on_the_package_does_all_it_does_on_tensorflow(models, packag
         assert ours.shape == theirs.shape == (2, 200, 300)
         assert np.mean(ours == theirs) >= 0.999
     # Blockwise into OME-Zarr: the package's fixed 572 network takes 388 tiles, and gives the TIFF's masks up to
-    # ONNX Runtime's float sums, which vary with how the tiles are batched (each block batches its own: 3 pixels
-    # of 120,000 differed when this was written; TensorFlow's masks are identical, tests/test_blockwise.py)
+    # ONNX Runtime's float sums, which vary with how the tiles are batched (each block batches its own): the
+    # barely trained model has many pixels near P = 0.5: 3 of 120,000 flipped when this was written, 19 with ONNX
+    # Runtime 1.32. TensorFlow's masks are identical (tests/test_blockwise.py). The bound, 120 pixels, still fails
+    # a misplaced block or a wrong overlap, which changes a tile's border rows (hundreds of pixels or more).
     blockwise = tmp_path / "onnx" / "masks.ome.zarr"
     assert predict.main([str(packages["resize"][0]), str(stack), "-o", str(blockwise), "--strategy", "tile",
                          "--tta", "--chunks", "128", "--batch_size", "2"]) == 0
     from data_loading.readers import open_volume
 
-    assert np.mean(open_volume(blockwise).read_all() == outputs["onnx"][0]) >= 0.9999
+    assert np.mean(open_volume(blockwise).read_all() == outputs["onnx"][0]) >= 0.999
 
 
 @pytest.mark.slow
