@@ -94,6 +94,7 @@ def rescore(row: dict, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
     finer = finer_swept(rows)
+    keys = KEYS if finer else KEYS[:2]
     lines = ["# Collapsed runs, seed by seed", "", f"- date: {date.today().isoformat()}",
              f"- machine: {machine_name()}, TensorFlow {tensorflow_version()}",
              f"- command: `python -m benchmarks.collapse {args.command_line}`", "",
@@ -109,12 +110,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
                      f"{scored(r, 'eval_v_rand_thinned_finer') + ' | ' if finer else ''}{r['minutes']} |")
     lines += ["", "| config | runs | collapsed | with a one-class phase (of the runs that logged it) | Dice: mean ± "
               "standard deviation (half range) | thinned V_Rand: mean ± standard deviation (half range) |"
-              f"{' the same, to 0.99 |' if finer else ''}", "|---|---:|---:|---:|---:|---:|" + "---:|" * finer]
+              f"{' the same, to 0.99 |' if finer else ''}", "|---|---:|---:|---:|" + "---:|" * len(keys)]
     for name in sorted({label(r) for r in rows}):
         group = [r for r in rows if label(r) == name]
         logged = [r["one_class_until"] for r in group if r.get("one_class_until") is not None]
         spreads = []
-        for key in KEYS[:2 + finer]:
+        for key in keys:
             scores = [r[key] for r in group if key in r]
             if len(scores) < len(group):
                 spreads.append("-")
@@ -159,18 +160,19 @@ def paired(rows: list[dict]) -> list[str]:
     from scipy import stats  # scikit-image's dependency
 
     finer = finer_swept(rows)
+    keys = KEYS if finer else KEYS[:2]
     lines = ["", "Against another configuration of the same seed (the seeds both have): how many seeds it wins, "
              "the mean difference with its 95 % interval, and the smallest and largest difference:", "",
              "| config | against | seeds | Dice: wins, mean difference [95 % interval] (min, max) | thinned V_Rand: "
              f"wins, mean difference [95 % interval] (min, max) |{' the same, to 0.99 |' if finer else ''}",
-             "|---|---|---:|---|---|" + "---|" * finer]
+             "|---|---|---:|" + "---|" * len(keys)]
     for name, baseline in PAIRS:
         theirs = {r["seed"]: r for r in rows if label(r) == baseline}
         pairs = [(r, theirs[r["seed"]]) for r in rows if label(r) == name and r["seed"] in theirs]
         if not pairs:
             continue
         cells = []
-        for key in KEYS[:2 + finer]:
+        for key in keys:
             if not all(key in mine and key in other for mine, other in pairs):
                 cells.append("-")
                 continue

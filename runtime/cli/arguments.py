@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--learning_rate", type=float, default=0.0001, help="Adam learning rate")
     add("--lr_warmup_steps", type=int, default=0,
         help="ramp the learning rate linearly up to --learning_rate over the first N steps (0: the recipe's "
-             "constant rate); keeps the first steps small while a fresh model's activations are")
+             "constant rate); a resumed run does not ramp again")
     add("--seed", type=int, default=123,
         help="random seed of the fold split, weight initialisation, shuffling and augmentation")
     add("--split_seed", type=int, default=None,

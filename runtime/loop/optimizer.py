@@ -19,13 +19,11 @@ class FusedAdam(keras.optimizers.Adam):
     UNet needs neither.
 
     ``warmup_steps`` ramps the rate linearly from lr/N at the first step to
-    lr at step N (--lr_warmup_steps). Adam moves every weight and bias by
-    about lr a step whatever its gradient's size, so from the recipe's
-    Glorot start, whose last layers carry activations of about 0.04, the
-    first steps are large against what those layers hold; a ramp keeps them
-    small until the activations have grown (docs/experiments.md, "Collapsed
-    runs"). It counts the optimizer's own steps, so a resumed run does not
-    ramp again.
+    lr at step N (--lr_warmup_steps), the usual guard for a start whose
+    first steps are unstable. It is not a cure for a one-class start: from
+    the recipe's Glorot weights it made that phase longer, as any smaller
+    step does (docs/experiments.md, "Collapsed runs"). It counts the
+    optimizer's own steps, so a resumed run does not ramp again.
     """
 
     def __init__(self, learning_rate: float, warmup_steps: int = 0, **kwargs) -> None:
