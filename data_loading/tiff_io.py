@@ -24,6 +24,11 @@ def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
         ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)]
         if ends and max(ends) > size:
             return f"it is truncated (slice {index}'s data ends at byte {max(ends)}, the file at {size})"
+        # An uncompressed page holds its pixels byte for byte: a header that declares more than its data (one
+        # flipped byte can make a 2 KB file declare 24 GiB) is damaged, and must not be allocated for.
+        if page.compression == 1 and sum(page.databytecounts) < page.nbytes:
+            return (f"its header is damaged (slice {index} declares {page.nbytes} bytes of pixels, its data holds "
+                    f"{sum(page.databytecounts)})")
     return None
 
 
