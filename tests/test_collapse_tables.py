@@ -43,3 +43,12 @@ def test_the_paired_interval_is_students_over_the_seeds_differences():
     rows[0] |= {"eval_v_rand_thinned_finer": 0.75, "eval_v_rand_thinned_finer_threshold": 0.95}
     line = next(line for line in collapse.paired(rows) if line.startswith("| combination-he | recipe |"))
     assert line.split(" | ")[5].rstrip(" |") == "-"  # no number is made up
+
+
+def test_the_phase_table_counts_the_runs_a_shorter_training_would_have_ended_in_one_class():
+    """Phases to steps 0, 90, 230 (and one run that did not log): at step 50 two are still one class, at 100 one."""
+    rows = [row("combination", seed, 0.8, 0.8) | {"one_class_until": until}
+            for seed, until in ((1, 0), (2, 90), (3, 230))]
+    rows.append(row("combination", 4, 0.8, 0.8))  # ran before the share was logged: not counted either way
+    line = next(line for line in collapse.phases(rows) if line.startswith("| combination |"))
+    assert line == "| combination | 3 | 2 | 1 | 1 | 1 | 0 | 0 | 230 |"
