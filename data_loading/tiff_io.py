@@ -17,6 +17,13 @@ from data_loading.input_paths import check_input
 # Damaged files are reported by us, in one line; tifffile's own log lines about them would only add noise.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
+# The most pixel bytes one byte of data can decode to, per TIFF compression: none 1; deflate's best case is
+# 1032 (a 258-byte match in about 2 bits), TIFF's LZW under 4096 (a 12-bit code for at most 4096 bytes), PackBits
+# 64 (2 bytes for a run of 128). Codecs without such a bound (zstd, LZMA, JPEG) are not checked.
+MAX_EXPANSION = {1: 1, 8: 1032, 32946: 1032, 5: 4096, 32773: 64}
+SMALL_PAGE_SLACK = 4096  # a few bytes of codec framing may decode to a small page whatever the ratio
+
+
 def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
     """Why the file's pixel data cannot all be there, from the page headers alone; None if it can."""
     size = os.path.getsize(path)
@@ -24,11 +31,12 @@ def _truncated(tiff: tifffile.TiffFile, path: Path) -> str | None:
         ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)]
         if ends and max(ends) > size:
             return f"it is truncated (slice {index}'s data ends at byte {max(ends)}, the file at {size})"
-        # An uncompressed page holds its pixels byte for byte: a header that declares more than its data (one
-        # flipped byte can make a 2 KB file declare 24 GiB) is damaged, and must not be allocated for.
-        if page.compression == 1 and sum(page.databytecounts) < page.nbytes:
+        # A header that declares more pixels than its data can decode to (one flipped byte can make a 2 KB file
+        # declare 24 GiB) is damaged, and must not be allocated for: tifffile would try, and run out of memory.
+        held, ratio = sum(page.databytecounts), MAX_EXPANSION.get(int(page.compression))
+        if ratio is not None and page.nbytes > (held * ratio if ratio == 1 else held * ratio + SMALL_PAGE_SLACK):
             return (f"its header is damaged (slice {index} declares {page.nbytes} bytes of pixels, its data holds "
-                    f"{sum(page.databytecounts)})")
+                    f"{held}{'' if ratio == 1 else f' compressed bytes, at most {ratio}x that decoded'})")
     return None
 
 

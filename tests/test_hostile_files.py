@@ -46,6 +46,33 @@ def test_fuzzed_tiff_bytes_raise_only_the_loaders_error(tmp_path, data):
     assert stack.ndim == 3 and stack.dtype.kind in "uif" and stack.size > 0
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_header_declaring_more_pixels_than_its_data_can_hold_is_refused_before_allocating(tmp_path, compression):
+    """Hypothesis found this one uncompressed: a flipped width byte made a 768-byte file declare 24 GiB, and
+    tifffile ran out of memory allocating it. Deflate cannot expand its data more than 1032-fold either."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.arange(3 * 16 * 16, dtype=np.uint8).reshape(3, 16, 16), compression=compression)
+    data = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tiff:
+        width = tiff.pages[0].tags["ImageWidth"]
+        assert width.dtype == 4  # LONG: room for a width of 2**29
+        offset = width.valueoffset
+    data[offset:offset + 4] = (1 << 29).to_bytes(4, "little")
+    path = tmp_path / "declares_gigabytes.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match="its header is damaged"):
+        read_stack(path)
+
+
+def test_a_page_compressed_close_to_deflates_limit_still_reads(tmp_path):
+    path = tmp_path / "zeros.tif"
+    zeros = np.zeros((2, 1024, 1024), np.uint8)
+    tifffile.imwrite(path, zeros, compression="zlib", compressionargs={"level": 9}, rowsperstrip=1024)
+    with tifffile.TiffFile(path) as tiff:
+        assert sum(tiff.pages[0].databytecounts) * 900 < zeros[0].nbytes  # beyond 900:1, near deflate's 1032:1
+    np.testing.assert_array_equal(read_stack(path), zeros)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
        dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_]))
